@@ -1,0 +1,8 @@
+"""inboundd: inbound email ingestion daemon.
+
+Ingress (IMAP IDLE, Microsoft Graph webhooks, Gmail Pub/Sub pushes) emits
+pointer jobs into a Redis Streams queue; consumers fetch the real message at
+consume time, deduplicate it in PostgreSQL and store it exactly once.
+"""
+
+__version__ = "0.1.0"

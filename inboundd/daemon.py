@@ -1,0 +1,367 @@
+"""The supervisor: one trio process that owns every task of inboundd.
+
+Task tree (every task has an owner nursery and a way to stop)::
+
+    Daemon.run
+     └─ root nursery: signal handler, watchdog
+         └─ http nursery: public server, control server (stopped by trigger)
+             └─ worker nursery: enqueue batcher, reclaim timer, consumers, IMAP listeners
+
+Shutdown (SIGTERM/SIGINT) is a deadline, not a kill: intake stops first
+(listeners log out, webhooks answer 503), consumers finish in-flight jobs
+until ``daemon.shutdown_grace``, then the worker nursery is cancelled and the
+HTTP servers are stopped through their shutdown trigger. A second signal
+cancels everything at once. SIGHUP reloads the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from functools import partial
+from typing import Any
+
+import msgspec
+import trio
+
+from . import __version__, clock, config as config_mod, log, systemd
+from .control import create_control_app, prepare_socket_path, secure_socket
+from .web import create_app, serve_app
+
+__all__ = ["Daemon", "main"]
+
+_log = log.get_logger("daemon")
+
+#: Keys whose change needs a restart: they shape pools, sockets or queue keys.
+RESTART_SECTIONS = ("redis", "postgres", "queue", "processing", "store", "http", "control")
+#: Extra time given to the HTTP servers beyond their graceful timeout before they are cancelled.
+HTTP_STOP_MARGIN = 1.0
+#: Exit status after a second signal forced an immediate stop.
+EXIT_FORCED = 130
+
+
+class Daemon:
+    """The running daemon: its configuration, shared pools, components and state.
+
+    ``state`` is one of ``starting``, ``running``, ``draining``, ``drained``,
+    ``stopping``.
+    """
+
+    def __init__(self, cfg: config_mod.Config, config_path: str, notifier: systemd.Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notifier = notifier or systemd.Notifier()
+        self.state = "starting"
+        self.started_at = clock.wall()
+        self.http_binds: list[str] = []
+        self.exit_status = 0
+        self.components: Any = None  # the pipeline (queue, consumers, listeners), see pipeline.py
+        self._stop_requested = trio.Event()
+        self._http_shutdown = trio.Event()
+        self._root_scope: trio.CancelScope | None = None
+        self._control_socket: str | None = None
+        self._drain_watch_scope: trio.CancelScope | None = None
+        self._worker_nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped by a signal or :meth:`request_stop`.
+
+        Reports started once every component is running and READY=1 was sent.
+        Returns after every task ended, pools are closed and the control
+        socket file is removed.
+        """
+        from .pipeline import Pipeline
+
+        async with trio.open_nursery() as root:
+            self._root_scope = root.cancel_scope
+            await root.start(self._handle_signals)
+            self.notifier.status("starting")
+            try:
+                async with Pipeline.open(self) as pipeline:
+                    self.components = pipeline
+                    await self._serve(pipeline, task_status)
+            finally:
+                self._remove_control_socket()
+                root.cancel_scope.cancel()
+        log.event(_log, "daemon.stopped", exit_status=self.exit_status)
+
+    async def _serve(self, pipeline: Any, task_status: trio.TaskStatus[None]) -> None:
+        cfg = self.cfg
+        async with trio.open_nursery() as http:
+            self.http_binds = await http.start(
+                partial(
+                    serve_app, create_app(self), cfg.http.listen,
+                    shutdown_trigger=self._http_shutdown.wait,
+                    graceful_timeout=cfg.http.graceful_timeout, name="public",
+                )
+            )
+            log.event(_log, "http.listening", binds=",".join(self.http_binds))
+            await self._start_control(http)
+            try:
+                async with trio.open_nursery() as workers:
+                    self._worker_nursery = workers
+                    await pipeline.start(workers)
+                    interval = systemd.watchdog_interval()
+                    if interval:
+                        await workers.start(systemd.run_watchdog, self.notifier, interval)
+                        log.event(_log, "systemd.watchdog", interval=interval)
+                    self._set_state("running")
+                    self.notifier.ready(self._status_line())
+                    log.event(_log, "daemon.ready", pid=os.getpid(), version=__version__, config=self.config_path)
+                    task_status.started()
+                    await self._stop_requested.wait()
+                    await self._shutdown_workers(pipeline, workers)
+            finally:
+                self._http_shutdown.set()
+                http.cancel_scope.deadline = trio.current_time() + cfg.http.graceful_timeout + HTTP_STOP_MARGIN
+
+    async def _shutdown_workers(self, pipeline: Any, workers: trio.Nursery) -> None:
+        grace = self.cfg.daemon.shutdown_grace
+        self._set_state("stopping")
+        self.notifier.stopping(f"stopping: finishing in-flight jobs (grace {grace:g}s)")
+        log.event(_log, "daemon.stopping", grace=grace)
+        pipeline.stop_intake()
+        with trio.move_on_after(grace) as scope:
+            await pipeline.wait_idle()
+        if scope.cancelled_caught:
+            log.event(_log, "daemon.grace_expired", level=logging.WARNING, grace=grace,
+                      note="in-flight jobs stay leased and are reclaimed later; nothing is lost")
+        workers.cancel_scope.cancel()
+
+    async def _start_control(self, nursery: trio.Nursery) -> None:
+        control = self.cfg.control
+        if not control.socket:
+            return
+        prepare_socket_path(control.socket)
+        await nursery.start(
+            partial(
+                serve_app, create_control_app(self), [f"unix:{control.socket}"],
+                shutdown_trigger=self._http_shutdown.wait,
+                graceful_timeout=self.cfg.http.graceful_timeout, name="control",
+            )
+        )
+        self._control_socket = control.socket
+        secure_socket(control.socket, control.mode, control.group)
+        log.event(_log, "control.listening", socket=control.socket, mode=control.mode)
+
+    def _remove_control_socket(self) -> None:
+        if self._control_socket:
+            try:
+                os.unlink(self._control_socket)
+            except FileNotFoundError:
+                pass
+            self._control_socket = None
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop_requested.set()
+
+    def force_stop(self) -> None:
+        """Cancel everything at once (what a second signal does)."""
+        self.exit_status = EXIT_FORCED
+        if self._root_scope is not None:
+            self._root_scope.cancel()
+
+    # ------------------------------------------------------------------ signals
+
+    async def _handle_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.event(_log, "signal.received", signal=name, action="reload")
+                    await self.reload()
+                elif self._stop_requested.is_set():
+                    log.event(_log, "signal.received", signal=name, action="exit now", level=logging.WARNING)
+                    self.force_stop()
+                else:
+                    log.event(_log, "signal.received", signal=name, action="graceful stop")
+                    self.request_stop()
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Reload the configuration file; apply what can change live.
+
+        Returns False (and keeps running unchanged) when the new file is
+        invalid, after logging every problem.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                new = config_mod.load(self.config_path)
+            except config_mod.ConfigError as exc:
+                for problem in exc.problems:
+                    log.event(_log, "config.reload_rejected", level=logging.ERROR, file=exc.source, problem=problem)
+                log.event(_log, "config.reload_failed", level=logging.ERROR, problems=len(exc.problems),
+                          note="keeping the running configuration")
+                return False
+            for key in restart_required(self.cfg, new):
+                log.event(_log, "config.restart_required", level=logging.WARNING, key=key,
+                          note="this change takes effect after a restart")
+            log.configure(new.daemon.log_level, new.daemon.log_format)
+            if self.components is not None:
+                await self.components.apply_config(new)
+            # Keep what needs a restart as it runs, so status reports the truth.
+            for section in RESTART_SECTIONS:
+                setattr(new, section, getattr(self.cfg, section))
+            new.daemon.instance_id = self.cfg.daemon.instance_id
+            self.cfg = new
+            log.event(_log, "config.reloaded", file=self.config_path, consumers=new.daemon.consumers,
+                      imap_accounts=len(new.imap), log_level=new.daemon.log_level)
+            return True
+        finally:
+            self.notifier.ready(self._status_line())
+
+    # ------------------------------------------------------------------ drain / resume
+
+    def drain(self) -> None:
+        """Stop intake and claiming; in-flight jobs finish; state becomes ``drained``."""
+        if self.state not in ("running",) or self.components is None or self._worker_nursery is None:
+            return
+        self._set_state("draining")
+        self.components.stop_intake()
+        self._worker_nursery.start_soon(self._watch_drain)
+
+    async def _watch_drain(self) -> None:
+        with trio.CancelScope() as scope:
+            self._drain_watch_scope = scope
+            await self.components.wait_idle()
+            if self.state == "draining":
+                self._set_state("drained")
+
+    def resume(self) -> None:
+        """Return to service after :meth:`drain`."""
+        if self.state not in ("draining", "drained") or self.components is None:
+            return
+        if self._drain_watch_scope is not None:
+            self._drain_watch_scope.cancel()
+        self.components.resume_intake()
+        self._set_state("running")
+
+    # ------------------------------------------------------------------ reporting
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.event(_log, "daemon.state", state=state, previous=self.state)
+            self.state = state
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        parts = [self.state]
+        if self.components is not None:
+            parts.append(self.components.summary())
+        return "; ".join(parts)
+
+    @property
+    def intake_open(self) -> bool:
+        return self.state == "running"
+
+    async def check_redis(self) -> None:
+        await self.components.rio.ping()
+
+    async def check_postgres(self) -> None:
+        await self.components.db.ping()
+
+    async def refresh_queue_gauges(self) -> None:
+        await self.components.refresh_gauges()
+
+    def webhook_handler(self, provider: str) -> Any:
+        return self.components.webhook_handler(provider) if self.components is not None else None
+
+    async def status(self) -> dict[str, Any]:
+        """The daemon's view for ``inboundctl status`` (queue and listener parts included)."""
+        daemon = {
+            "state": self.state,
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(clock.wall() - self.started_at, 3),
+            "config": self.config_path,
+            "instance_id": self.cfg.daemon.instance_id,
+            "http": self.http_binds,
+        }
+        body: dict[str, Any] = {"daemon": daemon}
+        if self.components is not None:
+            body.update(await self.components.status())
+        return body
+
+
+def restart_required(old: config_mod.Config, new: config_mod.Config) -> list[str]:
+    """Key paths whose change only takes effect after a restart."""
+    changed: list[str] = []
+    for section in RESTART_SECTIONS:
+        before = msgspec.to_builtins(getattr(old, section))
+        after = msgspec.to_builtins(getattr(new, section))
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                changed.append(f"{section}.{key}")
+    return changed
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inboundd",
+        description="Ingest inbound email (IMAP IDLE, Microsoft Graph, Gmail push) into PostgreSQL, exactly once.",
+        epilog=(
+            "signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads the configuration.\n"
+            "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop.\n"
+            "examples:\n"
+            "  inboundd -c /etc/inboundd.toml\n"
+            "  inboundd --check-config -c /etc/inboundd.toml\n"
+            "  inboundd --print-trial-config > trial.toml"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="configuration file (default: $INBOUNDD_CONFIG or /etc/inboundd.toml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit: 0 if valid, 2 with one line per problem")
+    parser.add_argument("--print-trial-config", action="store_true",
+                        help="print the embedded trial configuration (used by scripts/run) and exit")
+    parser.add_argument("--version", action="version", version=f"inboundd {__version__}")
+    return parser
+
+
+def trial_config_text() -> str:
+    """The embedded trial configuration (``inboundd/trial.toml``)."""
+    from importlib.resources import files
+
+    return files("inboundd").joinpath("trial.toml").read_text(encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.print_trial_config:
+        sys.stdout.write(trial_config_text())
+        return 0
+    path = args.config or config_mod.default_config_path()
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{path}: configuration is valid ({len(cfg.imap)} imap account(s), {cfg.daemon.consumers} consumers)")
+        return 0
+    log.configure(cfg.daemon.log_level, cfg.daemon.log_format)
+    daemon = Daemon(cfg, path)
+    try:
+        trio.run(daemon.run)
+    except Exception:
+        _log.exception("daemon.crashed")
+        return 1
+    return daemon.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

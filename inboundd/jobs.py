@@ -1,0 +1,131 @@
+"""The one job codec: pointer jobs, their identity, encode and decode.
+
+A job only *points* at a message (IMAP mailbox + UIDVALIDITY + UID, a Graph
+message id, a Gmail message id or historyId). Every struct forbids unknown
+fields, so a job carrying ``body``, ``raw``, ``mime`` or ``attachments`` can
+neither be constructed (``TypeError``) nor decoded (:class:`JobDecodeError`).
+
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Union
+
+import msgspec
+
+from . import clock
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "GooglePointer",
+    "ImapPointer",
+    "Job",
+    "JobDecodeError",
+    "MicrosoftPointer",
+    "Pointer",
+    "decode",
+    "encode",
+    "new_job",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Pointer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="provider"):
+    #: The configured account id (``[[imap]] id`` …).
+    account: str
+
+
+class ImapPointer(_Pointer, tag="imap"):
+    folder: str
+    uidvalidity: int
+    uid: int
+    #: Message-ID seen at ingress, if the listener fetched it (optional, informative).
+    message_id: str | None = None
+
+    def identity(self) -> str:
+        return f"imap:{self.folder}:{self.uidvalidity}:{self.uid}"
+
+
+class MicrosoftPointer(_Pointer, tag="microsoft"):
+    subscription_id: str
+    #: Immutable Graph message id.
+    message_id: str
+    change_type: str = "created"
+
+    def identity(self) -> str:
+        return f"graph:{self.message_id}"
+
+
+class GooglePointer(_Pointer, tag="google"):
+    email: str
+    history_id: int
+    pubsub_message_id: str = ""
+    #: Gmail message id once the history walk resolved it; None for a history-walk job.
+    message_id: str | None = None
+
+    def identity(self) -> str:
+        return f"gmail:{self.message_id}" if self.message_id else f"gmail-history:{self.history_id}"
+
+
+Pointer = Union[ImapPointer, MicrosoftPointer, GooglePointer]
+
+
+class Job(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A pointer plus its envelope. ``id`` is stable across retries and redrives."""
+
+    id: str
+    tenant: str
+    pointer: Pointer
+    enqueued_at: float
+    attempt: int = 0
+    #: Retries caused by transient infrastructure errors; they do not burn attempts.
+    transient: int = 0
+    v: int = SCHEMA_VERSION
+
+    @property
+    def account(self) -> str:
+        return self.pointer.account
+
+    @property
+    def provider(self) -> str:
+        return type(self.pointer).__struct_config__.tag  # type: ignore[return-value]
+
+    def identity(self) -> str:
+        """Provider-native, immutable identity of the message within its account."""
+        return self.pointer.identity()
+
+    def log_fields(self) -> dict[str, object]:
+        """The context every log line about this job carries."""
+        return {"job_id": self.id, "account": self.account, "provider": self.provider, "attempt": self.attempt}
+
+
+class JobDecodeError(ValueError):
+    """Bytes that are not a valid job of a known schema version."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Job)
+
+
+def new_job(pointer: Pointer, *, tenant: str, job_id: str | None = None) -> Job:
+    """A fresh job for *pointer*, stamped with the wall clock."""
+    return Job(id=job_id or uuid.uuid4().hex, tenant=tenant, pointer=pointer, enqueued_at=clock.wall())
+
+
+def encode(job: Job) -> bytes:
+    """The wire form of *job* (compact JSON)."""
+    return _encoder.encode(job)
+
+
+def decode(data: bytes | str) -> Job:
+    """Decode a job; raises :class:`JobDecodeError` naming what was wrong."""
+    try:
+        job = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise JobDecodeError(f"invalid job payload: {exc}") from None
+    if job.v != SCHEMA_VERSION:
+        raise JobDecodeError(f"unsupported job schema version {job.v} (this build reads {SCHEMA_VERSION})")
+    return job

@@ -1,0 +1,91 @@
+"""The one metrics registry (Prometheus).
+
+Every operational event is counted here; modules import the metric objects
+they need. Names follow Prometheus conventions (``_total`` counters,
+``_seconds`` histograms, base units).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR
+
+__all__ = ["REGISTRY", "render"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+_JOB = ["provider", "account"]
+
+jobs_enqueued = Counter("inboundd_jobs_enqueued_total", "Jobs durably enqueued", _JOB, registry=REGISTRY)
+enqueue_failures = Counter("inboundd_enqueue_failures_total", "Enqueue attempts Redis did not acknowledge", registry=REGISTRY)
+jobs_claimed = Counter("inboundd_jobs_claimed_total", "Jobs claimed by a consumer", _JOB, registry=REGISTRY)
+jobs_acked = Counter("inboundd_jobs_acked_total", "Jobs acknowledged and removed", _JOB, registry=REGISTRY)
+jobs_retried = Counter("inboundd_jobs_retried_total", "Jobs scheduled for a retry", _JOB + ["kind"], registry=REGISTRY)
+jobs_dead_lettered = Counter(
+    "inboundd_jobs_dead_lettered_total", "Jobs moved to the dead-letter stream", _JOB + ["reason"], registry=REGISTRY
+)
+jobs_reclaimed = Counter("inboundd_jobs_reclaimed_total", "Expired leases reclaimed", registry=REGISTRY)
+jobs_promoted = Counter("inboundd_jobs_promoted_total", "Delayed retries promoted to the stream", registry=REGISTRY)
+jobs_redriven = Counter("inboundd_jobs_redriven_total", "Dead-lettered jobs moved back to the stream", registry=REGISTRY)
+stale_owner = Counter(
+    "inboundd_stale_owner_total", "Ack/retry/dead-letter refused because the lease moved", ["operation"], registry=REGISTRY
+)
+dlq_evicted = Counter("inboundd_dlq_evicted_total", "Dead-letter entries evicted by dlq_maxlen", registry=REGISTRY)
+ledger_outcomes = Counter(
+    "inboundd_ledger_outcomes_total", "Processing outcomes recorded in the ledger", _JOB + ["outcome", "reason"], registry=REGISTRY
+)
+processing_seconds = Histogram(
+    "inboundd_processing_seconds", "Time to process one job (fetch, parse, store)", ["provider"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+end_to_end_seconds = Histogram(
+    "inboundd_end_to_end_seconds", "Time from enqueue to ack", ["provider"], registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+queue_ready = Gauge("inboundd_queue_ready", "Jobs waiting in the stream", registry=REGISTRY)
+queue_in_flight = Gauge("inboundd_queue_in_flight", "Jobs claimed and not yet acknowledged", registry=REGISTRY)
+queue_delayed = Gauge("inboundd_queue_delayed", "Jobs waiting for their retry time", registry=REGISTRY)
+queue_dead = Gauge("inboundd_queue_dead", "Jobs in the dead-letter stream", registry=REGISTRY)
+listeners = Gauge("inboundd_listeners", "IMAP listeners by state", ["state"], registry=REGISTRY)
+listener_reconnects = Counter(
+    "inboundd_listener_reconnects_total", "IMAP listener reconnects", ["account", "folder"], registry=REGISTRY
+)
+listener_skips = Counter("inboundd_skipped_total", "Deliberately skipped sources", _JOB + ["reason"], registry=REGISTRY)
+
+# IMAP (providers/imap_*): listener events, consume-time fetches, post-actions.
+_MAILBOX = ["account", "folder"]
+imap_pointers_enqueued = Counter(
+    "inboundd_imap_pointers_enqueued_total", "Pointer jobs IMAP listeners had acknowledged by Redis", _MAILBOX,
+    registry=REGISTRY,
+)
+imap_uidvalidity_changes = Counter(
+    "inboundd_imap_rescans_total", "Full folder rescans (UIDVALIDITY changed, UIDNEXT went back)", _MAILBOX,
+    registry=REGISTRY,
+)
+imap_auth_failures = Counter("inboundd_imap_auth_failures_total", "IMAP logins rejected by the server", ["account"],
+                             registry=REGISTRY)
+imap_lease_events = Counter(
+    "inboundd_imap_lease_events_total", "Mailbox ownership lease events (acquired, released, lost, expired)",
+    ["event"], registry=REGISTRY,
+)
+imap_fetches = Counter(
+    "inboundd_imap_fetches_total", "Consume-time IMAP fetches by outcome (fetched or the skip reason)",
+    ["account", "outcome"], registry=REGISTRY,
+)
+imap_fetch_seconds = Histogram(
+    "inboundd_imap_fetch_seconds", "Time to fetch one message from IMAP (connection from the pool included)",
+    registry=REGISTRY, buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+imap_post_actions = Counter(
+    "inboundd_imap_post_actions_total", "Post-actions after commit (seen, move, delete) by outcome",
+    ["account", "action", "outcome"], registry=REGISTRY,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition body and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

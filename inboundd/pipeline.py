@@ -1,0 +1,161 @@
+"""The daemon's work, wired: shared pools, queue, consumers, reclaim timer, IMAP listeners.
+
+:class:`Pipeline` owns the one Redis pool and the one PostgreSQL pool for the
+daemon's lifetime (``async with Pipeline.open(daemon)``), starts every worker
+task in the nursery the daemon gives it, and is the daemon's single handle on
+intake (stop/resume), idleness (for drain and shutdown), live reconfiguration
+and status.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import trio
+
+from . import config as config_mod, log
+from .consumer import ConsumerPool
+from .processing import Processor
+from .providers.base import SourceRegistry
+from .providers.imap_conn import accounts_from_config
+from .providers.imap_fetch import ImapSource
+from .providers.imap_listener import DbCursorStore, ImapListenerGroup
+from .queue import Queue, ReclaimTimer
+from .redisio import RedisIO
+from .store import ledger as ledger_mod
+from .store.db import Database
+from .store.migrate import migrate
+
+__all__ = ["Pipeline"]
+
+_log = log.get_logger("pipeline")
+
+#: Start-up waits for PostgreSQL (migrations) with this backoff, bounded.
+STARTUP_RETRY_CAP = 10.0
+
+
+def _secret(cfg: config_mod.Config, key: str) -> str | None:
+    secret = cfg.secret(key)
+    return secret.reveal() if secret is not None else None
+
+
+class Pipeline:
+    """Everything the daemon runs besides its HTTP servers."""
+
+    def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database) -> None:
+        self.cfg = cfg
+        self.rio = rio
+        self.db = db
+        instance = cfg.daemon.instance_id
+        self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
+        self.sources = SourceRegistry()
+        self.imap_source = ImapSource(accounts_from_config(cfg))
+        self.sources.register("imap", self.imap_source)
+        self.processor = Processor(db, self.sources, cfg, instance)
+        self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
+        self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
+        self.listeners = ImapListenerGroup(
+            accounts_from_config(cfg), self.queue, DbCursorStore(db), rio=rio, key_prefix=cfg.redis.key_prefix,
+            instance_id=instance,
+        )
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, daemon: Any) -> AsyncIterator["Pipeline"]:
+        """Open the pools, apply migrations (waiting for PostgreSQL), yield, close the pools.
+
+        The pools are closed on every exit path, cancellation included.
+        """
+        cfg = daemon.cfg
+        rio = RedisIO.from_config(cfg.redis, _secret(cfg, "redis.password"))
+        try:
+            db = Database(cfg.postgres, _secret(cfg, "postgres.password"))
+            try:
+                await db.open()
+                await cls._migrate_when_reachable(daemon, db)
+                yield cls(cfg, rio, db)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await db.close()
+        finally:
+            with trio.CancelScope(shield=True):
+                await rio.close()
+
+    @staticmethod
+    async def _migrate_when_reachable(daemon: Any, db: Database) -> None:
+        delay = 0.5
+        while True:
+            try:
+                applied = await db.run(migrate)
+            except ledger_mod.SchemaTooNew:
+                raise
+            except Exception as exc:  # PostgreSQL not up yet: wait rather than crash-loop
+                log.event(_log, "postgres.unavailable", level=logging.WARNING, error=str(exc), retry_in=delay)
+                daemon.notifier.status(f"waiting for PostgreSQL: {exc}")
+                await trio.sleep(delay)
+                delay = min(delay * 2, STARTUP_RETRY_CAP)
+                continue
+            if applied:
+                log.event(_log, "migrations.applied", versions=",".join(str(v) for v in applied))
+            return
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start every worker task in *nursery*; returns once each reported started."""
+        await nursery.start(self.queue.run)
+        await nursery.start(self.reclaim.run)
+        await nursery.start(self.consumers.run)
+        await nursery.start(self.imap_source.run)
+        await nursery.start(self.listeners.run)
+
+    # ------------------------------------------------------------------ intake
+
+    def stop_intake(self) -> None:
+        """Listeners log out, consumers stop claiming; in-flight jobs go on."""
+        self.consumers.drain()
+        self._spawn(self.listeners.drain)
+
+    def resume_intake(self) -> None:
+        self.consumers.resume()
+        self._spawn(self.listeners.resume)
+
+    async def wait_idle(self) -> None:
+        """Return once no job is in flight and every listener has logged out."""
+        await self.consumers.wait_drained()
+        await self.listeners.wait_drained()
+
+    def _spawn(self, fn: Any) -> None:
+        trio.lowlevel.spawn_system_task(fn)
+
+    # ------------------------------------------------------------------ reload
+
+    async def apply_config(self, new: config_mod.Config) -> None:
+        """Apply what can change live: consumer count and IMAP accounts."""
+        if new.daemon.consumers != self.consumers.count:
+            log.event(_log, "consumers.resize", before=self.consumers.count, after=new.daemon.consumers)
+            self.consumers.resize(new.daemon.consumers)
+        accounts = accounts_from_config(new)
+        self.imap_source.update(accounts)
+        await self.listeners.update(accounts)
+        self.listeners.kick()  # an auth_failed listener retries at once after a reload
+
+    # ------------------------------------------------------------------ reporting
+
+    def summary(self) -> str:
+        states = self.listeners.summary()
+        listeners = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+        return f"{self.consumers.count} consumers; listeners: {listeners}"
+
+    async def refresh_gauges(self) -> None:
+        await self.queue.refresh_gauges()
+
+    def webhook_handler(self, provider: str) -> Any:
+        return None  # no webhook provider is implemented by this build
+
+    async def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "consumers": {"count": self.consumers.count, "busy": self.consumers.busy},
+            "listeners": [listener.to_dict() for listener in self.listeners.status()],
+        }
+        return body

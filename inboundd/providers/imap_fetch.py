@@ -1,0 +1,328 @@
+"""IMAP at consume time: fetch the message a pointer names, and post-actions after commit.
+
+:class:`ImapFetcher` is the IMAP implementation of the processing layer's
+``Source`` protocol. For each job it takes a connection from a small
+per-account pool (``fetch_connections``, reused across jobs), EXAMINEs the
+folder — every time, so the UIDVALIDITY compared with the pointer is the
+current one — asks for ``RFC822.SIZE`` first (an oversize message is never
+downloaded), then ``UID FETCH <uid> (BODY.PEEK[] RFC822.SIZE INTERNALDATE
+FLAGS)``. ``BODY.PEEK`` in a read-only EXAMINE: fetching never sets
+``\\Seen``. A message that is gone, or whose folder changed UIDVALIDITY, is a
+deterministic :class:`SourceUnavailable`, never a retry loop.
+
+Post-actions (``seen``, ``move:<folder>``, ``delete``) run from
+:meth:`ImapFetcher.after_commit`, i.e. only once the message is committed.
+They SELECT the folder read-write and act only if its UIDVALIDITY still is
+the pointer's: a UID under another UIDVALIDITY is another message.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+from imapclient.imapclient import seq_to_parenstr_upper
+from imapclient.response_parser import parse_fetch_response
+
+from .. import log, metrics
+from ..jobs import ImapPointer, Job
+from . import imap_proto as proto
+from .base import FetchedMessage, SourceUnavailable
+from .imap_conn import Connection, ConnectionLost, FolderError, ImapAccount, ImapError, default_limiter
+
+__all__ = ["ImapFetcher"]
+
+_log = log.get_logger("imap.fetch")
+
+#: A pooled connection unused this long is closed rather than reused (servers log idle clients out).
+POOL_IDLE_MAX = 240.0
+
+_FETCH_ITEMS = [b"BODY.PEEK[]", b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS"]
+#: Errors after which a *reused* connection is presumed stale and the job is tried once on a fresh one.
+_STALE = (OSError, imaplib.IMAP4.abort, ConnectionLost)
+
+
+class _Pool:
+    """Up to ``fetch_connections`` authenticated connections of one account."""
+
+    def __init__(self, account: ImapAccount, limiter: trio.CapacityLimiter) -> None:
+        self.account = account
+        self.limiter = limiter
+        self.slots = trio.Semaphore(account.config.fetch_connections)
+        self.idle: list[tuple[Connection, float]] = []
+        self.closed = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[tuple[Connection, bool]]:
+        """A connection for one job, and whether it is freshly opened.
+
+        Returned to the pool only when the job's use ended without error;
+        otherwise closed (LOGOUT if possible, shielded and bounded).
+        """
+        async with self.slots:
+            conn: Connection | None = None
+            now = trio.current_time()
+            while self.idle and conn is None:
+                candidate, last_used = self.idle.pop()
+                if now - last_used < POOL_IDLE_MAX and candidate.usable:
+                    conn = candidate
+                else:
+                    await candidate.aclose()
+            fresh = conn is None
+            if conn is None:
+                conn = await Connection.open(self.account, self.limiter)
+            ok = False
+            try:
+                yield conn, fresh
+                ok = True
+            finally:
+                if ok and conn.usable and not self.closed:
+                    self.idle.append((conn, trio.current_time()))
+                else:
+                    await conn.aclose()
+
+    async def aclose(self) -> None:
+        """Log out every idle connection (busy ones close when their job ends)."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for conn, _ in idle:
+            await conn.aclose()
+
+
+class ImapFetcher:
+    """The IMAP ``Source``: :meth:`fetch` at consume time, :meth:`after_commit` for post-actions.
+
+    Construct with the accounts (``accounts_from_config(cfg)``); call
+    :meth:`update` after a reload and :meth:`aclose` at shutdown.
+    """
+
+    def __init__(self, accounts: Iterable[ImapAccount], *, limiter: trio.CapacityLimiter | None = None) -> None:
+        self.limiter = limiter or default_limiter()
+        self._accounts: dict[str, ImapAccount] = {}
+        self._pools: dict[str, _Pool] = {}
+        self._retired: list[_Pool] = []
+        self.update(accounts)
+
+    def update(self, accounts: Iterable[ImapAccount]) -> None:
+        """Use a reloaded account list; pools of changed or removed accounts are retired.
+
+        Jobs in flight finish on their old connection; :meth:`aclose` logs out
+        the retired pools' idle connections.
+        """
+        new = {a.id: a for a in accounts}
+        for account_id, pool in list(self._pools.items()):
+            if account_id not in new or new[account_id].fingerprint() != pool.account.fingerprint():
+                pool.closed = True
+                self._retired.append(self._pools.pop(account_id))
+        self._accounts = new
+
+    async def aclose(self) -> None:
+        """Log out every pooled connection. Shielded per connection, bounded."""
+        pools = list(self._pools.values()) + self._retired
+        self._pools, self._retired = {}, []
+        for pool in pools:
+            await pool.aclose()
+
+    def _pool(self, account_id: str) -> _Pool:
+        pool = self._pools.get(account_id)
+        if pool is None:
+            account = self._accounts.get(account_id)
+            if account is None:
+                # Not a skip: the account may come back with the next reload; the
+                # retry/dead-letter path keeps the job visible and redrivable.
+                raise LookupError(f"IMAP account {account_id!r} is not configured")
+            pool = self._pools[account_id] = _Pool(account, self.limiter)
+        return pool
+
+    # ------------------------------------------------------------------ fetch
+
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
+        """The raw message *job* points at, or why it cannot be had.
+
+        Raises (for the consumer's retry path) when the server cannot be
+        reached or refuses the login. A reused pooled connection that turns
+        out dead is replaced and the job tried once more on a fresh one.
+        Cancellation abandons the connection (it is closed, not pooled).
+        """
+        pointer = job.pointer
+        assert isinstance(pointer, ImapPointer), f"not an IMAP pointer: {type(pointer).__name__}"
+        pool = self._pool(pointer.account)
+        started = trio.current_time()
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as (conn, fresh):
+                    result = await self._fetch_on(conn, pointer, max_size)
+            except _STALE:
+                if fresh or attempt == 2:
+                    raise
+                continue
+            outcome = "fetched" if isinstance(result, FetchedMessage) else result.reason
+            metrics.imap_fetches.labels(pointer.account, outcome).inc()
+            metrics.imap_fetch_seconds.observe(trio.current_time() - started)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _fetch_on(self, conn: Connection, pointer: ImapPointer, max_size: int) -> FetchedMessage | SourceUnavailable:
+        try:
+            selected = await conn.select(pointer.folder, readonly=True)
+        except FolderError as exc:
+            if _folder_missing(str(exc)):
+                return SourceUnavailable("source_deleted", f"folder {pointer.folder!r} no longer exists")
+            raise
+        uid = pointer.uid
+        size = None
+        if selected.uidvalidity == pointer.uidvalidity:
+            sizes = await conn.call(_fetch, conn, uid, [b"RFC822.SIZE"])
+            size = sizes.get(b"RFC822.SIZE") if sizes else None
+        skip = proto.check_fetch(pointer.uidvalidity, selected.uidvalidity, size, max_size)
+        if skip is not None:
+            return SourceUnavailable(*skip)
+        data = await conn.call(_fetch, conn, uid, _FETCH_ITEMS)
+        raw = data.get(b"BODY[]") if data else None
+        if raw is None:
+            return SourceUnavailable("source_deleted", "message expunged while being fetched")
+        internal = data.get(b"INTERNALDATE")
+        if isinstance(internal, datetime) and internal.tzinfo is None:
+            internal = internal.replace(tzinfo=timezone.utc)
+        return FetchedMessage(
+            raw=bytes(raw),
+            provider_message_id=f"{pointer.uidvalidity}:{uid}",
+            folder=pointer.folder,
+            size=int(data.get(b"RFC822.SIZE") or len(raw)),
+            internal_date=internal,
+        )
+
+    # ------------------------------------------------------------------ post-actions
+
+    async def after_commit(self, job: Job, stored: Any = True) -> None:
+        """Apply the account's ``post_action`` to the committed message.
+
+        Called only after the message's transaction committed. Best effort by
+        design: the message is safely stored, so a failure is logged and
+        counted (``inboundd_imap_post_actions_total{outcome="error"}``), never
+        raised into the consumer. Never touches a message whose folder
+        changed UIDVALIDITY since the pointer was taken.
+        """
+        pointer = job.pointer
+        if not isinstance(pointer, ImapPointer):
+            return
+        account = self._accounts.get(pointer.account)
+        if account is None:
+            return
+        action = proto.parse_post_action(account.config.post_action)
+        if action.kind == "none":
+            return
+        outcome = "error"
+        try:
+            outcome = await self._post_action(pointer, action)
+        except Exception as exc:  # noqa: BLE001 — the commit stands; report and move on
+            log.event(_log, "imap.post_action.failed", level=logging.WARNING, account=pointer.account,
+                      folder=pointer.folder, uid=pointer.uid, action=account.config.post_action,
+                      error=f"{type(exc).__name__}: {exc}", job_id=job.id)
+        else:
+            log.event(_log, "imap.post_action", level=logging.DEBUG, account=pointer.account, folder=pointer.folder,
+                      uid=pointer.uid, action=account.config.post_action, outcome=outcome, job_id=job.id)
+        metrics.imap_post_actions.labels(pointer.account, action.kind, outcome).inc()
+
+    async def _post_action(self, pointer: ImapPointer, action: proto.PostAction) -> str:
+        pool = self._pool(pointer.account)
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as (conn, fresh):
+                    return await self._post_action_on(conn, pointer, action)
+            except _STALE:
+                if fresh or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _post_action_on(self, conn: Connection, pointer: ImapPointer, action: proto.PostAction) -> str:
+        try:
+            selected = await conn.select(pointer.folder, readonly=False)
+        except FolderError as exc:
+            if _folder_missing(str(exc)):
+                return "source_deleted"
+            raise
+        if selected.uidvalidity != pointer.uidvalidity:
+            return "uidvalidity_changed"
+        uid = pointer.uid
+        client = conn.client
+        if action.kind == "seen":
+            await conn.call(client.add_flags, [uid], [b"\\Seen"], True)
+            return "done"
+        if action.kind == "move":
+            return await self._move(conn, uid, action.folder)
+        if action.kind == "delete":
+            await conn.call(client.add_flags, [uid], [b"\\Deleted"], True)
+            return await self._expunge(conn, uid)
+        return "none"
+
+    async def _move(self, conn: Connection, uid: int, target: str) -> str:
+        client = conn.client
+
+        def move() -> None:
+            try:
+                if conn.has_move:
+                    client.move([uid], target)
+                else:
+                    client.copy([uid], target)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                if "TRYCREATE" not in str(exc).upper():
+                    raise
+                # The target folder does not exist yet: create it once, then retry.
+                client.create_folder(target)
+                if conn.has_move:
+                    client.move([uid], target)
+                else:
+                    client.copy([uid], target)
+
+        await conn.call(move)
+        if conn.has_move:
+            return "done"
+        await conn.call(client.add_flags, [uid], [b"\\Deleted"], True)
+        return await self._expunge(conn, uid)
+
+    async def _expunge(self, conn: Connection, uid: int) -> str:
+        if not conn.has_uidplus:
+            # A plain EXPUNGE would also remove other messages someone flagged
+            # \Deleted: leave ours flagged for the next expunge by its owner.
+            return "flagged_deleted"
+        await conn.call(conn.client.uid_expunge, [uid])
+        return "done"
+
+
+def _fetch(conn: Connection, uid: int, items: list[bytes]) -> dict[bytes, Any] | None:
+    """``UID FETCH uid items`` → that UID's data, or None when the UID does not exist.
+
+    imapclient's ``fetch`` keys answers by UID but unsolicited FETCH responses
+    (another client changed flags) by sequence number, so the two can
+    collide; parse with explicit UIDs and keep only the UID asked for.
+    """
+    client = conn.client
+    imap = client._imap
+    try:
+        tag = imap._command("UID", "FETCH", str(uid), seq_to_parenstr_upper(items))
+        typ, data = imap._command_complete("FETCH", tag)
+        if typ != "OK":
+            raise ImapError(f"UID FETCH {uid} failed: {typ} {data[0]!r}")
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        parsed = parse_fetch_response(data, client.normalise_times, uid_is_key=False) if data != [None] else {}
+    finally:
+        imap.untagged_responses.clear()
+    merged: dict[bytes, Any] = {}
+    for item in parsed.values():
+        if item.get(b"UID") == uid:
+            merged.update(item)
+    return merged or None
+
+
+def _folder_missing(message: str) -> bool:
+    upper = message.upper()
+    return "NONEXISTENT" in upper or "DOESN'T EXIST" in upper or "DOES NOT EXIST" in upper
+

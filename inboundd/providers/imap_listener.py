@@ -1,0 +1,698 @@
+"""IMAP ingress: one listener task per (account, folder), and the group that owns them all.
+
+A listener's life::
+
+    standby ──(lease acquired)──▶ connecting ──▶ catching_up ──▶ idle ⇄ catching_up
+       ▲                              │  ▲                         (or polling ⇄ catching_up)
+       └──(lease lost)────────────────┤  └──(delay)── backoff / auth_failed ◀──(any failure)
+                                      ▼
+                                   stopped (cancelled, drained, removed)
+
+* **Catch-up** runs after every (re)connect and on every EXISTS:
+  ``UID SEARCH UID <last+1>:*`` from the cursor in ``inbound_cursors``, one
+  pointer job per new UID in UID order, and the cursor advances only after
+  Redis acknowledged the batch. A crash anywhere therefore re-enqueues at
+  most one batch, which the ledger deduplicates; nothing is skipped.
+* **IDLE** waits on socket readability in trio (no thread per mailbox),
+  re-issues IDLE before ``idle_refresh``, and after ``noop_interval`` of
+  silence ends IDLE and sends NOOP, each bounded by ``read_timeout``: a dead
+  connection surfaces as a failure and a reconnect.
+* **Failures** of any kind (network, TLS, login, folder, Redis, PostgreSQL,
+  even a bug) end the session and are retried with backoff — per listener,
+  so one failing account or folder never affects the others.
+* **Ownership**: with a lease configured, a listener first takes the
+  mailbox's Redis lease (``imap_lease``) and stops listening the moment it
+  cannot prove it still holds it.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import math
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from .. import clock, log, metrics
+from ..jobs import ImapPointer, Job, new_job
+from . import imap_proto as proto
+from .imap_conn import (
+    AuthError,
+    Connection,
+    ConnectionLost,
+    ImapAccount,
+    ImapError,
+    Selected,
+    default_limiter,
+    describe,
+)
+from .imap_lease import MailboxLease
+
+__all__ = [
+    "CursorStore",
+    "DbCursorStore",
+    "ImapListener",
+    "ImapListenerGroup",
+    "ListenerStatus",
+    "MemoryCursorStore",
+]
+
+_log = log.get_logger("imap")
+
+#: UIDs enqueued per Redis round trip (and per cursor write) during a catch-up.
+ENQUEUE_BATCH = 500
+#: A connection that stayed up this long resets the reconnect backoff.
+HEALTHY_AFTER = 60.0
+#: Standby re-checks a held lease at least this often (plus its remaining time).
+STANDBY_MAX_WAIT = 5.0
+#: A listener still connecting after this long reports started anyway (state ``connecting``):
+#: a black-holed server must not hold up the daemon's start-up.
+STARTUP_REPORT_AFTER = 10.0
+
+# States worth an INFO line; the idle ⇄ catching_up flapping stays at DEBUG.
+_QUIET_STATES = {"idle", "catching_up", "polling"}
+
+
+class Enqueuer(Protocol):
+    async def enqueue_many(self, jobs: Sequence[Job]) -> Any: ...
+
+
+class CursorStore(Protocol):
+    """Where listeners persist their resume points."""
+
+    async def load(self, account: str, folder: str) -> proto.Cursor | None: ...
+
+    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None: ...
+
+
+class DbCursorStore:
+    """Cursors in PostgreSQL (``inbound_cursors``), through ``store.cursors``."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def load(self, account: str, folder: str) -> proto.Cursor | None:
+        from ..store import cursors
+
+        row = await cursors.get_cursor(self.db, account, folder)
+        if row is None:
+            return None
+        uidvalidity, last_uid = _cursor_fields(row)
+        if uidvalidity is None or last_uid is None:
+            return None
+        return proto.Cursor(int(uidvalidity), int(last_uid))
+
+    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None:
+        from ..store import cursors
+
+        await cursors.set_cursor(self.db, account, folder, cursor.uidvalidity, cursor.last_uid)
+
+
+def _cursor_fields(row: Any) -> tuple[Any, Any]:
+    if isinstance(row, tuple):
+        return row[0], row[1]
+    if isinstance(row, dict):
+        return row.get("uidvalidity"), row.get("last_uid")
+    return getattr(row, "uidvalidity", None), getattr(row, "last_uid", None)
+
+
+class MemoryCursorStore:
+    """Cursors in a dict: for benches and tests that do not exercise persistence."""
+
+    def __init__(self) -> None:
+        self.cursors: dict[tuple[str, str], proto.Cursor] = {}
+
+    async def load(self, account: str, folder: str) -> proto.Cursor | None:
+        return self.cursors.get((account, folder))
+
+    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None:
+        self.cursors[(account, folder)] = cursor
+
+
+class ListenerStatus(msgspec.Struct, kw_only=True):
+    """One listener as ``inboundctl status`` and ``/metrics`` see it."""
+
+    account: str
+    folder: str
+    tenant: str
+    state: str
+    #: Wall time the current state was entered.
+    since: float
+    #: Wall time the server last told us something (EXISTS, a catch-up, a NOOP answer).
+    last_event_at: float | None = None
+    uidvalidity: int | None = None
+    last_uid: int | None = None
+    #: Pointer jobs this listener had acknowledged by Redis since the daemon started.
+    enqueued: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    #: When the next attempt is due (backoff, auth_failed), wall time.
+    retry_at: float | None = None
+    #: ``idle`` or ``poll`` once connected.
+    mode: str | None = None
+    #: Fencing token of the held mailbox lease (None: no lease, or not the owner).
+    lease_token: int | None = None
+
+
+class ImapListener:
+    """Watches one folder of one account and enqueues a pointer job per new message.
+
+    Start with ``await nursery.start(listener.run)``; see :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        account: ImapAccount,
+        folder: str,
+        *,
+        queue: Enqueuer,
+        cursors: CursorStore,
+        limiter: trio.CapacityLimiter,
+        lease: MailboxLease | None = None,
+    ) -> None:
+        self.account = account
+        self.folder = folder
+        self.queue = queue
+        self.cursors = cursors
+        self.limiter = limiter
+        self.lease = lease
+        cfg = account.config
+        self._start_from = proto.parse_start_from(cfg.start_from)
+        self._policy = proto.AuthPolicy(
+            cfg.auth_failure_limit, cfg.auth_retry_interval,
+            proto.Backoff(cfg.reconnect_base, cfg.reconnect_cap, healthy_after=HEALTHY_AFTER),
+        )
+        self._state = "stopped"
+        self._since = clock.wall()
+        self._cursor: proto.Cursor | None = None
+        self._enqueued = 0
+        self._reconnects = 0
+        self._last_error: str | None = None
+        self._last_event_at: float | None = None
+        self._retry_at: float | None = None
+        self._mode: str | None = None
+        self._kick = trio.Event()
+        self._ready = trio.Event()
+        self._listening = trio.CancelScope()
+        self._lease_clock = proto.LeaseClock(max(lease.ttl, 1.0) if lease else 1.0)
+        metrics.listeners.labels(self._state).inc()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account.id, self.folder)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def status(self) -> ListenerStatus:
+        """A snapshot of this listener (plain struct, safe to encode)."""
+        cursor = self._cursor
+        return ListenerStatus(
+            account=self.account.id, folder=self.folder, tenant=self.account.config.tenant,
+            state=self._state, since=self._since, last_event_at=self._last_event_at,
+            uidvalidity=cursor.uidvalidity if cursor else None, last_uid=cursor.last_uid if cursor else None,
+            enqueued=self._enqueued, reconnects=self._reconnects, last_error=self._last_error,
+            retry_at=self._retry_at, mode=self._mode,
+            lease_token=self.lease.token if self.lease is not None else None,
+        )
+
+    def kick(self) -> None:
+        """Retry now: ends a backoff or ``auth_failed`` wait, or triggers a poll (SIGHUP)."""
+        self._kick.set()
+
+    def close(self) -> None:
+        """Forget this listener in the state gauge (after its last run ended)."""
+        metrics.listeners.labels(self._state).dec()
+        self._state = "closed"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; never returns otherwise and never raises but ``Cancelled``.
+
+        Reports started as soon as the listener is useful or known not to be:
+        caught up and in IDLE/polling, in ``backoff`` or ``auth_failed`` after
+        a failed first attempt, or in ``standby`` behind another daemon's
+        lease — so a daemon's start-up never hangs on a broken account.
+
+        On cancellation: IDLE is ended with DONE, LOGOUT is sent and the lease
+        released, all shielded and bounded by a couple of seconds; then the
+        state is ``stopped``.
+        """
+        self._ready = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._main)
+                with trio.move_on_after(STARTUP_REPORT_AFTER):
+                    await self._ready.wait()
+                task_status.started()
+        finally:
+            if self.lease is not None and self.lease.value is not None:
+                await self.lease.release()
+                metrics.imap_lease_events.labels("released").inc()
+            self._retry_at = None
+            self._mode = None
+            self._set_state("stopped")
+
+    async def _main(self) -> None:
+        if self.lease is None:
+            return await self._connect_loop()
+        while True:
+            await self._acquire_lease()
+            async with trio.open_nursery() as nursery:
+                self._listening = nursery.cancel_scope
+                nursery.start_soon(self._keep_lease)
+                await self._connect_loop()
+
+    # ------------------------------------------------------------------ lease
+
+    async def _acquire_lease(self) -> None:
+        assert self.lease is not None
+        backoff = proto.Backoff(0.5, STANDBY_MAX_WAIT)
+        while True:
+            sent_at = trio.current_time()
+            try:
+                held_for = await self.lease.try_acquire()
+            except Exception as exc:  # Redis unreachable: ownership unknown, so do not listen
+                self._last_error = f"lease: {describe(exc)}"
+                wait = backoff.failed(trio.current_time())
+            else:
+                if held_for is None:
+                    self._lease_clock = proto.LeaseClock(self.lease.ttl)
+                    # Trust counts from before the request was sent (conservative).
+                    self._lease_clock.confirmed(sent_at)
+                    metrics.imap_lease_events.labels("acquired").inc()
+                    log.event(_log, "imap.lease.acquired", account=self.account.id, folder=self.folder,
+                              token=self.lease.token)
+                    return
+                # Wake just after it can expire (jitter spreads competing standbys).
+                wait = min(held_for + 0.01 + 0.05 * random.random(), STANDBY_MAX_WAIT, self.lease.ttl / 3)
+            self._set_state("standby")
+            self._report_started()
+            await trio.sleep(wait)
+
+    async def _keep_lease(self) -> None:
+        """Renew every ttl/3; stop listening as soon as ownership cannot be proven."""
+        assert self.lease is not None
+        lease_clock: proto.LeaseClock = self._lease_clock
+        reason = "lost"
+        while True:
+            next_at = trio.current_time() + lease_clock.renew_every
+            # Wake early enough to stop listening before the lease could have expired.
+            await trio.sleep_until(min(next_at, lease_clock.valid_until))
+            now = trio.current_time()
+            if not lease_clock.valid(now):
+                reason = "expired"
+                break
+            try:
+                with trio.move_on_at(lease_clock.valid_until):
+                    if await self.lease.renew():
+                        lease_clock.confirmed(now)
+                        continue
+                    break
+                reason = "expired"
+                break
+            except Exception as exc:
+                self._last_error = f"lease renewal: {describe(exc)}"
+                log.event(_log, "imap.lease.renew_failed", level=logging.WARNING, account=self.account.id,
+                          folder=self.folder, error=self._last_error)
+        self._drop_lease(reason)
+
+    def _drop_lease(self, reason: str) -> None:
+        """Stop listening at once: the lease is lost (``lost``) or can no longer be trusted (``expired``)."""
+        assert self.lease is not None
+        metrics.imap_lease_events.labels(reason).inc()
+        log.event(_log, "imap.lease.lost", level=logging.WARNING, account=self.account.id, folder=self.folder,
+                  reason=reason, token=self.lease.token, note="stopped listening; another daemon may own it now")
+        self.lease.token = None
+        self.lease.value = None
+        self._listening.cancel()
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _connect_loop(self) -> None:
+        first = True
+        while True:
+            if not first:
+                self._reconnects += 1
+                metrics.listener_reconnects.labels(self.account.id, self.folder).inc()
+            first = False
+            self._retry_at = None
+            self._set_state("connecting")
+            try:
+                await self._session()
+            except AuthError as exc:
+                retry = self._policy.auth_failed(str(exc), trio.current_time())
+                metrics.imap_auth_failures.labels(self.account.id).inc()
+            except Exception as exc:  # noqa: BLE001 — isolation: nothing here may kill the group
+                retry = self._policy.failed(describe(exc), trio.current_time())
+                if not isinstance(exc, (OSError, ConnectionLost)) and not _is_imap_error(exc):
+                    _log.warning("imap.listener.error account=%s folder=%s", self.account.id, self.folder,
+                                 exc_info=True)
+            self._last_error = retry.error
+            self._mode = None
+            self._retry_at = clock.wall() + retry.delay
+            self._set_state(retry.state)
+            log.event(_log, "imap.listener.retry", level=logging.WARNING, account=self.account.id,
+                      folder=self.folder, state=retry.state, delay=round(retry.delay, 3), error=retry.error)
+            self._report_started()
+            await self._wait(retry.delay)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep *delay* seconds, or until :meth:`kick`."""
+        with trio.move_on_after(delay):
+            await self._kick.wait()
+        self._kick = trio.Event()
+
+    async def _session(self) -> None:
+        conn = await Connection.open(self.account, self.limiter)
+        try:
+            self._policy.logged_in(trio.current_time())
+            selected = await conn.select(self.folder, readonly=True)
+            # The database is the truth on every (re)connect: another daemon may have moved it.
+            self._cursor = await self.cursors.load(self.account.id, self.folder)
+            self._set_state("catching_up")
+            await self._catch_up(conn, selected, fresh=True)
+            if self.account.config.idle and conn.has_idle:
+                self._mode = "idle"
+                await self._idle_loop(conn, selected)
+            else:
+                self._mode = "poll"
+                await self._poll_loop(conn, selected)
+        finally:
+            await conn.aclose()
+
+    async def _catch_up(self, conn: Connection, selected: Selected, *, fresh: bool) -> None:
+        """Enqueue every UID above the cursor, advancing the cursor batch by batch after each ack.
+
+        *fresh*: the SELECT just happened, so its UIDNEXT is current.
+        """
+        previous = self._set_state("catching_up")
+        plan = proto.plan_search(self._cursor, selected.uidvalidity, selected.uidnext if fresh else None,
+                                 self._start_from)
+        if plan.reason != "resume":
+            if plan.reason != "first_start":
+                metrics.imap_uidvalidity_changes.labels(self.account.id, self.folder).inc()
+            log.event(_log, "imap.catch_up.rescan" if plan.reason != "first_start" else "imap.catch_up.first_start",
+                      level=logging.WARNING if plan.reason != "first_start" else logging.INFO,
+                      account=self.account.id, folder=self.folder, reason=plan.reason,
+                      cursor=_fmt_cursor(self._cursor), uidvalidity=selected.uidvalidity,
+                      uidnext=selected.uidnext, start_from=self.account.config.start_from)
+        found = await conn.search_uids(plan.criteria) if plan.criteria else []
+        result = proto.plan_catch_up(plan, found)
+        for uids, cursor in proto.batches(result, ENQUEUE_BATCH):
+            if uids:
+                jobs = [self._job(selected.uidvalidity, uid) for uid in uids]
+                await self.queue.enqueue_many(jobs)
+                self._enqueued += len(uids)
+                metrics.imap_pointers_enqueued.labels(self.account.id, self.folder).inc(len(uids))
+            if cursor != self._cursor:
+                await self._save_cursor(cursor)
+        if result.uids:
+            log.event(_log, "imap.catch_up.enqueued", level=logging.DEBUG, account=self.account.id,
+                      folder=self.folder, count=len(result.uids), first=result.uids[0], last=result.uids[-1])
+        self._last_event_at = clock.wall()
+        if previous in ("idle", "polling"):
+            self._set_state(previous)
+
+    def _job(self, uidvalidity: int, uid: int) -> Job:
+        pointer = ImapPointer(account=self.account.id, folder=self.folder, uidvalidity=uidvalidity, uid=uid)
+        return new_job(pointer, tenant=self.account.config.tenant)
+
+    async def _save_cursor(self, cursor: proto.Cursor) -> None:
+        if self.lease is not None and not await self.lease.still_owner():
+            # Fencing: a paused owner whose lease moved on must not write the
+            # new owner's cursor back (the jobs it enqueued are harmless
+            # duplicates the ledger absorbs; a cursor write is not).
+            self._drop_lease("lost")
+            await trio.lowlevel.checkpoint()  # delivers the cancellation
+        await self.cursors.save(self.account.id, self.folder, cursor)
+        self._cursor = cursor
+
+    async def _idle_loop(self, conn: Connection, selected: Selected) -> None:
+        cfg = self.account.config
+        poll_every = cfg.poll_interval if cfg.poll_with_idle else math.inf
+        next_poll = trio.current_time() + poll_every
+        while True:
+            events = proto.classify_untagged(await conn.idle_start())
+            self._set_state("idle")
+            self._report_started()
+            began = heard = trio.current_time()
+            probe = False
+            while not events.new_mail and events.bye is None:
+                deadline = min(began + cfg.idle_refresh, heard + cfg.noop_interval, next_poll)
+                now = trio.current_time()
+                if now >= deadline:
+                    probe = now >= heard + cfg.noop_interval
+                    break
+                lines = await conn.idle_wait(deadline - now)
+                if lines:
+                    heard = trio.current_time()
+                    self._last_event_at = clock.wall()
+                    events = _merge(events, proto.classify_untagged(lines))
+            # DONE must be answered within read_timeout: a dead connection fails here.
+            events = _merge(events, proto.classify_untagged(await conn.idle_done()))
+            if events.bye is not None:
+                raise ConnectionLost(f"server said BYE: {events.bye}")
+            if probe and not events.new_mail:
+                events = _merge(events, proto.classify_untagged(await conn.noop()))
+                self._last_event_at = clock.wall()
+            if events.new_mail or trio.current_time() >= next_poll:
+                await self._catch_up(conn, selected, fresh=False)
+                next_poll = trio.current_time() + poll_every
+
+    async def _poll_loop(self, conn: Connection, selected: Selected) -> None:
+        self._set_state("polling")
+        self._report_started()
+        while True:
+            await self._wait(self.account.config.poll_interval)
+            await self._catch_up(conn, selected, fresh=False)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _report_started(self) -> None:
+        self._ready.set()
+
+    def _set_state(self, state: str) -> str:
+        previous = self._state
+        if state == previous:
+            return previous
+        metrics.listeners.labels(previous).dec()
+        metrics.listeners.labels(state).inc()
+        self._state = state
+        self._since = clock.wall()
+        log.event(_log, "imap.listener.state", level=logging.DEBUG if state in _QUIET_STATES else logging.INFO,
+                  account=self.account.id, folder=self.folder, state=state, previous=previous)
+        return previous
+
+
+def _merge(a: proto.IdleEvents, b: proto.IdleEvents) -> proto.IdleEvents:
+    return proto.IdleEvents(new_mail=a.new_mail or b.new_mail, bye=a.bye if a.bye is not None else b.bye)
+
+
+def _fmt_cursor(cursor: proto.Cursor | None) -> str:
+    return f"{cursor.uidvalidity}:{cursor.last_uid}" if cursor else "none"
+
+
+def _is_imap_error(exc: BaseException) -> bool:
+    return isinstance(exc, (ImapError, imaplib.IMAP4.error))
+
+
+# ---------------------------------------------------------------------- the group
+
+
+class _Slot:
+    def __init__(self, listener: ImapListener) -> None:
+        self.listener = listener
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.running = False
+
+
+class ImapListenerGroup:
+    """Owns every IMAP listener of a daemon: start, reload, drain, resume, status.
+
+    Construct with the accounts (``accounts_from_config(cfg)``), a queue
+    with ``enqueue_many``, a :class:`CursorStore`, and — for mailbox
+    ownership across daemons — a ``RedisIO`` plus the key prefix and this
+    daemon's instance id. Then ``await nursery.start(group.run)``.
+    """
+
+    def __init__(
+        self,
+        accounts: Iterable[ImapAccount],
+        *,
+        queue: Enqueuer,
+        cursors: CursorStore,
+        rio: Any = None,
+        key_prefix: str = "inboundd",
+        instance_id: str = "inboundd",
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.queue = queue
+        self.cursors = cursors
+        self.rio = rio
+        self.key_prefix = key_prefix
+        self.instance_id = instance_id
+        #: Shared by every listener: bounds threads, not mailboxes (IDLE holds no thread).
+        self.limiter = limiter or default_limiter()
+        self._accounts: dict[str, ImapAccount] = {a.id: a for a in accounts}
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self._lock = trio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every listener until cancelled.
+
+        Reports started once every listener reported started (connected and
+        caught up, or in backoff/auth_failed/standby). On cancellation every
+        listener logs out and releases its lease (shielded, bounded) before
+        this returns.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                async with self._lock:
+                    await self._start(self._wanted())
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for slot in self._slots.values():
+                slot.listener.close()
+            self._slots.clear()
+
+    def status(self) -> list[ListenerStatus]:
+        """Every listener's status, sorted by (account, folder)."""
+        return [self._slots[key].listener.status() for key in sorted(self._slots)]
+
+    def summary(self) -> dict[str, int]:
+        """Listener count per state."""
+        counts: dict[str, int] = {}
+        for slot in self._slots.values():
+            counts[slot.listener.state] = counts.get(slot.listener.state, 0) + 1
+        return counts
+
+    def kick(self) -> None:
+        """Retry every listener in backoff/auth_failed now, and poll the polling ones (SIGHUP)."""
+        for slot in self._slots.values():
+            slot.listener.kick()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self) -> None:
+        """Stop intake: every listener logs out and releases its lease; returns when all stopped.
+
+        Listeners stay listed (state ``stopped``) until :meth:`resume`.
+        """
+        async with self._lock:
+            self._draining = True
+            await self._stop([key for key, slot in self._slots.items() if slot.running])
+
+    async def resume(self) -> None:
+        """Start every listener again after :meth:`drain`; returns once all reported started."""
+        async with self._lock:
+            self._draining = False
+            await self._start(self._wanted())
+
+    async def update(self, accounts: Iterable[ImapAccount]) -> None:
+        """Apply a reloaded configuration (SIGHUP).
+
+        Listeners of removed accounts or folders stop; new ones start;
+        listeners whose account settings or password changed restart; the
+        unchanged ones are kicked, so an ``auth_failed`` account retries at
+        once. Returns once new listeners reported started.
+        """
+        async with self._lock:
+            new = {a.id: a for a in accounts}
+            old = self._accounts
+            self._accounts = new
+            wanted = self._wanted()
+            stale = [key for key, slot in self._slots.items()
+                     if key not in wanted or _listener_fingerprint(slot.listener.account)
+                     != _listener_fingerprint(wanted[key])]
+            await self._stop(stale, forget=True)
+            if not self._draining:
+                await self._start(wanted)
+            for key, slot in self._slots.items():
+                if key not in stale:
+                    slot.listener.kick()
+            log.event(_log, "imap.group.updated", accounts=len(new), removed=len(set(old) - set(new)),
+                      added=len(set(new) - set(old)), restarted=len([k for k in stale if k in wanted]),
+                      listeners=len(self._slots))
+
+    # ------------------------------------------------------------------ internals
+
+    def _wanted(self) -> dict[tuple[str, str], ImapAccount]:
+        wanted: dict[tuple[str, str], ImapAccount] = {}
+        for account in self._accounts.values():
+            for folder in dict.fromkeys(account.config.folders):
+                wanted[(account.id, folder)] = account
+        return wanted
+
+    def _make_listener(self, account: ImapAccount, folder: str) -> ImapListener:
+        lease = None
+        if self.rio is not None and account.config.lease > 0:
+            lease = MailboxLease(self.rio, self.key_prefix, account.id, folder,
+                                 owner=self.instance_id, ttl=account.config.lease)
+        return ImapListener(account, folder, queue=self.queue, cursors=self.cursors,
+                            limiter=self.limiter, lease=lease)
+
+    async def _start(self, wanted: dict[tuple[str, str], ImapAccount]) -> None:
+        """Start every wanted listener not running, concurrently; return once all reported started."""
+        assert self._nursery is not None, "ImapListenerGroup.run is not running"
+        to_start = []
+        for key, account in wanted.items():
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(self._make_listener(account, key[1]))
+            if not slot.running:
+                to_start.append(slot)
+        async with trio.open_nursery() as starter:
+            for slot in to_start:
+                starter.start_soon(self._start_slot, slot)
+
+    async def _start_slot(self, slot: _Slot) -> None:
+        assert self._nursery is not None
+        slot.scope = trio.CancelScope()
+        slot.done = trio.Event()
+        slot.running = True
+        await self._nursery.start(self._run_slot, slot)
+
+    async def _run_slot(self, slot: _Slot, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with slot.scope:
+                await slot.listener.run(task_status=task_status)
+        finally:
+            slot.running = False
+            slot.done.set()
+
+    async def _stop(self, keys: Sequence[tuple[str, str]], *, forget: bool = False) -> None:
+        slots = [self._slots[key] for key in keys if key in self._slots]
+        for slot in slots:
+            slot.scope.cancel()
+        for slot in slots:
+            if slot.running:
+                await slot.done.wait()
+        if forget:
+            for key in keys:
+                slot = self._slots.pop(key, None)
+                if slot is not None:
+                    slot.listener.close()
+
+
+def _listener_fingerprint(account: ImapAccount) -> tuple[Any, ...]:
+    # Adding or removing another folder of the same account does not restart this one.
+    config = msgspec.to_builtins(account.config)
+    config.pop("folders", None)
+    return (config, account.password)

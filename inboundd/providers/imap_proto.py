@@ -1,0 +1,388 @@
+"""IMAP decisions without I/O: what to search, what to enqueue, when to retry.
+
+Everything here is a plain function or a small state machine fed with values
+and time; the listener and the fetcher (``imap_listener``, ``imap_fetch``)
+only move bytes and wait, and ask this module what to do. Tests drive these
+decisions directly, table by table (``tests/test_imap_pure.py``).
+
+Vocabulary:
+
+* a *cursor* is the persisted resume point of one (account, folder): the
+  folder's UIDVALIDITY and the highest UID whose pointer job Redis
+  acknowledged. Every UID at or below it is enqueued; none above it is.
+* a *catch-up* turns a cursor and what the server says about the folder
+  (UIDVALIDITY, UIDNEXT, the UIDs a search returned) into the UIDs to
+  enqueue, in UID order, and the cursor to store after each batch.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "LISTENER_STATES",
+    "AuthPolicy",
+    "Backoff",
+    "CatchUp",
+    "Cursor",
+    "IdleEvents",
+    "LeaseClock",
+    "PostAction",
+    "Retry",
+    "SearchPlan",
+    "StartFrom",
+    "batches",
+    "check_fetch",
+    "classify_untagged",
+    "parse_post_action",
+    "parse_start_from",
+    "plan_catch_up",
+    "plan_search",
+    "uid_set",
+]
+
+#: Every state a listener reports, in the order of its life.
+LISTENER_STATES = (
+    "connecting",   # opening TCP/TLS, logging in, selecting the folder
+    "catching_up",  # searching for and enqueueing UIDs above the cursor
+    "idle",         # in IMAP IDLE, waiting for the server to say something
+    "polling",      # the server has no IDLE (or idle = false): searching every poll_interval
+    "backoff",      # the last attempt failed; waiting before reconnecting
+    "auth_failed",  # auth_failure_limit consecutive login failures; retrying slowly
+    "standby",      # another daemon holds this mailbox's lease; waiting to take over
+    "stopped",      # cancelled, drained or removed from the configuration
+)
+
+
+# --------------------------------------------------------------------------- cursor and catch-up
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    """Resume point of one folder: every UID ≤ ``last_uid`` under ``uidvalidity`` is enqueued."""
+
+    uidvalidity: int
+    last_uid: int
+
+
+class StartFrom(msgspec.Struct, frozen=True):
+    """What a folder without a cursor enqueues first: nothing old, everything, or the last N."""
+
+    kind: Literal["now", "all", "last"]
+    count: int = 0
+
+
+_START_FROM_RE = re.compile(r"now|all|last:([1-9]\d*)")
+
+
+def parse_start_from(text: str) -> StartFrom:
+    """Parse ``"now"``, ``"all"`` or ``"last:N"`` (N ≥ 1); raises ``ValueError`` naming the value."""
+    match = _START_FROM_RE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f'start_from: expected "now", "all" or "last:N", got {text!r}')
+    if match.group(1):
+        return StartFrom("last", int(match.group(1)))
+    return StartFrom(match.group(0))  # type: ignore[arg-type]
+
+
+class SearchPlan(msgspec.Struct, frozen=True):
+    """What to ask the server, and how to read its answer.
+
+    ``criteria`` is the argument of ``UID SEARCH`` (``None``: no search is
+    needed). Only UIDs strictly greater than ``after`` count — ``UID SEARCH
+    UID n:*`` returns the highest message even when n is above it, because
+    ``*`` is that message's UID. ``keep_last`` (when not ``None``) keeps only
+    the highest N of those. ``floor`` is the cursor's ``last_uid`` when the
+    search finds nothing new.
+    """
+
+    uidvalidity: int
+    criteria: tuple[str, ...] | None
+    after: int
+    floor: int
+    keep_last: int | None = None
+    #: ``resume``, ``first_start``, ``uidvalidity_changed`` or ``uidnext_regressed``.
+    reason: str = "resume"
+
+
+def plan_search(
+    cursor: Cursor | None,
+    uidvalidity: int,
+    uidnext: int | None,
+    start_from: StartFrom,
+) -> SearchPlan:
+    """Decide the catch-up search for a folder just SELECTed (or re-checked in the same session).
+
+    *uidvalidity* and *uidnext* come from the SELECT response (*uidnext* may
+    be ``None``: a server need not send it). Every UID below UIDNEXT existed
+    when the folder was selected, and the search runs after the SELECT, so
+    when the search finds nothing newer the cursor may safely move up to
+    ``uidnext - 1``.
+    """
+    seen_below = max(uidnext - 1, 0) if uidnext else 0
+    if cursor is None:
+        if start_from.kind == "all":
+            return SearchPlan(uidvalidity, ("ALL",), after=0, floor=seen_below, reason="first_start")
+        if start_from.kind == "last":
+            return SearchPlan(uidvalidity, ("ALL",), after=0, floor=seen_below, keep_last=start_from.count,
+                              reason="first_start")
+        if uidnext:
+            # "now": everything below UIDNEXT is old mail; nothing to search.
+            return SearchPlan(uidvalidity, None, after=0, floor=seen_below, reason="first_start")
+        # No UIDNEXT: learn the highest existing UID without enqueueing anything.
+        return SearchPlan(uidvalidity, ("ALL",), after=0, floor=0, keep_last=0, reason="first_start")
+    if cursor.uidvalidity != uidvalidity:
+        # The old UIDs mean nothing any more: rescan the whole folder. Messages
+        # already stored come back under new UIDs and are recognised as
+        # duplicates by their Message-ID at consume time, so there is neither
+        # a gap nor a second copy.
+        return SearchPlan(uidvalidity, ("ALL",), after=0, floor=seen_below, reason="uidvalidity_changed")
+    if uidnext and uidnext <= cursor.last_uid:
+        # The server went back in UIDs without changing UIDVALIDITY (a broken
+        # restore): new mail would hide below the cursor forever. Rescan.
+        return SearchPlan(uidvalidity, ("ALL",), after=0, floor=seen_below, reason="uidnext_regressed")
+    after = cursor.last_uid
+    return SearchPlan(uidvalidity, ("UID", f"{after + 1}:*"), after=after, floor=max(after, seen_below))
+
+
+class CatchUp(msgspec.Struct, frozen=True):
+    """The UIDs to enqueue (ascending, unique) and the cursor once all of them are acknowledged."""
+
+    uids: tuple[int, ...]
+    cursor: Cursor
+
+
+def plan_catch_up(plan: SearchPlan, found: Iterable[int]) -> CatchUp:
+    """Turn the UIDs a search returned into the catch-up of *plan*."""
+    uids = sorted({int(uid) for uid in found if int(uid) > plan.after})
+    highest = uids[-1] if uids else 0
+    if plan.keep_last is not None:
+        uids = uids[len(uids) - plan.keep_last:] if plan.keep_last else []
+    return CatchUp(tuple(uids), Cursor(plan.uidvalidity, max(plan.floor, highest)))
+
+
+def batches(catch_up: CatchUp, size: int) -> list[tuple[tuple[int, ...], Cursor]]:
+    """Split *catch_up* into batches of at most *size* UIDs, each with the cursor to store after it.
+
+    The cursor after a batch is its highest UID; the last batch carries the
+    final cursor (which may be higher: UIDs below UIDNEXT that are gone). A
+    catch-up with no UIDs is one empty batch, so a moved cursor is still stored.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    uids = catch_up.uids
+    if not uids:
+        return [((), catch_up.cursor)]
+    out = []
+    for start in range(0, len(uids), size):
+        chunk = uids[start:start + size]
+        last = start + size >= len(uids)
+        out.append((chunk, catch_up.cursor if last else Cursor(catch_up.cursor.uidvalidity, chunk[-1])))
+    return out
+
+
+# --------------------------------------------------------------------------- IDLE responses
+
+
+class IdleEvents(msgspec.Struct, frozen=True):
+    """What a burst of untagged responses during IDLE means for the listener."""
+
+    #: An ``EXISTS`` (or ``RECENT``) arrived: new mail may be there, run the catch-up.
+    new_mail: bool = False
+    #: The server said ``BYE`` (shutting down, mailbox deleted …): its text.
+    bye: str | None = None
+
+
+def classify_untagged(lines: Iterable[bytes]) -> IdleEvents:
+    """Classify raw untagged lines (``b"* 5 EXISTS"``, ``b"* OK Still here"``, ``b"* BYE …"``)."""
+    new_mail = False
+    bye: str | None = None
+    for line in lines:
+        parts = line.split(None, 3)
+        if len(parts) < 2 or parts[0] != b"*":
+            continue
+        word = parts[1].upper()
+        if word == b"BYE":
+            bye = line[line.upper().index(b"BYE") + 3:].strip().decode("utf-8", "replace") or "BYE"
+        elif len(parts) >= 3 and parts[1].isdigit() and parts[2].upper() in (b"EXISTS", b"RECENT"):
+            new_mail = True
+    return IdleEvents(new_mail=new_mail, bye=bye)
+
+
+# --------------------------------------------------------------------------- reconnects
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter, reset after a healthy period.
+
+    The n-th consecutive delay is drawn uniformly from ``[d/2, d]`` with
+    ``d = min(cap, base * 2**(n-1))``: never zero (no hot loop), never in
+    lock-step with other listeners that failed at the same moment (a server
+    restart). A connection that stayed up for ``healthy_after`` seconds
+    resets the sequence, so a daemon that has run for days does not wait
+    the cap after one blip.
+    """
+
+    def __init__(self, base: float, cap: float, *, healthy_after: float = 60.0,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.base = max(base, 0.001)
+        self.cap = max(cap, self.base)
+        self.healthy_after = healthy_after
+        self.failures = 0
+        self._rng = rng
+        self._connected_at: float | None = None
+
+    def connected(self, now: float) -> None:
+        """A connection (TCP, TLS, login, SELECT) succeeded at *now*."""
+        self._connected_at = now
+
+    def failed(self, now: float) -> float:
+        """An attempt or a connection failed at *now*: the delay before the next attempt."""
+        if self._connected_at is not None and now - self._connected_at >= self.healthy_after:
+            self.failures = 0
+        self._connected_at = None
+        self.failures += 1
+        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 62))
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+
+class Retry(msgspec.Struct, frozen=True):
+    """What a listener does after a failure: which state to report and how long to wait."""
+
+    state: Literal["backoff", "auth_failed"]
+    delay: float
+    error: str
+
+
+class AuthPolicy:
+    """Login failures: normal backoff first, then ``auth_failed`` with slow retries.
+
+    After ``limit`` consecutive login failures (a success resets the count,
+    other failures leave it alone) the listener reports ``auth_failed`` with
+    the server's message and retries only every ``retry_interval`` — a wrong
+    password must not hammer the server, nor lock the account through the
+    server's own brute-force protection. An operator's ``kick`` (SIGHUP)
+    retries at once; it does not reset the count, so a still-wrong password
+    goes straight back to ``auth_failed``.
+    """
+
+    def __init__(self, limit: int, retry_interval: float, backoff: Backoff) -> None:
+        self.limit = max(limit, 1)
+        self.retry_interval = retry_interval
+        self.backoff = backoff
+        self.consecutive = 0
+
+    def logged_in(self, now: float) -> None:
+        """Login succeeded: forget earlier auth failures."""
+        self.consecutive = 0
+        self.backoff.connected(now)
+
+    def auth_failed(self, message: str, now: float) -> Retry:
+        """The server rejected the credentials at *now* with *message*."""
+        self.consecutive += 1
+        delay = self.backoff.failed(now)
+        if self.consecutive >= self.limit:
+            return Retry("auth_failed", self.retry_interval, message)
+        return Retry("backoff", delay, message)
+
+    def failed(self, message: str, now: float) -> Retry:
+        """Any other failure (network, TLS, protocol, queue, database) at *now*."""
+        delay = self.backoff.failed(now)
+        if self.consecutive >= self.limit:
+            # Still locked out: a network blip must not turn slow retries into fast ones.
+            return Retry("auth_failed", max(delay, self.retry_interval), message)
+        return Retry("backoff", delay, message)
+
+
+# --------------------------------------------------------------------------- mailbox lease
+
+
+class LeaseClock:
+    """When a mailbox lease holder must renew, and until when it may trust its lease.
+
+    A renewal is sent every ``ttl / 3``. The lease is trusted until ``ttl``
+    after the *send* time of the last successful acquire or renewal, minus a
+    margin for clock-rate differences — measured from before the request, so
+    a slow reply never extends it. Past that deadline the holder must stop
+    listening even if Redis is unreachable: another daemon may own the
+    mailbox by then.
+    """
+
+    MARGIN = 0.1
+
+    def __init__(self, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        self.ttl = ttl
+        self.renew_every = ttl / 3
+        self.valid_until = float("-inf")
+
+    def confirmed(self, sent_at: float) -> None:
+        """The acquire or renewal sent at *sent_at* succeeded."""
+        self.valid_until = max(self.valid_until, sent_at + self.ttl * (1 - self.MARGIN))
+
+    def valid(self, now: float) -> bool:
+        return now < self.valid_until
+
+    def next_renewal(self, last_sent_at: float) -> float:
+        return last_sent_at + self.renew_every
+
+
+# --------------------------------------------------------------------------- post-actions and fetch
+
+
+class PostAction(msgspec.Struct, frozen=True):
+    """What to do with a message on the server once it is committed."""
+
+    kind: Literal["none", "seen", "delete", "move"]
+    #: Target folder of ``move``.
+    folder: str = ""
+
+
+def parse_post_action(text: str) -> PostAction:
+    """Parse ``none``, ``seen``, ``delete`` or ``move:FOLDER``; raises ``ValueError`` naming the value."""
+    value = text.strip()
+    if value in ("none", "seen", "delete"):
+        return PostAction(value)  # type: ignore[arg-type]
+    if value.startswith("move:") and value[5:].strip():
+        return PostAction("move", value[5:].strip())
+    raise ValueError(f'post_action: expected "none", "seen", "delete" or "move:FOLDER", got {text!r}')
+
+
+def check_fetch(
+    pointer_uidvalidity: int, selected_uidvalidity: int | None, size: int | None, max_size: int
+) -> tuple[str, str] | None:
+    """Whether a pointed-at message can be downloaded: ``None``, or ``(reason, detail)`` to skip it.
+
+    *size* is the server's ``RFC822.SIZE`` for the UID, ``None`` when the UID
+    is gone. Reasons: ``uidvalidity_changed``, ``source_deleted``, ``oversize``.
+    """
+    if selected_uidvalidity is None or selected_uidvalidity != pointer_uidvalidity:
+        return ("uidvalidity_changed",
+                f"pointer UIDVALIDITY {pointer_uidvalidity}, folder now has {selected_uidvalidity}")
+    if size is None:
+        return ("source_deleted", "no message with this UID in the folder")
+    if max_size and size > max_size:
+        return ("oversize", f"{size} bytes exceeds the limit of {max_size}")
+    return None
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """Compact IMAP sequence set for ascending *uids*: ``[1, 2, 3, 7] → "1:3,7"``."""
+    parts: list[str] = []
+    start = prev = None
+    for uid in uids:
+        if start is None:
+            start = prev = uid
+        elif uid == prev + 1:  # type: ignore[operator]
+            prev = uid
+        else:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = prev = uid
+    if start is not None:
+        parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)

@@ -1,0 +1,203 @@
+"""Run the real daemon as a subprocess, with a real sd_notify socket, for tests and benches.
+
+``DaemonProcess`` writes a configuration pointing at private services, starts
+``python -m inboundd.daemon`` with ``NOTIFY_SOCKET`` bound to a datagram
+socket it reads, and offers waits on notify messages and log events (each
+with a deadline — never a blind sleep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from services import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"inboundd-test-{os.getpid()}-{time.monotonic_ns()}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.sock.bind(str(path))
+            self.address = str(path)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def poll(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def seen(self, key: str, value: str | None = None) -> list[tuple[float, dict[str, str]]]:
+        self.poll()
+        return [(t, m) for t, m in self.messages if key in m and (value is None or m[key] == value)]
+
+    def wait(self, key: str, value: str | None = None, timeout: float = 30.0, after: int = 0) -> dict[str, str]:
+        """Wait for a message with *key* (= *value*) beyond the first *after* such messages."""
+        wait_for(lambda: len(self.seen(key, value)) > after, timeout, what=f"notify {key}={value}")
+        return self.seen(key, value)[after][1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DaemonProcess:
+    """One inboundd subprocess on a config written to *directory*."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        redis_url: str,
+        pg_dsn: str,
+        extra_config: str = "",
+        daemon_section: str = "",
+        env: dict[str, str] | None = None,
+        abstract_notify: bool = False,
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config_path = directory / "inboundd.toml"
+        self.control_socket = directory / "control.sock"
+        self.log_path = directory / "daemon.log"
+        self.redis_url = redis_url
+        self.pg_dsn = pg_dsn
+        self.daemon_section = daemon_section or 'consumers = 2\nshutdown_grace = "10s"'
+        self.extra_config = extra_config
+        self.env = env or {}
+        self.notify = NotifyListener(directory / "notify.sock", abstract=abstract_notify)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self.write_config()
+
+    # ------------------------------------------------------------------ config
+
+    def config_text(self, daemon_section: str | None = None, extra: str | None = None) -> str:
+        return (
+            f"[daemon]\n{daemon_section if daemon_section is not None else self.daemon_section}\n"
+            'log_format = "json"\n'
+            f'[redis]\nurl = "{self.redis_url}"\nsocket_timeout = "2s"\n'
+            f'[postgres]\ndsn = "{self.pg_dsn}"\nconnect_timeout = "2s"\n'
+            f'[http]\nlisten = ["127.0.0.1:{self.port}"]\ngraceful_timeout = "1s"\n'
+            f'[control]\nsocket = "{self.control_socket}"\n'
+            f"{extra if extra is not None else self.extra_config}\n"
+        )
+
+    def write_config(self, text: str | None = None) -> None:
+        self.config_path.write_text(text if text is not None else self.config_text())
+
+    # ------------------------------------------------------------------ process
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> "DaemonProcess":
+        env = dict(os.environ)
+        env.pop("WATCHDOG_USEC", None)
+        env.update({"NOTIFY_SOCKET": self.notify.address, "PYTHONUNBUFFERED": "1"}, **self.env)
+        self._log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "inboundd.daemon", "-c", str(self.config_path)],
+            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0, after: int = 0) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
+            return len(self.notify.seen("READY", "1")) > after
+
+        wait_for(ready, timeout, what="READY=1 from the daemon")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL the process group if it does not exit in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return self.process.returncode
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        self.notify.close()
+
+    # ------------------------------------------------------------------ observation
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log lines (optionally only those with ``event == name``)."""
+        found = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if name is None or record.get("event") == name:
+                    found.append(record)
+        return found
+
+    def wait_event(self, name: str, timeout: float = 30.0, where: Callable[[dict[str, Any]], bool] | None = None,
+                   count: int = 1) -> list[dict[str, Any]]:
+        def matching() -> list[dict[str, Any]]:
+            return [e for e in self.events(name) if where is None or where(e)]
+
+        wait_for(lambda: len(matching()) >= count, timeout, what=f"log event {name}")
+        return matching()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout)
+
+    def control(self, method: str, path: str, timeout: float = 10.0) -> httpx.Response:
+        transport = httpx.HTTPTransport(uds=str(self.control_socket))
+        with httpx.Client(transport=transport, base_url="http://control", timeout=timeout) as client:
+            return client.request(method, path)

@@ -1,0 +1,132 @@
+"""The daemon shell as an operator sees it: a subprocess with a real sd_notify socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon_harness import DaemonProcess
+from services import wait_for
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    started: list[DaemonProcess] = []
+
+    def make(redis_url: str, pg_dsn: str, name: str = "d", **kwargs) -> DaemonProcess:
+        process = DaemonProcess(tmp_path / name, redis_url=redis_url, pg_dsn=pg_dsn, **kwargs)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.close()
+
+
+def test_ready_health_and_readiness(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn).start()
+    ready = daemon.notify.seen("READY", "1")[0][1]
+    assert ready["MAINPID"] == str(daemon.process.pid)
+    assert ready["STATUS"].startswith("running")
+    health = daemon.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "alive"
+    readiness = daemon.get("/readyz")
+    assert readiness.status_code == 200, readiness.text
+    assert readiness.json()["checks"] == {"intake": "ok", "postgres": "ok", "redis": "ok"}
+    assert os.stat(daemon.control_socket).st_mode & 0o777 == 0o660
+
+
+def test_abstract_notify_socket(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, abstract_notify=True).start()
+    assert daemon.notify.address.startswith("@")
+    assert daemon.notify.seen("READY", "1")
+
+
+def test_readyz_follows_redis_outage(daemon_factory, make_redis, pg_dsn: str) -> None:
+    redis = make_redis()
+    daemon = daemon_factory(redis.url, pg_dsn).start()
+    assert daemon.get("/readyz").status_code == 200
+    redis.stop()
+    wait_for(lambda: daemon.get("/readyz").status_code == 503, 20, what="/readyz 503 with redis down")
+    body = daemon.get("/readyz").json()
+    assert body["failed"] == ["redis"]
+    assert body["checks"]["redis"].startswith("error:") and body["checks"]["postgres"] == "ok"
+    assert daemon.get("/healthz").status_code == 200  # alive, just not ready
+    redis.start()
+    wait_for(lambda: daemon.get("/readyz").status_code == 200, 20, what="/readyz 200 with redis back")
+
+
+def test_sigterm_stops_cleanly_within_grace(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section='consumers = 2\nshutdown_grace = "5s"').start()
+    assert daemon.control_socket.exists()
+    begin = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    status = daemon.wait_exit(timeout=5 + 5)
+    assert status == 0, daemon.log_text()[-3000:]
+    assert time.monotonic() - begin < 5
+    assert daemon.notify.seen("STOPPING", "1")
+    assert not daemon.control_socket.exists()
+    assert daemon.events("daemon.stopped")[0]["exit_status"] == 0
+
+
+def test_second_signal_exits_at_once(daemon_factory, redis_url: str, pg_dsn: str, tmp_path: Path) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section='consumers = 1\nshutdown_grace = "60s"').start()
+    daemon.signal(signal.SIGINT)
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait_exit(timeout=15) == 130
+    assert not daemon.control_socket.exists()
+
+
+def test_sighup_applies_a_valid_change(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section="consumers = 1").start()
+    assert daemon.control("GET", "/status").json()["consumers"]["count"] == 1
+    daemon.write_config(daemon.config_text(daemon_section='consumers = 3\nlog_level = "debug"'))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config.reloaded", timeout=20)
+    assert daemon.notify.seen("RELOADING", "1")
+    daemon.wait_ready(after=1, timeout=10)  # READY=1 again after the reload
+    wait_for(lambda: daemon.control("GET", "/status").json()["consumers"]["count"] == 3, 10, what="3 consumers")
+    assert daemon.get("/readyz").status_code == 200
+
+
+def test_sighup_reports_what_needs_a_restart(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn).start()
+    text = daemon.config_text().replace('graceful_timeout = "1s"', 'graceful_timeout = "2s"')
+    daemon.write_config(text)
+    daemon.signal(signal.SIGHUP)
+    events = daemon.wait_event("config.restart_required", timeout=20)
+    assert [e["key"] for e in events] == ["http.graceful_timeout"]
+
+
+def test_sighup_with_an_invalid_file_keeps_running(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section="consumers = 2").start()
+    daemon.write_config(daemon.config_text(daemon_section='consumers = "many"\nshutdown_grace = "soon"\nfoo = 1'))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config.reload_failed", timeout=20)
+    problems = [e["problem"] for e in daemon.events("config.reload_rejected")]
+    assert len(problems) == 3, problems
+    assert {p.split(":")[0] for p in problems} == {"daemon.consumers", "daemon.shutdown_grace", "daemon.foo"}
+    assert daemon.process.poll() is None
+    assert daemon.get("/readyz").status_code == 200
+    assert daemon.control("GET", "/status").json()["consumers"]["count"] == 2
+
+
+def test_watchdog_pings_at_half_the_timeout(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, env={"WATCHDOG_USEC": "400000"})
+    daemon.start()
+    wait_for(lambda: len(daemon.notify.seen("WATCHDOG", "1")) >= 12, 20, what="12 watchdog pings")
+    times = [t for t, _ in daemon.notify.seen("WATCHDOG", "1")]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert 0.15 <= statistics.median(gaps) <= 0.3, gaps
+    assert max(gaps) < 0.4  # never reaches the 0.4 s timeout
+
+
+def test_watchdog_for_another_pid_is_ignored(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}).start()
+    daemon.get("/healthz")
+    assert not daemon.notify.seen("WATCHDOG")
