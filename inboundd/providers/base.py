@@ -1,0 +1,65 @@
+"""The provider fetch interface: a pointer in, raw MIME (or why not) out.
+
+Every provider module's consume-time half implements :class:`Source`.
+``fetch`` returns a :class:`FetchedMessage`, or a :class:`SourceUnavailable`
+with a deterministic reason (``source_deleted``, ``source_moved``,
+``uidvalidity_changed``, ``oversize``) that the processing layer records as a
+*skipped* outcome; it raises for anything worth a retry (server unreachable,
+throttled), wrapping infrastructure failures in
+:class:`~inboundd.outcomes.TransientError`. ``after_commit`` runs
+provider-side post-actions once the message is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from ..jobs import Job
+
+__all__ = ["FetchedMessage", "Source", "SourceRegistry", "SourceUnavailable"]
+
+
+class FetchedMessage(msgspec.Struct, kw_only=True):
+    """The raw message and what the provider knows about it."""
+
+    raw: bytes
+    #: The provider's own id (IMAP ``UIDVALIDITY:UID``, Graph immutable id, Gmail id).
+    provider_message_id: str
+    #: IMAP folder, or Graph folder / Gmail labels joined with ``,``.
+    folder: str | None = None
+    size: int = 0
+    internal_date: datetime | None = None
+    labels: list[str] = msgspec.field(default_factory=list)
+
+
+class SourceUnavailable(msgspec.Struct):
+    """The pointed-at message cannot be had, deterministically: record *reason* and skip."""
+
+    reason: str
+    detail: str = ""
+
+
+class Source(Protocol):
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable: ...
+
+    async def after_commit(self, job: Job, stored: Any = True) -> None: ...
+
+
+class SourceRegistry:
+    """Sources by provider name (``imap``, ``microsoft``, ``google``)."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Source] = {}
+
+    def register(self, provider: str, source: Source) -> None:
+        self._sources[provider] = source
+
+    def get(self, provider: str) -> Source:
+        """The source of *provider*; ``LookupError`` naming it when none is registered."""
+        try:
+            return self._sources[provider]
+        except KeyError:
+            raise LookupError(f"no source registered for provider {provider!r}") from None

@@ -1,0 +1,91 @@
+"""The one PostgreSQL pool, used from trio.
+
+psycopg's async API needs asyncio, so the daemon uses the sync
+``ConnectionPool`` through worker threads. ``await db.run(fn, *args)`` runs
+``fn(conn, *args)`` in a thread on a pooled connection; the pool's connection
+context commits when ``fn`` returns and rolls back when it raises.
+
+Cancellation: the waiting task is released at once; the running statement is
+cancelled server-side (``cancel_safe``, shielded, bounded), so the thread ends
+quickly and its connection goes back to the pool healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, TypeVar
+
+import msgspec
+import psycopg
+import trio
+from psycopg.types.json import set_json_dumps
+from psycopg_pool import ConnectionPool
+
+from .. import log
+from ..config import PostgresConfig
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+
+_log = log.get_logger("store")
+
+#: How long a cancelled statement's server-side cancel may take.
+CANCEL_TIMEOUT = 2.0
+
+# jsonb columns are written with msgspec (fast, and it knows datetimes).
+set_json_dumps(lambda obj: msgspec.json.encode(obj).decode())
+
+
+class Database:
+    """The shared PostgreSQL pool and its thread limiter."""
+
+    def __init__(self, cfg: PostgresConfig, password: str | None = None) -> None:
+        self.cfg = cfg
+        kwargs: dict[str, Any] = {"connect_timeout": max(1, int(cfg.connect_timeout)), "application_name": "inboundd"}
+        if password:
+            kwargs["password"] = password
+        self.pool = ConnectionPool(
+            cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, kwargs=kwargs,
+            timeout=cfg.connect_timeout, open=False, name="inboundd",
+        )
+        # One thread per pooled connection: a thread never waits for a connection
+        # while other tasks could have used its slot.
+        self.limiter = trio.CapacityLimiter(cfg.pool_max)
+
+    async def open(self) -> None:
+        """Start the pool; connections are made in the background (never blocks on an absent server)."""
+        await trio.to_thread.run_sync(lambda: self.pool.open(wait=False))
+
+    async def close(self) -> None:
+        """Close the pool and every connection (an unclosed pool stalls exit)."""
+        await trio.to_thread.run_sync(lambda: self.pool.close(timeout=CANCEL_TIMEOUT))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in a transaction on a pooled connection; return its result."""
+        active: list[psycopg.Connection[Any]] = []
+
+        def work() -> T:
+            with self.pool.connection() as conn:
+                active.append(conn)
+                try:
+                    return fn(conn, *args)
+                finally:
+                    active.clear()
+
+        try:
+            return await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            if active:
+                conn = active[0]
+                with trio.move_on_after(CANCEL_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await trio.to_thread.run_sync(conn.cancel_safe, abandon_on_cancel=True)
+                    except Exception as exc:  # the statement then ends by itself
+                        log.event(_log, "postgres.cancel_failed", level=logging.WARNING, error=str(exc))
+            raise
+
+    async def ping(self) -> None:
+        """Raise unless PostgreSQL answers ``SELECT 1``."""
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())

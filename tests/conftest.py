@@ -1,0 +1,85 @@
+"""Fixtures: private real servers (Redis, PostgreSQL, Dovecot) for the whole suite.
+
+Session-scoped servers are started once and stopped at the end; per-test
+fixtures hand each test a clean slate (a flushed Redis, a new database, a new
+mailbox user). Tests never touch the machine's own services.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from services import DovecotServer, PostgresServer, RedisServer  # noqa: E402
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared private Redis, flushed for this test."""
+    import redis
+
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a previous test stopped it
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator:
+    """Factory of extra private Redis servers this test may stop and restart."""
+    servers: list[RedisServer] = []
+
+    def make(persist: bool = False) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", persist=persist).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer) -> str:
+    """A new, empty database on the private PostgreSQL."""
+    return pg_server.create_database(f"t{next(_counter)}_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    server = DovecotServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def imap_user(dovecot: DovecotServer) -> tuple[str, str]:
+    """A fresh mailbox (user, password) on the private Dovecot."""
+    name = f"u{next(_counter)}-{uuid.uuid4().hex[:6]}"
+    password = uuid.uuid4().hex
+    dovecot.add_user(name, password)
+    return name, password
