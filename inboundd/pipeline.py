@@ -13,6 +13,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+import msgspec
 import trio
 
 from . import config as config_mod, log
@@ -20,13 +21,12 @@ from .consumer import ConsumerPool
 from .processing import Processor
 from .providers.base import SourceRegistry
 from .providers.imap_conn import accounts_from_config
-from .providers.imap_fetch import ImapSource
+from .providers.imap_fetch import ImapFetcher
 from .providers.imap_listener import DbCursorStore, ImapListenerGroup
 from .queue import Queue, ReclaimTimer
 from .redisio import RedisIO
-from .store import ledger as ledger_mod
 from .store.db import Database
-from .store.migrate import migrate
+from .store.migrate import SchemaTooNew, migrate
 
 __all__ = ["Pipeline"]
 
@@ -51,8 +51,8 @@ class Pipeline:
         instance = cfg.daemon.instance_id
         self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
         self.sources = SourceRegistry()
-        self.imap_source = ImapSource(accounts_from_config(cfg))
-        self.sources.register("imap", self.imap_source)
+        self.imap_fetcher = ImapFetcher(accounts_from_config(cfg))
+        self.sources.register("imap", self.imap_fetcher)
         self.processor = Processor(db, self.sources, cfg, instance)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
@@ -75,7 +75,12 @@ class Pipeline:
             try:
                 await db.open()
                 await cls._migrate_when_reachable(daemon, db)
-                yield cls(cfg, rio, db)
+                pipeline = cls(cfg, rio, db)
+                try:
+                    yield pipeline
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await pipeline.imap_fetcher.aclose()
             finally:
                 with trio.CancelScope(shield=True):
                     await db.close()
@@ -89,7 +94,7 @@ class Pipeline:
         while True:
             try:
                 applied = await db.run(migrate)
-            except ledger_mod.SchemaTooNew:
+            except SchemaTooNew:
                 raise
             except Exception as exc:  # PostgreSQL not up yet: wait rather than crash-loop
                 log.event(_log, "postgres.unavailable", level=logging.WARNING, error=str(exc), retry_in=delay)
@@ -106,7 +111,6 @@ class Pipeline:
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
         await nursery.start(self.consumers.run)
-        await nursery.start(self.imap_source.run)
         await nursery.start(self.listeners.run)
 
     # ------------------------------------------------------------------ intake
@@ -136,7 +140,7 @@ class Pipeline:
             log.event(_log, "consumers.resize", before=self.consumers.count, after=new.daemon.consumers)
             self.consumers.resize(new.daemon.consumers)
         accounts = accounts_from_config(new)
-        self.imap_source.update(accounts)
+        self.imap_fetcher.update(accounts)
         await self.listeners.update(accounts)
         self.listeners.kick()  # an auth_failed listener retries at once after a reload
 
@@ -156,6 +160,6 @@ class Pipeline:
     async def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "consumers": {"count": self.consumers.count, "busy": self.consumers.busy},
-            "listeners": [listener.to_dict() for listener in self.listeners.status()],
+            "listeners": [msgspec.to_builtins(listener) for listener in self.listeners.status()],
         }
         return body

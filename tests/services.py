@@ -111,11 +111,11 @@ class _Process:
 class RedisServer(_Process):
     """A private redis-server. ``persist=True`` turns on an fsync'd append-only file."""
 
-    def __init__(self, directory: Path, persist: bool = False) -> None:
+    def __init__(self, directory: Path, persist: bool = False, port: int | None = None) -> None:
         self.binary = require_binary("redis-server", "redis-server")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.persist = persist
         self.log = directory / "redis.log"
 
@@ -153,13 +153,16 @@ class PostgresServer(_Process):
 
     stop_signal = signal.SIGINT  # "fast" shutdown
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
         self.bindir = _pg_bindir()
-        # Outside pytest's 0700 root-owned tmp tree: the server's user must reach it.
-        self.directory = Path(tempfile.mkdtemp(prefix="inboundd-pg-"))
+        # By default outside pytest's 0700 root-owned tmp tree: the server's user must reach it.
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="inboundd-pg-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
-        self.port = free_port()
+        self.port = port or free_port()
         self.user_prefix: list[str] = []
         if os.geteuid() == 0:
             user = "postgres"
@@ -202,12 +205,14 @@ class PostgresServer(_Process):
     def dsn(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, exist_ok: bool = False) -> str:
         """Create an empty database and return its DSN."""
         import psycopg
 
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not (exists and exist_ok):
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.dsn(name)
 
     def cleanup(self) -> None:
@@ -218,16 +223,23 @@ class PostgresServer(_Process):
 class DovecotServer(_Process):
     """A private Dovecot (IMAP only, plaintext on loopback), users in a passwd-file."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
         self.binary = require_binary("dovecot", "dovecot-imapd", ["/usr/sbin"])
-        self.directory = Path(tempfile.mkdtemp(prefix="inboundd-dovecot-"))
+        if os.geteuid() != 0:
+            pytest.fail("the private Dovecot runs as root (it switches to nobody for mail): run with sudo",
+                        pytrace=False)
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="inboundd-dovecot-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         os.chmod(self.directory, 0o755)
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = self.directory / "dovecot.log"
         self.users = self.directory / "users"
-        self.users.write_text("")
+        if not self.users.exists():
+            self.users.write_text("")
         self.mail = self.directory / "mail"
-        self.mail.mkdir()
+        self.mail.mkdir(exist_ok=True)
         nobody = pwd.getpwnam("nobody")
         os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
         self.config = self.directory / "dovecot.conf"
