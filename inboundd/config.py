@@ -208,6 +208,12 @@ class ProcessingConfig(_Section):
     max_message_size: Size = 50 * 1024**2
     dedupe_message_id: bool = True
     fetch_timeout: Duration = 120.0
+    # Ledger lease of one claim (fetch + parse + store); after it, another consumer may take over.
+    lease: Duration = 300.0
+
+    def check(self, path: str, problems: list[str]) -> None:
+        if self.lease <= self.fetch_timeout:
+            problems.append(f"{path}.lease: must be longer than fetch_timeout ({self.fetch_timeout:g}s)")
 
 
 class StoreConfig(_Section):
