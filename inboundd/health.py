@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EXIT_HEALTHY", "EXIT_DEGRADED", "EXIT_NOT_RUNNING", "assess", "render"]
+__all__ = [
+    "EXIT_HEALTHY", "EXIT_DEGRADED", "EXIT_NOT_RUNNING", "assess", "build_status", "normalize_listener", "render",
+]
 
 EXIT_HEALTHY = 0
 EXIT_DEGRADED = 1
@@ -17,6 +19,79 @@ EXIT_NOT_RUNNING = 3
 
 #: Listener states that make the daemon degraded.
 BAD_LISTENER_STATES = ("backoff", "auth_failed")
+
+
+#: Keys every ``queue`` part has (zero when Redis gave nothing for them).
+QUEUE_KEYS = ("ready", "in_flight", "delayed", "dead")
+
+
+def normalize_listener(item: dict[str, Any], now: float) -> dict[str, Any]:
+    """One listener in the stable ``status --json`` shape.
+
+    Accepts the daemon's listener snapshot (``last_error``, ``last_event_at``,
+    ``uidvalidity``/``last_uid``, wall-clock times) and returns ``account``,
+    ``folder``, ``state``, ``error``, ``last_event_age``, ``cursor`` and
+    ``retry_in`` (seconds, relative to *now*) plus every other field unchanged.
+    """
+    out = dict(item)
+    out.setdefault("error", out.pop("last_error", None))
+    out.pop("last_error", None)
+    last_event = out.get("last_event_at")
+    if "last_event_age" not in out:
+        out["last_event_age"] = round(max(0.0, now - last_event), 3) if last_event is not None else None
+    if "cursor" not in out:
+        uidvalidity, last_uid = out.get("uidvalidity"), out.get("last_uid")
+        out["cursor"] = {"uidvalidity": uidvalidity, "last_uid": last_uid} if uidvalidity is not None else None
+    retry_at = out.get("retry_at")
+    out["retry_in"] = round(max(0.0, retry_at - now), 3) if retry_at is not None else None
+    if out.get("since") is not None:
+        out["state_age"] = round(max(0.0, now - out["since"]), 3)
+    return out
+
+
+def build_status(
+    daemon: dict[str, Any] | None,
+    daemon_error: str | None,
+    queue: dict[str, Any] | None,
+    ledger: dict[str, Any] | None,
+    throughput: dict[str, float] | None,
+    errors: dict[str, str],
+    now: float,
+) -> dict[str, Any]:
+    """Assemble the status document from what each source answered.
+
+    *daemon* is the control socket's ``/status`` body (None when the daemon
+    did not answer, *daemon_error* says why); *queue* is the queue's stats from
+    Redis (None when unreachable, named in *errors*); *ledger* the last hour's
+    outcomes from PostgreSQL. Redis is the source of truth for queue numbers
+    whether or not the daemon runs.
+    """
+    body = dict(daemon or {})
+    daemon_part = dict(body.pop("daemon", {}) or {})
+    if daemon is None:
+        daemon_part = {"state": "not_running", "error": daemon_error or "no answer on the control socket"}
+    listeners = [normalize_listener(item, now) for item in body.pop("listeners", []) or []]
+    listeners.sort(key=lambda item: (str(item.get("account")), str(item.get("folder"))))
+    body.pop("queue", None)  # the daemon's own copy; Redis is read directly below
+    queue_part: dict[str, Any] | None = None
+    if queue is not None:
+        queue_part = dict(queue)
+        for key in QUEUE_KEYS:
+            queue_part[key] = int(queue_part.get(key) or 0)
+        queue_part.setdefault("oldest_ready_age", None)
+        queue_part.setdefault("in_flight_by_consumer", {})
+        if throughput is not None:
+            queue_part["throughput"] = dict(throughput)
+    status: dict[str, Any] = {
+        "daemon": daemon_part,
+        "queue": queue_part,
+        "listeners": listeners,
+        "ledger": ledger,
+        "errors": dict(errors),
+    }
+    for key, value in body.items():  # anything more the daemon reports (consumers, …)
+        status.setdefault(key, value)
+    return status
 
 
 def assess(status: dict[str, Any], oldest_ready_alert: float) -> tuple[int, list[str]]:
@@ -92,7 +167,7 @@ def render(status: dict[str, Any], problems: list[str]) -> str:
             ["oldest ready", _age(queue.get("oldest_ready_age"))],
         ]
         if throughput:
-            rows.append(["stored/min", " ".join(f"{k}:{v:.1f}" for k, v in throughput.items())])
+            rows.append(["done/min", " ".join(f"{k}:{v:.1f}" for k, v in throughput.items())])
         lines += _table(rows)
         for consumer, count in sorted((queue.get("in_flight_by_consumer") or {}).items()):
             lines.append(f"    {consumer}: {count} in flight")
