@@ -221,3 +221,166 @@ def test_ledger_summary_folds_rows() -> None:
     ])
     assert summary == {"window": "1h", "processed": 5, "duplicate": 2, "failed": 4, "processing": 1,
                        "skipped": {"gone": 1, "oversize": 3, "unspecified": 1}}
+
+
+# --------------------------------------------------------------------------- queue state, daemon stopped
+
+
+def seed_queue(redis_url: str, *, ready: int = 0, dead: dict[str, int] | None = None, delayed: int = 0,
+               in_flight: int = 0) -> dict[str, list[str]]:
+    """Put a known state into the queue through the real Queue API; returns job ids by kind.
+
+    *dead* maps account → how many of its jobs are dead-lettered.
+    """
+    import trio
+
+    from inboundd import jobs
+    from inboundd.config import QueueConfig, RedisConfig
+    from inboundd.queue import Queue
+    from inboundd.redisio import RedisIO
+
+    ids: dict[str, list[str]] = {"ready": [], "dead": [], "delayed": [], "in_flight": []}
+
+    def make(account: str, uid: int):
+        return jobs.new_job(jobs.ImapPointer(account=account, folder="INBOX", uidvalidity=7, uid=uid),
+                            tenant="t")
+
+    async def go() -> None:
+        rio = RedisIO.from_config(RedisConfig(url=redis_url))
+        queue = Queue(rio, QueueConfig(), prefix="inboundd")
+        try:
+            await queue.ensure_group()
+            uid = 0
+            doomed = [make(account, uid := uid + 1) for account, n in (dead or {}).items() for _ in range(n)]
+            pending = doomed + [make("support", uid := uid + 1) for _ in range(delayed + in_flight)]
+            await queue.enqueue_many(pending)
+            claimed = await queue.claim("test-consumer", len(pending), block=0) if pending else []
+            assert len(claimed) == len(pending)
+            for item in claimed[:len(doomed)]:
+                assert await queue.dead_letter("test-consumer", item, reason="parse_error",
+                                               error="boom: cannot parse\nsecond line", attempts=8)
+                ids["dead"].append(item.job.id)
+            for item in claimed[len(doomed):len(doomed) + delayed]:
+                assert await queue.retry("test-consumer", item, item.job, 3600, kind="error")
+                ids["delayed"].append(item.job.id)
+            ids["in_flight"] = [item.job.id for item in claimed[len(doomed) + delayed:]]
+            fresh = [make("support", uid := uid + 1) for _ in range(ready)]
+            await queue.enqueue_many(fresh)
+            ids["ready"] = [job.id for job in fresh]
+        finally:
+            await rio.close()
+
+    trio.run(go)
+    return ids
+
+
+def insert_ledger(pg_dsn: str, rows: list[tuple[str, str | None]]) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        for n, (status, reason) in enumerate(rows):
+            conn.execute(
+                "INSERT INTO inbound_ledger (tenant, account, identity, provider, status, reason, job_id)"
+                " VALUES ('t', 'support', %s, 'imap', %s, %s, %s)",
+                (f"imap:INBOX:7:{n}", status, reason, f"job{n}"),
+            )
+
+
+def test_status_with_daemon_stopped_still_shows_queue_and_ledger(capsys, tmp_path: Path, redis_url: str,
+                                                                 pg_dsn: str) -> None:
+    path = write_config(tmp_path, redis_url, pg_dsn)
+    assert run(capsys, "-c", str(path), "migrate")[0] == 0
+    seed_queue(redis_url, ready=4, dead={"support": 2, "sales": 1}, delayed=1, in_flight=2)
+    insert_ledger(pg_dsn, [("processed", None)] * 3 + [("duplicate", "message_id"), ("skipped", "oversize"),
+                                                        ("skipped", "source_deleted"), ("failed", "boom")])
+    code, out, err = run(capsys, "-c", str(path), "status", "--json")
+    assert code == cli.EXIT_NOT_RUNNING, err
+    status = json.loads(out)
+    assert status["daemon"]["state"] == "not_running"
+    assert "no control socket" in status["daemon"]["error"]
+    queue = status["queue"]
+    assert (queue["ready"], queue["in_flight"], queue["delayed"], queue["dead"]) == (4, 2, 1, 3)
+    assert queue["in_flight_by_consumer"] == {"test-consumer": 2}
+    assert queue["oldest_ready_age"] is not None and queue["oldest_ready_age"] < 60
+    assert queue["throughput"]["1m"] == 6.0  # processed + duplicate + skipped in the last minute
+    assert status["ledger"] == {"window": "1h", "processed": 3, "duplicate": 1, "failed": 1, "processing": 0,
+                                "skipped": {"oversize": 1, "source_deleted": 1}}
+    assert status["listeners"] == [] and status["errors"] == {}
+    assert status["health"]["status"] == "not_running"
+    assert any("3 dead-lettered" in p for p in status["health"]["problems"])
+
+    code, out, _ = run(capsys, "-c", str(path), "status")
+    assert code == cli.EXIT_NOT_RUNNING
+    lines = out.splitlines()
+    assert lines[0] == "PROBLEMS" and "daemon is not running" in lines[1]
+    assert next(line for line in lines if line.strip().startswith("dead")).split() == ["dead", "3"]
+    assert "oversize: 1, source_deleted: 1" in out
+
+
+def test_status_names_unreachable_redis_and_unmigrated_database(capsys, tmp_path: Path, pg_dsn: str) -> None:
+    port = free_port()
+    path = write_config(tmp_path, f"redis://:hunter2@127.0.0.1:{port}/0", pg_dsn)
+    code, out, _ = run(capsys, "-c", str(path), "status", "--json")
+    assert code == cli.EXIT_NOT_RUNNING
+    status = json.loads(out)
+    assert status["queue"] is None
+    assert status["errors"]["redis"].startswith(f"Redis at redis://***@127.0.0.1:{port}/0 unreachable: ")
+    assert "run `inboundctl migrate`" in status["errors"]["postgres"]
+    assert "hunter2" not in out
+
+
+def test_dlq_lists_and_filters_with_daemon_stopped(capsys, tmp_path: Path, redis_url: str, pg_dsn: str) -> None:
+    path = write_config(tmp_path, redis_url, pg_dsn)
+    ids = seed_queue(redis_url, dead={"support": 2, "sales": 1})
+    code, out, _ = run(capsys, "-c", str(path), "dlq", "--json")
+    assert code == 0
+    entries = json.loads(out)
+    assert [e["job_id"] for e in entries] == ids["dead"]
+    first = entries[0]
+    assert (first["account"], first["provider"], first["reason"], first["attempts"]) == ("support", "imap",
+                                                                                      "parse_error", 8)
+    assert first["last_error"].startswith("boom") and first["job"]["pointer"]["uid"] == 1 and "raw" not in first
+    code, out, _ = run(capsys, "-c", str(path), "dlq", "--account", "sales")
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["JOB", "ID", "ACCOUNT", "PROVIDER"]
+    assert len(lines) == 3 and ids["dead"][2] in lines[1] and "boom: cannot parse second line" in lines[1]
+    assert lines[2] == "1 dead-lettered job(s) shown"
+    code, out, _ = run(capsys, "-c", str(path), "dlq", "--limit", "1", "--json")
+    assert len(json.loads(out)) == 1
+
+
+def test_redrive_round_trip_with_daemon_stopped(capsys, tmp_path: Path, redis_url: str, pg_dsn: str) -> None:
+    import redis
+
+    path = write_config(tmp_path, redis_url, pg_dsn)
+    ids = seed_queue(redis_url, dead={"support": 2, "sales": 2})
+    client = redis.Redis.from_url(redis_url)
+    before = (client.xlen("{inboundd}:dlq"), client.xlen("{inboundd}:stream"))
+    assert before == (4, 0)
+
+    code, out, _ = run(capsys, "-c", str(path), "redrive", "--all", "--dry-run")
+    assert code == 0 and out == "would move 4 job(s) back to the queue (dry run: nothing changed)\n"
+    assert (client.xlen("{inboundd}:dlq"), client.xlen("{inboundd}:stream")) == before
+
+    code, out, _ = run(capsys, "-c", str(path), "redrive", ids["dead"][0])
+    assert code == 0 and out == "moved 1 job(s) back to the queue\n"
+    code, out, _ = run(capsys, "-c", str(path), "redrive", "--account", "sales")
+    assert out == "moved 2 job(s) back to the queue\n"
+    code, out, err = run(capsys, "-c", str(path), "redrive", ids["dead"][0], "no-such-job")
+    assert code == cli.EXIT_FAILED and out == "moved 0 job(s) back to the queue\n" and "2 of the given" in err
+
+    from inboundd import jobs
+
+    moved = [jobs.decode(fields[b"job"]) for _, fields in client.xrange("{inboundd}:stream")]
+    assert sorted(j.id for j in moved) == sorted([ids["dead"][0], *ids["dead"][2:]])
+    assert all(j.attempt == 0 for j in moved)
+    code, out, _ = run(capsys, "-c", str(path), "dlq", "--json")
+    assert [e["job_id"] for e in json.loads(out)] == [ids["dead"][1]]
+    client.close()
+
+
+def test_redis_unreachable_is_one_line_naming_the_server(capsys, tmp_path: Path, pg_dsn: str) -> None:
+    port = free_port()
+    path = write_config(tmp_path, f"redis://127.0.0.1:{port}/0", pg_dsn)
+    for argv in (["dlq"], ["redrive", "--all"]):
+        code, out, err = run(capsys, "-c", str(path), *argv)
+        assert code == cli.EXIT_UNAVAILABLE and out == ""
+        assert err.startswith(f"inboundctl: Redis at redis://127.0.0.1:{port}/0 unreachable: ") and err.count("\n") == 1
