@@ -1,0 +1,387 @@
+"""The consumer pool: claim a batch → handle each job → ack, retry or dead-letter.
+
+Each of the pool's ``count`` consumer tasks has its own Redis consumer name
+(``{instance}-c{n}``). On start a consumer first takes back the entries still
+pending under its name (a previous process with the same instance id died
+holding them: they count one attempt, see :meth:`Queue.recover`), then loops
+on ``XREADGROUP … BLOCK ≤ 1 s``. While it holds entries, a heartbeat extends
+their leases every ``lease / 3`` (``XCLAIM … JUSTID``), so only a dead
+worker's jobs are reclaimed.
+
+What a handler's result becomes is decided by :func:`decide`, a pure
+function (tested directly): an :class:`~inboundd.outcomes.Outcome` → ack;
+:class:`~inboundd.outcomes.TransientError` → retry without burning an attempt
+(up to ``transient_attempts``); :class:`~inboundd.outcomes.PermanentError` →
+dead-letter now; any other exception → retry counting an attempt, dead-letter
+after ``max_attempts``. Delays follow :func:`retry_delay` (exponential,
+capped, full jitter).
+
+Drain (:meth:`ConsumerPool.drain`) stops claiming; jobs already claimed are
+finished; :meth:`ConsumerPool.wait_drained` returns once none is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from functools import partial
+from typing import Awaitable, Callable, Literal, Protocol
+
+import msgspec
+import redis
+import trio
+
+from . import clock, log, metrics
+from .config import QueueConfig
+from .jobs import Job
+from .outcomes import Outcome, PermanentError, TransientError
+from .queue import Claimed, Queue
+
+__all__ = ["ConsumerPool", "Decision", "Handler", "decide", "retry_delay"]
+
+_log = log.get_logger("consumer")
+
+#: Buffered acks are flushed before the next job once the oldest waited this long.
+ACK_FLUSH_AFTER = 0.05
+#: Backoff after a failed Redis call in the claim loop (seconds, doubling up to the cap).
+REDIS_RETRY_BASE, REDIS_RETRY_CAP = 0.1, 5.0
+
+
+class Handler(Protocol):
+    async def handle(self, job: Job) -> Outcome: ...
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+def retry_delay(attempt: int, base: float, cap: float, *, retry_after: float | None = None,
+                rand: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number *attempt* (1 = first retry): full jitter over an exponential ceiling.
+
+    ``uniform(0, min(cap, base · 2^(attempt-1)))``; a provider's *retry_after*
+    is a floor (never retry sooner than it asked).
+    """
+    exponent = min(max(attempt, 1) - 1, 63)
+    ceiling = min(cap, base * (2.0 ** exponent))
+    delay = ceiling * rand()
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    return delay
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """What to do with a handled job."""
+
+    action: Literal["ack", "retry", "dead_letter"]
+    #: The job to schedule (retry) with its counters updated, or the job as handled.
+    job: Job
+    delay: float = 0.0
+    kind: str = ""  # retry kind: "error" | "transient"
+    reason: str = ""  # dead-letter reason
+    error: str = ""
+    attempts: int = 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decide(job: Job, result: Outcome | BaseException, cfg: QueueConfig, *,
+           rand: Callable[[], float] = random.random) -> Decision:
+    """Turn a handler's *result* (an Outcome or the exception it raised) into a queue action."""
+    if isinstance(result, Outcome):
+        return Decision("ack", job, attempts=job.attempt)
+    error = _describe(result)
+    if isinstance(result, PermanentError):
+        return Decision("dead_letter", job, reason=result.reason, error=error, attempts=job.attempt + 1)
+    if isinstance(result, TransientError):
+        transient = job.transient + 1
+        if transient >= cfg.transient_attempts:
+            return Decision("dead_letter", job, reason="transient_exhausted", error=error,
+                            attempts=job.attempt + 1)
+        delay = retry_delay(transient, cfg.backoff_base, cfg.backoff_cap, retry_after=result.retry_after, rand=rand)
+        return Decision("retry", msgspec.structs.replace(job, transient=transient), delay=delay, kind="transient",
+                        error=error, attempts=job.attempt)
+    attempt = job.attempt + 1
+    if attempt >= cfg.max_attempts:
+        return Decision("dead_letter", job, reason="max_attempts", error=error, attempts=attempt)
+    delay = retry_delay(attempt, cfg.backoff_base, cfg.backoff_cap, rand=rand)
+    return Decision("retry", msgspec.structs.replace(job, attempt=attempt), delay=delay, kind="error",
+                    error=error, attempts=attempt)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class _Consumer:
+    """State of one consumer task, read by the pool for drain and status."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held: dict[str, Claimed] = {}
+        #: Held entries whose lease the heartbeat found taken by another consumer.
+        self.lost: set[str] = set()
+        self.claiming = False
+        self.stopping = False
+        self.cancel_scope = trio.CancelScope()
+
+
+class ConsumerPool:
+    """``count`` consumer tasks feeding *handler*; see the module docstring."""
+
+    def __init__(self, queue: Queue, handler: Handler, cfg: QueueConfig, instance: str, *, count: int) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.cfg = cfg
+        self.instance = instance
+        self._target = count
+        self._consumers: dict[int, _Consumer] = {}
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self._resumed = trio.Event()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def count(self) -> int:
+        """The configured number of consumers (after :meth:`resize`)."""
+        return self._target
+
+    @property
+    def busy(self) -> int:
+        """Jobs currently held (claimed and not yet acked, retried or dead-lettered)."""
+        return sum(len(c.held) for c in self._consumers.values())
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def consumer_names(self) -> list[str]:
+        return [c.name for _, c in sorted(self._consumers.items())]
+
+    def drain(self) -> None:
+        """Stop claiming new jobs; jobs already claimed are finished."""
+        if not self._draining:
+            self._draining = True
+            self._resumed = trio.Event()
+            log.event(_log, "consumers.drain", busy=self.busy)
+            self._notify()
+
+    def resume(self) -> None:
+        """Claim again after :meth:`drain`."""
+        if self._draining:
+            self._draining = False
+            self._resumed.set()
+            log.event(_log, "consumers.resume")
+            self._notify()
+
+    def is_drained(self) -> bool:
+        return self._draining and not any(c.held or c.claiming for c in self._consumers.values())
+
+    async def wait_drained(self) -> None:
+        """Return once the pool is draining and holds no job (no claim in flight either)."""
+        while not self.is_drained():
+            await self._changed.wait()
+
+    def resize(self, n: int) -> None:
+        """Run *n* consumers: start new ones, or let the highest-numbered finish their batch and stop."""
+        self._target = max(0, n)
+        if self._nursery is None:
+            return
+        alive = sorted(i for i, c in self._consumers.items() if not c.stopping)
+        for index in alive[self._target:]:
+            self._consumers[index].stopping = True
+        self._notify()
+        for _ in range(self._target - min(len(alive), self._target)):
+            self._nursery.start_soon(self._run_consumer, self._free_index())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the consumers; reports started once each has taken back its own pending entries."""
+        await self.queue.ensure_group()
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._target):
+                await nursery.start(self._run_consumer, self._free_index())
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _free_index(self) -> int:
+        index = 0
+        while index in self._consumers:
+            index += 1
+        self._consumers[index] = _Consumer(f"{self.instance}-c{index}")
+        return index
+
+    async def _run_consumer(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        me = self._consumers[index]
+        try:
+            await self._take_back(me)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat, me)
+                await self._loop(me)
+                nursery.cancel_scope.cancel()
+        finally:
+            del self._consumers[index]
+            self._notify()
+            log.event(_log, "consumer.stopped", consumer=me.name)
+
+    async def _take_back(self, me: _Consumer) -> None:
+        delay = REDIS_RETRY_BASE
+        while True:
+            try:
+                while True:
+                    own = await self.queue.own_pending(me.name)
+                    if not own:
+                        return
+                    log.event(_log, "consumer.take_back", level=logging.WARNING, consumer=me.name, jobs=len(own))
+                    await self.queue.recover(me.name, own, why="consumer restarted")
+            except (redis.RedisError, OSError) as exc:
+                log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
+                          retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_CAP)
+
+    async def _loop(self, me: _Consumer) -> None:
+        delay = REDIS_RETRY_BASE
+        while not me.stopping:
+            if self._draining:
+                await self._changed.wait()  # resume() or resize() wakes us
+                continue
+            me.claiming = True
+            try:
+                batch = await self.queue.claim(me.name, self.cfg.claim_batch)
+                delay = REDIS_RETRY_BASE
+            except (redis.RedisError, OSError) as exc:
+                log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
+                          retry_in=delay)
+                batch = []
+                me.claiming = False
+                self._notify()
+                await trio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_CAP)
+                continue
+            for claimed in batch:
+                me.held[claimed.entry_id] = claimed
+            me.claiming = False
+            self._notify()
+            if batch:
+                await self._process_batch(me, batch)
+
+    async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> None:
+        acks: list[Claimed] = []
+        first_ack_at = 0.0
+        for claimed in batch:
+            if claimed.entry_id in me.lost:
+                # The heartbeat found the lease gone: another consumer has the job now.
+                me.lost.discard(claimed.entry_id)
+                me.held.pop(claimed.entry_id, None)
+                self._notify()
+                continue
+            if claimed.job is not None:
+                metrics.jobs_claimed.labels(claimed.job.provider, claimed.job.account).inc()
+                log.event(_log, "job.claim", level=logging.DEBUG, consumer=me.name, entry_id=claimed.entry_id,
+                          **claimed.job.log_fields())
+            if acks and trio.current_time() - first_ack_at > ACK_FLUSH_AFTER:
+                await self._flush_acks(me, acks)
+                acks = []
+            if await self._handle_one(me, claimed):
+                if not acks:
+                    first_ack_at = trio.current_time()
+                acks.append(claimed)
+        await self._flush_acks(me, acks)
+
+    async def _handle_one(self, me: _Consumer, claimed: Claimed) -> bool:
+        """Handle one entry; True when it should be acked (buffered), else it was settled here."""
+        job = claimed.job
+        if job is None:
+            await self._settle(me, claimed, partial(
+                self.queue.dead_letter, me.name, claimed, reason="invalid_payload", error=claimed.error or "",
+                attempts=0))
+            return False
+        started = trio.current_time()
+        result: Outcome | BaseException
+        try:
+            result = await self.handler.handle(job)
+            if not isinstance(result, Outcome):
+                result = TypeError(f"handler returned {type(result).__name__}, not an Outcome")
+        except Exception as exc:  # classified by decide(); Cancelled is BaseException and passes
+            result = exc
+        metrics.processing_seconds.labels(job.provider).observe(trio.current_time() - started)
+        decision = decide(job, result, self.cfg)
+        if decision.action == "ack":
+            assert isinstance(result, Outcome)
+            log.event(_log, "job.handled", level=logging.DEBUG, consumer=me.name, status=result.status,
+                      reason=result.reason, **job.log_fields())
+            return True
+        if decision.action == "retry":
+            log.event(_log, "job.failed", level=logging.WARNING, consumer=me.name, kind=decision.kind,
+                      error=decision.error[:500], **job.log_fields())
+            await self._settle(me, claimed, partial(self.queue.retry, me.name, claimed, decision.job,
+                                                    decision.delay, kind=decision.kind))
+        else:
+            await self._settle(me, claimed, partial(
+                self.queue.dead_letter, me.name, claimed, reason=decision.reason, error=decision.error,
+                attempts=decision.attempts))
+        return False
+
+    async def _settle(self, me: _Consumer, claimed: Claimed, operation: Callable[[], Awaitable[bool]]) -> None:
+        try:
+            await operation()
+        except (redis.RedisError, OSError) as exc:
+            # The entry stays pending: the reclaim timer hands it out again after the lease.
+            log.event(_log, "consumer.settle_failed", level=logging.WARNING, consumer=me.name,
+                      entry_id=claimed.entry_id, error=str(exc))
+        finally:
+            me.held.pop(claimed.entry_id, None)
+            me.lost.discard(claimed.entry_id)
+            self._notify()
+
+    async def _flush_acks(self, me: _Consumer, acks: list[Claimed]) -> None:
+        if not acks:
+            return
+        try:
+            flags = await self.queue.ack(me.name, acks)
+        except (redis.RedisError, OSError) as exc:
+            log.event(_log, "consumer.ack_failed", level=logging.WARNING, consumer=me.name, jobs=len(acks),
+                      error=str(exc))
+            flags = [False] * len(acks)
+        now = clock.wall()
+        for claimed, ok in zip(acks, flags):
+            me.held.pop(claimed.entry_id, None)
+            me.lost.discard(claimed.entry_id)
+            job = claimed.job
+            if ok and job is not None:
+                metrics.jobs_acked.labels(job.provider, job.account).inc()
+                metrics.end_to_end_seconds.labels(job.provider).observe(max(0.0, now - job.enqueued_at))
+                log.event(_log, "job.ack", level=logging.DEBUG, consumer=me.name, **job.log_fields())
+        self._notify()
+
+    async def _heartbeat(self, me: _Consumer) -> None:
+        interval = max(0.1, self.cfg.lease / 3)
+        while True:
+            await trio.sleep(interval)
+            if not me.held:
+                continue
+            try:
+                lost = await self.queue.heartbeat(me.name, list(me.held))
+            except (redis.RedisError, OSError) as exc:
+                log.event(_log, "consumer.heartbeat_failed", level=logging.WARNING, consumer=me.name, error=str(exc))
+                continue
+            for entry_id in lost:
+                me.lost.add(entry_id)
+                claimed = me.held.get(entry_id)
+                fields = claimed.job.log_fields() if claimed is not None and claimed.job is not None else {}
+                log.event(_log, "job.lease_lost", level=logging.WARNING, consumer=me.name, entry_id=entry_id,
+                          **fields)
