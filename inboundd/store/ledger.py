@@ -1,0 +1,190 @@
+"""The ledger (``inbound_ledger``): one row per message identity decides "new, duplicate, retry or skip".
+
+Statuses: ``processing`` (held by a lease owner until ``lease_expires_at``),
+the terminal ``processed``, ``duplicate`` and ``skipped``, and ``failed``
+(with ``last_error``). Terminal rows dedupe. A ``processing`` row whose
+lease expired (its holder died between claim and commit) and a ``failed``
+row are *taken over* by the next claim, ``attempts`` + 1 — a crash is a
+retry, never a duplicate.
+
+Every function takes a psycopg connection and runs in the caller's
+transaction (``await db.run(ledger.claim, ...)``). Leases are measured with
+PostgreSQL's clock, the one clock every instance shares.
+
+The lease owner is a per-claim token (``"<instance>:<random>"``), not the
+instance name: two tasks of one daemon racing on one identity are two
+owners. Every write after the claim is fenced on that token, so a holder
+whose lease was taken over can no longer change the row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from .migrate import SchemaTooNew
+
+__all__ = [
+    "TERMINAL",
+    "Claim",
+    "Key",
+    "LedgerRow",
+    "SchemaTooNew",
+    "claim",
+    "classify",
+    "counts",
+    "fail",
+    "finish",
+    "get",
+    "hold",
+]
+
+#: Statuses that end a message's story: a later job for the identity is a duplicate.
+TERMINAL = frozenset({"processed", "duplicate", "skipped"})
+
+#: ``last_error`` is cut to this many characters.
+MAX_ERROR_LENGTH = 2000
+
+
+class Key(NamedTuple):
+    """The ledger's primary key: the message identity within its account."""
+
+    tenant: str
+    account: str
+    identity: str
+
+
+class LedgerRow(NamedTuple):
+    tenant: str
+    account: str
+    identity: str
+    provider: str
+    status: str
+    reason: str | None
+    last_error: str | None
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    job_id: str
+    #: ``inbound_messages.id`` (the stored message, or the original of a duplicate).
+    message_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+_COLUMNS = ", ".join(LedgerRow._fields)
+
+
+class Claim(NamedTuple):
+    """What :func:`claim` found: ``claimed`` (we hold it now), ``terminal`` or ``busy`` (someone else holds it)."""
+
+    verdict: Literal["claimed", "terminal", "busy"]
+    row: LedgerRow
+    #: Seconds until a busy row's lease expires (PostgreSQL's clock); 0 otherwise.
+    lease_remaining: float = 0.0
+
+
+def classify(row: LedgerRow, owner: str) -> Literal["claimed", "terminal", "busy"]:
+    """The verdict of a claim by *owner* that left *row* in the ledger (pure)."""
+    if row.status == "processing" and row.lease_owner == owner:
+        return "claimed"
+    if row.status in TERMINAL:
+        return "terminal"
+    # processing under another owner's live lease (a failed or expired row
+    # would have been taken over by the claim's UPDATE).
+    return "busy"
+
+
+_CLAIM = f"""
+INSERT INTO inbound_ledger AS l
+    (tenant, account, identity, provider, status, attempts, lease_owner, lease_expires_at, job_id)
+VALUES (%(tenant)s, %(account)s, %(identity)s, %(provider)s, 'processing', 1, %(owner)s,
+        clock_timestamp() + make_interval(secs => %(lease)s), %(job_id)s)
+ON CONFLICT (tenant, account, identity) DO UPDATE
+    SET status = 'processing',
+        attempts = l.attempts + 1,
+        lease_owner = EXCLUDED.lease_owner,
+        lease_expires_at = EXCLUDED.lease_expires_at,
+        job_id = EXCLUDED.job_id,
+        provider = EXCLUDED.provider,
+        updated_at = clock_timestamp()
+    WHERE l.status = 'failed'
+       OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())
+RETURNING {_COLUMNS}
+"""
+
+
+def claim(conn: Any, key: Key, *, provider: str, job_id: str, owner: str, lease: float) -> Claim:
+    """Claim *key* for *owner* for *lease* seconds: insert, take over, or report who has it.
+
+    Run it in a transaction of its own and commit before any slow work: the
+    claim must be visible to the other consumers while this one fetches.
+    Concurrent claims of one identity have exactly one ``claimed`` winner
+    (the row lock of ``INSERT … ON CONFLICT`` serializes them).
+    """
+    params = {**key._asdict(), "provider": provider, "job_id": job_id, "owner": owner, "lease": float(lease)}
+    row = conn.execute(_CLAIM, params).fetchone()
+    if row is not None:
+        return Claim("claimed", LedgerRow(*row))
+    found = conn.execute(
+        f"SELECT {_COLUMNS}, greatest(0, extract(epoch FROM lease_expires_at - clock_timestamp()))::float8"
+        " FROM inbound_ledger WHERE tenant = %s AND account = %s AND identity = %s",
+        key,
+    ).fetchone()
+    if found is None:  # pragma: no cover - the conflicting row cannot vanish (rows are never deleted here)
+        raise RuntimeError(f"ledger row {key} vanished during its claim")
+    current = LedgerRow(*found[:-1])
+    return Claim(classify(current, owner), current, float(found[-1] or 0.0))
+
+
+def hold(conn: Any, key: Key, owner: str) -> LedgerRow | None:
+    """Lock *key*'s row for the rest of the transaction; the row, or None if there is none.
+
+    The caller still holds the claim iff ``row.status == "processing" and
+    row.lease_owner == owner``; while the lock is held nobody can take it over.
+    """
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM inbound_ledger WHERE tenant = %s AND account = %s AND identity = %s FOR UPDATE",
+        key,
+    ).fetchone()
+    return LedgerRow(*row) if row else None
+
+
+def finish(
+    conn: Any, key: Key, owner: str, status: str, *, reason: str | None = None, message_id: int | None = None
+) -> bool:
+    """Move *owner*'s claim to the terminal *status*; False (nothing written) if *owner* no longer holds it."""
+    if status not in TERMINAL:
+        raise ValueError(f"finish() needs a terminal status, not {status!r}")
+    cur = conn.execute(
+        "UPDATE inbound_ledger SET status = %s, reason = %s, message_id = %s, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = clock_timestamp(), finished_at = clock_timestamp()"
+        " WHERE tenant = %s AND account = %s AND identity = %s AND status = 'processing' AND lease_owner = %s",
+        (status, reason, message_id, *key, owner),
+    )
+    return cur.rowcount == 1
+
+
+def fail(conn: Any, key: Key, owner: str, error: str, *, reason: str | None = None) -> bool:
+    """Record that *owner*'s attempt failed (retryable at once by the next claim); False if not held."""
+    cur = conn.execute(
+        "UPDATE inbound_ledger SET status = 'failed', last_error = %s, reason = %s, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = clock_timestamp()"
+        " WHERE tenant = %s AND account = %s AND identity = %s AND status = 'processing' AND lease_owner = %s",
+        (error.replace("\x00", "\ufffd")[:MAX_ERROR_LENGTH], reason, *key, owner),
+    )
+    return cur.rowcount == 1
+
+
+def get(conn: Any, key: Key) -> LedgerRow | None:
+    """The row of *key*, or None."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM inbound_ledger WHERE tenant = %s AND account = %s AND identity = %s", key
+    ).fetchone()
+    return LedgerRow(*row) if row else None
+
+
+def counts(conn: Any) -> dict[str, int]:
+    """Rows per status (for status reports)."""
+    return dict(conn.execute("SELECT status, count(*) FROM inbound_ledger GROUP BY status").fetchall())

@@ -1,0 +1,167 @@
+"""The ledger: claim, take-over, fencing — the decisions as a table, then the SQL against real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+
+from inboundd.store import ledger
+from inboundd.store.migrate import migrate
+
+KEY = ledger.Key("t1", "acct", "imap:INBOX:7:42")
+NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)
+
+
+def _row(status: str, owner: str | None = None, job_id: str = "j1") -> ledger.LedgerRow:
+    return ledger.LedgerRow(*KEY, "imap", status, None, None, 1, owner, NOW if owner else None, job_id, None,
+                            NOW, NOW, None)
+
+
+@pytest.mark.parametrize(
+    ("status", "owner", "verdict"),
+    [
+        ("processing", "me", "claimed"),
+        ("processing", "other", "busy"),
+        ("processed", None, "terminal"),
+        ("duplicate", None, "terminal"),
+        ("skipped", None, "terminal"),
+        # A failed row left behind by a claim is never "ours" nor terminal: someone else's to retry.
+        ("failed", None, "busy"),
+    ],
+)
+def test_classify(status: str, owner: str | None, verdict: str) -> None:
+    assert ledger.classify(_row(status, owner), "me") == verdict
+
+
+@pytest.fixture
+def conn(pg_dsn: str):
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        with connection.transaction():
+            migrate(connection)
+        yield connection
+
+
+def _claim(conn: psycopg.Connection, owner: str, job_id: str = "j1", lease: float = 60.0) -> ledger.Claim:
+    with conn.transaction():
+        return ledger.claim(conn, KEY, provider="imap", job_id=job_id, owner=owner, lease=lease)
+
+
+def _expire(conn: psycopg.Connection) -> None:
+    """Simulate the holder's lease running out (its process died long ago)."""
+    conn.execute(
+        "UPDATE inbound_ledger SET lease_expires_at = clock_timestamp() - interval '1 second'"
+        " WHERE tenant = %s AND account = %s AND identity = %s", KEY,
+    )
+
+
+def test_first_claim_inserts_a_processing_row_with_a_lease(conn: psycopg.Connection) -> None:
+    claim = _claim(conn, "a:1")
+    assert claim.verdict == "claimed"
+    row = ledger.get(conn, KEY)
+    assert (row.status, row.attempts, row.lease_owner, row.job_id, row.provider) == ("processing", 1, "a:1", "j1", "imap")
+    remaining = conn.execute("SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8"
+                             " FROM inbound_ledger").fetchone()[0]
+    assert 55 < remaining <= 60
+
+
+def test_a_live_claim_is_busy_for_everyone_else(conn: psycopg.Connection) -> None:
+    _claim(conn, "a:1", lease=60)
+    claim = _claim(conn, "b:1", job_id="j2")
+    assert claim.verdict == "busy"
+    assert claim.row.lease_owner == "a:1" and claim.row.job_id == "j1"
+    assert 55 < claim.lease_remaining <= 60
+    assert ledger.get(conn, KEY).attempts == 1  # nothing changed
+
+
+def test_an_expired_claim_is_taken_over_and_the_old_holder_is_fenced_off(conn: psycopg.Connection) -> None:
+    _claim(conn, "a:1")
+    _expire(conn)
+    claim = _claim(conn, "b:1", job_id="j1")
+    assert claim.verdict == "claimed"
+    assert (claim.row.attempts, claim.row.lease_owner) == (2, "b:1")
+    # The old holder wakes up: it can neither finish nor fail the row any more.
+    assert ledger.finish(conn, KEY, "a:1", "processed") is False
+    assert ledger.fail(conn, KEY, "a:1", "boom") is False
+    assert ledger.finish(conn, KEY, "b:1", "processed", message_id=None) is True
+    row = ledger.get(conn, KEY)
+    assert (row.status, row.lease_owner, row.lease_expires_at) == ("processed", None, None)
+    assert row.finished_at is not None
+
+
+@pytest.mark.parametrize("status", ["processed", "duplicate", "skipped"])
+def test_terminal_rows_are_never_taken_over(conn: psycopg.Connection, status: str) -> None:
+    _claim(conn, "a:1")
+    assert ledger.finish(conn, KEY, "a:1", status, reason="why")
+    claim = _claim(conn, "b:1", job_id="j9")
+    assert claim.verdict == "terminal"
+    row = ledger.get(conn, KEY)
+    assert (row.status, row.reason, row.attempts, row.job_id) == (status, "why", 1, "j1")
+
+
+def test_a_failed_row_is_taken_over_at_once_and_keeps_its_last_error(conn: psycopg.Connection) -> None:
+    _claim(conn, "a:1")
+    assert ledger.fail(conn, KEY, "a:1", "RuntimeError: imap went away")
+    row = ledger.get(conn, KEY)
+    assert (row.status, row.last_error, row.lease_owner) == ("failed", "RuntimeError: imap went away", None)
+    claim = _claim(conn, "b:1", job_id="j2")
+    assert claim.verdict == "claimed"
+    assert (claim.row.attempts, claim.row.job_id, claim.row.last_error) == (2, "j2", "RuntimeError: imap went away")
+
+
+def test_finish_needs_a_terminal_status(conn: psycopg.Connection) -> None:
+    _claim(conn, "a:1")
+    with pytest.raises(ValueError, match="terminal"):
+        ledger.finish(conn, KEY, "a:1", "failed")
+
+
+def test_hold_blocks_a_take_over_until_the_holder_commits(pg_dsn: str, conn: psycopg.Connection) -> None:
+    _claim(conn, "a:1")
+    _expire(conn)
+    taker: list[ledger.Claim] = []
+    with psycopg.connect(pg_dsn) as holder:
+        row = ledger.hold(holder, KEY, "a:1")  # row lock held in holder's open transaction
+        assert row.lease_owner == "a:1"
+
+        def take_over() -> None:
+            with psycopg.connect(pg_dsn) as other:
+                taker.append(ledger.claim(other, KEY, provider="imap", job_id="j1", owner="b:1", lease=60))
+
+        thread = threading.Thread(target=take_over)
+        thread.start()
+        # The take-over waits on the row lock; show it is really waiting, then let the holder finish.
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            for _ in range(500):
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).fetchone()[0]
+                if waiting:
+                    break
+                thread.join(0.01)
+            assert waiting == 1
+        assert ledger.finish(holder, KEY, "a:1", "processed")
+        holder.commit()
+    thread.join(30)
+    assert taker[0].verdict == "terminal"
+    assert ledger.get(conn, KEY).status == "processed"
+
+
+def test_concurrent_claims_have_exactly_one_winner(pg_dsn: str, conn: psycopg.Connection) -> None:
+    claimers = 8
+    barrier = threading.Barrier(claimers)
+    verdicts: list[str] = []
+
+    def race(n: int) -> None:
+        with psycopg.connect(pg_dsn) as own:
+            barrier.wait(timeout=30)
+            verdicts.append(ledger.claim(own, KEY, provider="imap", job_id=f"j{n}", owner=f"o:{n}", lease=60).verdict)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(claimers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(verdicts) == ["busy"] * (claimers - 1) + ["claimed"]
+    assert ledger.counts(conn) == {"processing": 1}
