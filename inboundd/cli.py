@@ -510,7 +510,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         "move dead-lettered jobs back to the queue",
         "Move dead-lettered jobs back to the queue with their attempts reset, and print how many moved\n"
         "(works with the daemon stopped). Give exactly one of --all, JOB_ID..., or --account.",
-        ["inboundctl redrive --all --dry-run", "inboundctl redrive 1732273200000-0 1732273200001-0",
+        ["inboundctl redrive --all --dry-run", "inboundctl redrive 0f8e2c1b6a7d4e5f9a0b1c2d3e4f5a6b",
          "inboundctl redrive --account support"],
     ),
     "migrate": (

@@ -1,0 +1,154 @@
+"""The man pages lint clean and stay in step with --help and etc/inboundd.toml."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAN = ROOT / "man"
+PAGES = sorted(p for p in MAN.iterdir() if re.fullmatch(r".+\.[1-9]", p.name))
+
+
+def _ours(reference: str) -> bool:
+    """Whether ``Xr name section`` names a page shipped in man/ (mandoc only knows installed pages)."""
+    match = re.fullmatch(r"Xr (\S+) (\d)", reference)
+    return bool(match) and (MAN / f"{match.group(1)}.{match.group(2)}").exists()
+
+
+def lint(page: Path) -> list[str]:
+    """mandoc's complaints about *page* at every level (style included), minus cross-references to our own pages."""
+    mandoc = shutil.which("mandoc")
+    if mandoc is None:
+        pytest.fail("mandoc is not installed (Debian package mandoc)")
+    result = subprocess.run([mandoc, "-Tlint", "-W", "style", str(page)], capture_output=True, text=True,
+                            timeout=60)
+    problems = []
+    for line in (result.stdout + result.stderr).splitlines():
+        if f"{page}:" not in line:
+            continue  # notes about the system's own mandoc.db, not about this page
+        found = re.search(r"referenced manual not found: (Xr \S+ \d)", line)
+        if found and _ours(found.group(1)):
+            continue
+        problems.append(line)
+    return problems
+
+
+def test_the_expected_pages_exist() -> None:
+    assert {p.name for p in PAGES} >= {"inboundd.8", "inboundctl.8", "inboundd.toml.5"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_lints_clean(page: Path) -> None:
+    problems = lint(page)
+    assert not problems, f"mandoc -Tlint -W style {page.name}:\n" + "\n".join(problems)
+
+
+def test_lint_catches_a_broken_page(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.8"
+    broken.write_text(".Dd November 23, 2026\n.Dt BROKEN 8\n.Os\n.Sh NAME\n.Nm broken\n.Nd x\n"
+                      ".Sh DESCRIPTION\n.Bl -tag\n.It foo\nbar \n")
+    problems = lint(broken)
+    assert any("WARNING" in p or "ERROR" in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------- inboundd.toml.5
+
+
+def _example_keys() -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = {}
+    section = ""
+    for line in (ROOT / "etc" / "inboundd.toml").read_text().splitlines():
+        header = re.match(r"^#?\[\[?([a-z_]+)\]\]?$", line)
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"^#?([a-z_]+) = ", line)
+        if key:
+            keys.setdefault(section, set()).add(key.group(1))
+    return keys
+
+
+def _documented_keys(page: str) -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = {}
+    section = None
+    for line in page.splitlines():
+        header = re.match(r"^\.Ss (?:Bq )+Ic ([a-z_]+)$", line)
+        if header:
+            section = header.group(1)
+            continue
+        if line.startswith(".Sh "):
+            section = None
+        item = re.match(r"^\.It Ic ([a-z_]+)$", line)
+        if item and section:
+            keys.setdefault(section, set()).add(item.group(1))
+    return keys
+
+
+def test_every_example_config_key_is_documented() -> None:
+    example = _example_keys()
+    documented = _documented_keys((MAN / "inboundd.toml.5").read_text())
+    assert set(example) >= {"daemon", "redis", "postgres", "queue", "http", "control", "imap"}
+    assert set(documented) == set(example), "sections differ between etc/inboundd.toml and inboundd.toml.5"
+    missing = {f"{section}.{key}" for section, keys in example.items() for key in keys
+               if key not in documented.get(section, set())}
+    assert not missing, f"keys of etc/inboundd.toml missing from man/inboundd.toml.5: {sorted(missing)}"
+
+
+def test_config_page_is_what_the_generator_makes() -> None:
+    generated = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-config-man")], capture_output=True,
+                               text=True, check=True, timeout=60).stdout
+    assert (MAN / "inboundd.toml.5").read_text() == generated, \
+        "man/inboundd.toml.5 is stale: run scripts/gen-config-man > man/inboundd.toml.5"
+
+
+# --------------------------------------------------------------------------- --help vs pages
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _long_options(parser: argparse.ArgumentParser) -> set[str]:
+    return {opt for action in parser._actions for opt in action.option_strings
+            if opt.startswith("--") and opt != "--help"}
+
+
+def test_every_inboundctl_command_and_option_is_in_its_page() -> None:
+    from inboundd import cli
+
+    page = (MAN / "inboundctl.8").read_text()
+    parser = cli.build_parser()
+    help_text = parser.format_help()
+    commands = _subcommands(parser)
+    assert set(commands) == set(cli.COMMANDS)
+    synopsis = page.split(".Sh SYNOPSIS", 1)[1].split(".Sh DESCRIPTION", 1)[0]
+    for name, sub in commands.items():
+        assert re.search(rf"^\s+{name}\s", help_text, re.M), f"{name} missing from --help"
+        assert f".Cm {name}\n" in synopsis, f"{name} missing from the SYNOPSIS of inboundctl.8"
+        assert re.search(rf"^\.It Cm {name}\b", page, re.M), f"{name} is not described in inboundctl.8"
+        for option in _long_options(sub):
+            assert f"Fl {option[1:]}" in page, f"inboundctl {name} {option} is not in inboundctl.8"
+        for example in sub.epilog.split("examples:", 1)[1].strip().splitlines():
+            assert example.strip() in page, f"example {example.strip()!r} of {name} is not in inboundctl.8"
+    for option in _long_options(parser):
+        assert f"Fl {option[1:]}" in page, option
+    for code in (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_NOT_RUNNING, cli.EXIT_UNAVAILABLE):
+        assert f".It {code}\n" in page.split(".Sh EXIT STATUS", 1)[1], f"exit status {code} undocumented"
+
+
+def test_every_inboundd_option_is_in_its_page() -> None:
+    from inboundd import daemon
+
+    page = (MAN / "inboundd.8").read_text()
+    for option in _long_options(daemon.build_parser()):
+        assert f"Fl {option[1:]}" in page, f"inboundd {option} is not in inboundd.8"
