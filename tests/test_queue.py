@@ -1,0 +1,347 @@
+"""The pointer queue against a real redis-server: durability, fencing, reclaim, DLQ, redrive, stats."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, AsyncIterator, Callable
+
+import msgspec
+import pytest
+import redis
+import trio
+from redis.crc import key_slot
+
+from inboundd import clock, jobs, metrics
+from inboundd.config import QueueConfig, RedisConfig
+from inboundd.jobs import ImapPointer, Job, MicrosoftPointer
+from inboundd.queue import GROUP, Keys, Queue, ReclaimTimer
+from inboundd.redisio import RedisIO
+
+CFG = QueueConfig(lease=0.3, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1,
+                  reclaim_interval=0.05)
+
+
+def imap_job(uid: int, account: str = "support") -> Job:
+    return jobs.new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
+
+
+def counter(metric: Any, *labels: str) -> float:
+    return (metric.labels(*labels) if labels else metric)._value.get()
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll an async or sync *predicate* until true; fail naming *what* after *timeout* seconds."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            await trio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+async def rio(redis_url: str) -> AsyncIterator[RedisIO]:
+    io = RedisIO.from_config(RedisConfig(url=redis_url, pool_size=32))
+    yield io
+    await io.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def make_queue(rio: RedisIO, **overrides: Any) -> Queue:
+    return Queue(rio, msgspec.structs.replace(CFG, **overrides), prefix="tq")
+
+
+def stream_jobs(client: redis.Redis, key: str) -> list[Job]:
+    return [jobs.decode(fields[b"job"]) for _, fields in client.xrange(key)]
+
+
+async def idle_past_lease(client: redis.Redis, queue: Queue, entry_ids: list[str]) -> None:
+    lease_ms = queue.cfg.lease * 1000
+
+    def expired() -> bool:
+        rows = client.xpending_range(queue.keys.stream, GROUP, "-", "+", 1000)
+        idle = {r["message_id"].decode(): r["time_since_delivered"] for r in rows}
+        return all(idle.get(i, 0) > lease_ms for i in entry_ids)
+
+    await eventually(expired, 10, "leases to expire")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("prefix", ["inboundd", "prod:eu-1", "a.b_c"])
+def test_all_keys_map_to_one_cluster_slot(prefix: str) -> None:
+    keys = Keys.for_prefix(prefix)
+    assert len({key_slot(k.encode()) for k in keys.all()}) == 1
+    assert all(k.startswith("{" + prefix + "}:") for k in keys.all())
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+async def test_enqueue_is_durable_in_order_before_it_returns(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    sent = [imap_job(uid) for uid in range(5)]
+    ids = await queue.enqueue_many(sent[:3])
+    ids += [await queue.enqueue(sent[3]), await queue.enqueue(sent[4])]
+    assert [i.decode() for i, _ in client.xrange(queue.keys.stream)] == ids
+    assert stream_jobs(client, queue.keys.stream) == sent
+
+
+async def test_concurrent_enqueues_are_coalesced_into_few_pipelines(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    before = counter(metrics.jobs_enqueued, "imap", "burst")
+    results: dict[int, list[str]] = {}
+
+    async def caller(n: int) -> None:
+        results[n] = [await queue.enqueue(imap_job(n * 1000 + i, account="burst")) for i in range(20)]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        async with trio.open_nursery() as callers:
+            for n in range(50):
+                callers.start_soon(caller, n)
+        nursery.cancel_scope.cancel()
+
+    in_redis = {i.decode(): jobs.decode(f[b"job"]) for i, f in client.xrange(queue.keys.stream)}
+    assert len(in_redis) == 1000
+    for n, ids in results.items():  # every caller got the ids of its own jobs
+        assert [in_redis[i].pointer.uid for i in ids] == [n * 1000 + i for i in range(20)]  # type: ignore[union-attr]
+    # 1000 enqueues from 50 concurrent tasks cost ~20 waves of pipelines, not 1000 round trips.
+    assert queue.enqueue_round_trips <= 100, queue.enqueue_round_trips
+    assert counter(metrics.jobs_enqueued, "imap", "burst") - before == 1000
+
+
+async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redis: Any) -> None:
+    server = make_redis()
+    io = RedisIO.from_config(RedisConfig(url=server.url, socket_timeout=1.0))
+    queue = Queue(io, CFG, prefix="tq")
+    failures_before = counter(metrics.enqueue_failures)
+    outcomes: list[str] = []
+
+    async def caller(uid: int) -> None:
+        try:
+            await queue.enqueue(imap_job(uid))
+            outcomes.append("accepted")
+        except redis.RedisError:
+            outcomes.append("refused")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        server.stop()
+        async with trio.open_nursery() as callers:
+            for uid in range(10):
+                callers.start_soon(caller, uid)
+        nursery.cancel_scope.cancel()
+    with pytest.raises(redis.RedisError):  # and without the batcher
+        await queue.enqueue(imap_job(99))
+    assert outcomes == ["refused"] * 10
+    assert counter(metrics.enqueue_failures) - failures_before == 11
+    server.start()
+    await queue.ensure_group()
+    assert (await queue.stats()).ready == 0
+    await io.close()
+
+
+# --------------------------------------------------------------------------- fenced operations
+
+
+async def test_ack_deletes_the_entry(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    await queue.enqueue_many([imap_job(1), imap_job(2)])
+    claimed = await queue.claim("c1", 10)
+    assert [c.job.pointer.uid for c in claimed] == [1, 2]  # type: ignore[union-attr]
+    assert await queue.ack("c1", claimed) == [True, True]
+    assert client.xlen(queue.keys.stream) == 0
+    assert client.xpending(queue.keys.stream, GROUP)["pending"] == 0
+
+
+async def test_retry_lands_in_the_delayed_set_at_its_due_time(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    await queue.enqueue(imap_job(1))
+    (claimed,) = await queue.claim("c1", 10)
+    retried = msgspec.structs.replace(claimed.job, attempt=1)
+    before = clock.wall_ms()
+    assert await queue.retry("c1", claimed, retried, 30.0, kind="error")
+    after = clock.wall_ms()
+    ((member, score),) = client.zrange(queue.keys.delayed, 0, -1, withscores=True)
+    assert jobs.decode(member) == retried
+    assert before + 30_000 <= score <= after + 30_000
+    assert client.xlen(queue.keys.stream) == 0 and client.xpending(queue.keys.stream, GROUP)["pending"] == 0
+
+
+async def test_a_stale_owner_can_neither_ack_nor_retry_nor_dead_letter(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    await queue.enqueue(imap_job(1))
+    (claimed,) = await queue.claim("slow", 10)
+    await idle_past_lease(client, queue, [claimed.entry_id])
+    stale_before = {op: counter(metrics.stale_owner, op) for op in ("ack", "retry", "dead_letter")}
+
+    await ReclaimTimer(queue, queue.cfg, consumer="reclaimer").tick()  # the job goes back, attempt counted
+
+    assert await queue.heartbeat("slow", [claimed.entry_id]) == [claimed.entry_id]
+    assert await queue.ack("slow", [claimed]) == [False]
+    assert not await queue.retry("slow", claimed, claimed.job, 0, kind="error")  # type: ignore[arg-type]
+    assert not await queue.dead_letter("slow", claimed, reason="x", error="y", attempts=1)
+    for op in stale_before:
+        assert counter(metrics.stale_owner, op) - stale_before[op] == 1
+    # Nothing was duplicated, requeued, delayed or dead-lettered by the stale owner.
+    (only,) = stream_jobs(client, queue.keys.stream)
+    assert (only.id, only.attempt) == (claimed.job.id, 1)  # type: ignore[union-attr]
+    assert client.zcard(queue.keys.delayed) == 0 and client.xlen(queue.keys.dlq) == 0
+    # The new owner acks normally.
+    (again,) = await queue.claim("fresh", 10)
+    assert await queue.ack("fresh", [again]) == [True]
+    assert client.xlen(queue.keys.stream) == 0
+
+
+async def test_heartbeat_keeps_a_live_lease_from_being_reclaimed(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    await queue.enqueue(imap_job(1))
+    (claimed,) = await queue.claim("busy", 10)
+    timer = ReclaimTimer(queue, queue.cfg, consumer="reclaimer")
+    with trio.move_on_after(1.0):  # three leases long, heartbeating every lease/3
+        while True:
+            assert await queue.heartbeat("busy", [claimed.entry_id]) == []
+            await timer.tick()
+            await trio.sleep(queue.cfg.lease / 3)
+    assert await queue.ack("busy", [claimed]) == [True]
+
+
+# --------------------------------------------------------------------------- reclaim
+
+
+async def test_a_job_whose_worker_keeps_dying_ends_as_worker_lost(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)  # max_attempts = 3
+    await queue.ensure_group()
+    job = imap_job(1)
+    await queue.enqueue(job)
+    timer = ReclaimTimer(queue, queue.cfg, consumer="reclaimer")
+    deliveries = 0
+    while client.xlen(queue.keys.dlq) == 0:
+        assert deliveries < 10, "the poison pill loops forever"
+        claimed = await queue.claim(f"doomed-{deliveries}", 10)  # claims, then "dies" holding it
+        assert [c.job.id for c in claimed] == [job.id]  # type: ignore[union-attr]
+        assert claimed[0].job.attempt == deliveries  # type: ignore[union-attr]
+        deliveries += 1
+        await idle_past_lease(client, queue, [claimed[0].entry_id])
+        await timer.tick()
+    assert deliveries == queue.cfg.max_attempts
+    (letter,) = await queue.dead_letters()
+    assert (letter.job_id, letter.reason, letter.attempts) == (job.id, "worker_lost", 3)
+    # The DLQ keeps the payload as last delivered (two lost workers already counted in it).
+    assert letter.job == msgspec.structs.replace(job, attempt=2) and "worker lost" in letter.last_error
+    assert client.xlen(queue.keys.stream) == 0
+
+
+async def test_undecodable_entries_found_by_the_reclaimer_are_dead_lettered(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    client.xadd(queue.keys.stream, {"job": b'{"id":"x","body":"hello"}'})
+    (claimed,) = await queue.claim("doomed", 10)
+    await idle_past_lease(client, queue, [claimed.entry_id])
+    await ReclaimTimer(queue, queue.cfg, consumer="reclaimer").tick()
+    (letter,) = await queue.dead_letters()
+    assert (letter.reason, letter.raw, letter.job) == ("invalid_payload", b'{"id":"x","body":"hello"}', None)
+    assert "body" in letter.last_error
+
+
+async def test_due_retries_are_promoted_in_due_time_order(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    await queue.enqueue(imap_job(0))  # an older ready job stays ahead of promoted retries
+    now = clock.wall_ms()
+    for uid, due in [(3, now - 10), (1, now - 30), (9, now + 60_000), (2, now - 20)]:
+        client.zadd(queue.keys.delayed, {jobs.encode(imap_job(uid)): due})
+    assert await queue.promote_due() == 3
+    assert [j.pointer.uid for j in stream_jobs(client, queue.keys.stream)] == [0, 1, 2, 3]  # type: ignore[union-attr]
+    assert [jobs.decode(m).pointer.uid for m in client.zrange(queue.keys.delayed, 0, -1)] == [9]  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- dead letters, redrive, stats
+
+
+async def dead_letter_all(queue: Queue, *sent: Job) -> None:
+    await queue.enqueue_many(list(sent))
+    for claimed in await queue.claim("c1", 100):
+        await queue.dead_letter("c1", claimed, reason="max_attempts", error="ValueError: bad",
+                                attempts=claimed.job.attempt + 3)  # type: ignore[union-attr]
+
+
+async def test_dead_letters_keep_job_reason_error_attempts_and_time(rio: RedisIO) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    a = jobs.new_job(MicrosoftPointer(account="m365", subscription_id="s", message_id="AAMk"), tenant="t")
+    before = clock.wall()
+    await dead_letter_all(queue, imap_job(1, account="a"), a)
+    letters = await queue.dead_letters()
+    assert [(d.account, d.provider, d.reason, d.last_error, d.attempts) for d in letters] == [
+        ("a", "imap", "max_attempts", "ValueError: bad", 3), ("m365", "microsoft", "max_attempts", "ValueError: bad", 3)]
+    assert all(before <= d.dead_at <= clock.wall() for d in letters)
+    assert letters[1].job == a and jobs.decode(letters[1].raw) == a
+    assert [d.job_id for d in await queue.dead_letters(account="m365")] == [a.id]
+    assert len(await queue.dead_letters(limit=1)) == 1
+
+
+async def test_a_capped_dlq_logs_and_counts_every_eviction(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio, dlq_maxlen=2)
+    await queue.ensure_group()
+    evicted_before = counter(metrics.dlq_evicted)
+    first, *rest = [imap_job(uid) for uid in range(3)]
+    await dead_letter_all(queue, first, *rest)
+    assert [d.job_id for d in await queue.dead_letters()] == [j.id for j in rest]
+    assert counter(metrics.dlq_evicted) - evicted_before == 1
+
+
+async def test_redrive_dry_run_by_id_by_account_and_all_reset_attempts(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    await queue.ensure_group()
+    a1, a2, b1, b2 = imap_job(1, "a"), imap_job(2, "a"), imap_job(3, "b"), imap_job(4, "b")
+    await dead_letter_all(queue, a1, a2, b1, b2)
+    client.xadd(queue.keys.dlq, {"job": b"garbage", "reason": "invalid_payload"})
+
+    assert await queue.redrive(all=True, dry_run=True) == 4
+    assert await queue.redrive(account="a", dry_run=True) == 2
+    assert client.xlen(queue.keys.dlq) == 5 and client.xlen(queue.keys.stream) == 0  # dry run changed nothing
+
+    assert await queue.redrive(job_ids=[b2.id, "no-such-job"]) == 1
+    assert await queue.redrive(account="a") == 2
+    assert await queue.redrive(all=True) == 1
+    assert await queue.redrive(all=True) == 0
+    back = stream_jobs(client, queue.keys.stream)
+    assert [j.id for j in back] == [b2.id, a1.id, a2.id, b1.id]
+    assert all((j.attempt, j.transient) == (0, 0) for j in back)
+    assert [d.reason for d in await queue.dead_letters()] == ["invalid_payload"]  # left where it is
+    with pytest.raises(ValueError):
+        await queue.redrive(all=True, account="a")
+
+
+async def test_stats_are_exact_for_a_known_state(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    empty = await queue.stats()  # no stream, no group: the CLI may ask before the daemon ever ran
+    assert (empty.ready, empty.in_flight, empty.delayed, empty.dead, empty.oldest_ready_age) == (0, 0, 0, 0, None)
+    await queue.ensure_group()
+    await queue.enqueue_many([imap_job(uid) for uid in range(4)])
+    c1 = await queue.claim("c1", 2)
+    await queue.claim("c2", 1)
+    await queue.enqueue_many([imap_job(uid) for uid in range(10, 13)])
+    await queue.retry("c1", c1[0], c1[0].job, 60, kind="error")  # type: ignore[arg-type]
+    client.xadd(queue.keys.dlq, {"job": b"x"})
+    stats = await queue.refresh_gauges()
+    assert (stats.ready, stats.in_flight, stats.delayed, stats.dead) == (4, 2, 1, 1)
+    assert stats.in_flight_by_consumer == {"c1": 1, "c2": 1}
+    assert stats.consumers == 2
+    assert stats.oldest_ready_age is not None and 0 <= stats.oldest_ready_age < 5
+    assert metrics.queue_ready._value.get() == 4 and metrics.queue_dead._value.get() == 1
+    assert not math.isnan(stats.oldest_ready_age)
