@@ -83,6 +83,8 @@ CATCH_UP_TABLE = [
      None, 7, 10, LAST3, ("ALL",), [1, 2, 4, 8, 9], (4, 8, 9), Cursor(7, 9), "first_start"),
     ("first start last:3 with fewer messages",
      None, 7, 3, LAST3, ("ALL",), [2], (2,), Cursor(7, 2), "first_start"),
+    ("first start last:3 with two messages keeps both (found against Dovecot)",
+     None, 7, 6, LAST3, ("ALL",), [2, 5], (2, 5), Cursor(7, 5), "first_start"),
     ("UIDVALIDITY changed: rescan the whole folder",
      Cursor(7, 500), 8, 4, NOW, ("ALL",), [1, 2, 3], (1, 2, 3), Cursor(8, 3), "uidvalidity_changed"),
     ("UIDVALIDITY changed to an empty folder",
@@ -148,6 +150,10 @@ def test_batches_reject_zero():
     ([b"* bye"], IdleEvents(bye="BYE")),
     ([b"* 5 exists", b"* BYE gone"], IdleEvents(new_mail=True, bye="gone")),
     ([b"+ idling", b"garbage", b""], IdleEvents()),
+    # Dovecot, when the selected folder is deleted during IDLE (seen against 2.3.19):
+    ([b"* NO Internal error occurred. Refer to server log"],
+     IdleEvents(trouble="NO Internal error occurred. Refer to server log")),
+    ([b"* BAD [ALERT] odd"], IdleEvents(trouble="BAD [ALERT] odd")),
 ])
 def test_classify_untagged(lines, expected):
     assert classify_untagged(lines) == expected

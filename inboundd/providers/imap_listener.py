@@ -15,8 +15,9 @@ A listener's life::
   most one batch, which the ledger deduplicates; nothing is skipped.
 * **IDLE** waits on socket readability in trio (no thread per mailbox),
   re-issues IDLE before ``idle_refresh``, and after ``noop_interval`` of
-  silence ends IDLE and sends NOOP, each bounded by ``read_timeout``: a dead
-  connection surfaces as a failure and a reconnect.
+  silence (or an untagged NO about the mailbox) ends IDLE and EXAMINEs the
+  folder again, each bounded by ``read_timeout``: a dead connection surfaces
+  as a failure and a reconnect, a replaced folder as a new UIDVALIDITY.
 * **Failures** of any kind (network, TLS, login, folder, Redis, PostgreSQL,
   even a bug) end the session and are retried with backoff — per listener,
   so one failing account or folder never affects the others.
@@ -434,6 +435,19 @@ class ImapListener:
         await self.cursors.save(self.account.id, self.folder, cursor)
         self._cursor = cursor
 
+    async def _reselect(self, conn: Connection) -> Selected:
+        """EXAMINE the folder again: proves the connection alive and sees a replaced folder.
+
+        A folder deleted and recreated, or renamed away and recreated, under
+        a selected session is not always announced (Dovecot keeps the session
+        on the renamed mailbox and says nothing during IDLE), and STATUS on the
+        selected mailbox may answer from the stale session. Opening it again
+        by name shows its current UIDVALIDITY and UIDNEXT.
+        """
+        selected = await conn.select(self.folder, readonly=True)
+        self._last_event_at = clock.wall()
+        return selected
+
     async def _idle_loop(self, conn: Connection, selected: Selected) -> None:
         cfg = self.account.config
         poll_every = cfg.poll_interval if cfg.poll_with_idle else math.inf
@@ -444,7 +458,7 @@ class ImapListener:
             self._report_started()
             began = heard = trio.current_time()
             probe = False
-            while not events.new_mail and events.bye is None:
+            while not events.new_mail and events.bye is None and events.trouble is None:
                 deadline = min(began + cfg.idle_refresh, heard + cfg.noop_interval, next_poll)
                 now = trio.current_time()
                 if now >= deadline:
@@ -459,19 +473,27 @@ class ImapListener:
             events = _merge(events, proto.classify_untagged(await conn.idle_done()))
             if events.bye is not None:
                 raise ConnectionLost(f"server said BYE: {events.bye}")
-            if probe and not events.new_mail:
-                events = _merge(events, proto.classify_untagged(await conn.noop()))
-                self._last_event_at = clock.wall()
-            if events.new_mail or trio.current_time() >= next_poll:
-                await self._catch_up(conn, selected, fresh=False)
+            if probe or events.trouble is not None or trio.current_time() >= next_poll:
+                if events.trouble is not None:
+                    log.event(_log, "imap.listener.server_trouble", level=logging.WARNING,
+                              account=self.account.id, folder=self.folder, message=events.trouble)
+                # Silence for noop_interval, a complaint about the mailbox, or the safety-net
+                # poll: open the folder again (also our liveness probe) and catch up from it.
+                selected = await self._reselect(conn)
+                await self._catch_up(conn, selected, fresh=True)
                 next_poll = trio.current_time() + poll_every
+            elif events.new_mail:
+                await self._catch_up(conn, selected, fresh=False)
 
     async def _poll_loop(self, conn: Connection, selected: Selected) -> None:
         self._set_state("polling")
         self._report_started()
         while True:
             await self._wait(self.account.config.poll_interval)
-            await self._catch_up(conn, selected, fresh=False)
+            # EXAMINE again rather than NOOP + SEARCH on the old selection: it also
+            # notices a folder that was replaced (new UIDVALIDITY) since the last poll.
+            selected = await self._reselect(conn)
+            await self._catch_up(conn, selected, fresh=True)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -492,7 +514,8 @@ class ImapListener:
 
 
 def _merge(a: proto.IdleEvents, b: proto.IdleEvents) -> proto.IdleEvents:
-    return proto.IdleEvents(new_mail=a.new_mail or b.new_mail, bye=a.bye if a.bye is not None else b.bye)
+    return proto.IdleEvents(new_mail=a.new_mail or b.new_mail, bye=a.bye if a.bye is not None else b.bye,
+                            trouble=a.trouble if a.trouble is not None else b.trouble)
 
 
 def _fmt_cursor(cursor: proto.Cursor | None) -> str:

@@ -161,7 +161,8 @@ def plan_catch_up(plan: SearchPlan, found: Iterable[int]) -> CatchUp:
     uids = sorted({int(uid) for uid in found if int(uid) > plan.after})
     highest = uids[-1] if uids else 0
     if plan.keep_last is not None:
-        uids = uids[len(uids) - plan.keep_last:] if plan.keep_last else []
+        # Slicing from the end: fewer messages than N keeps them all (a start index would go negative).
+        uids = uids[-plan.keep_last:] if plan.keep_last else []
     return CatchUp(tuple(uids), Cursor(plan.uidvalidity, max(plan.floor, highest)))
 
 
@@ -195,12 +196,16 @@ class IdleEvents(msgspec.Struct, frozen=True):
     new_mail: bool = False
     #: The server said ``BYE`` (shutting down, mailbox deleted …): its text.
     bye: str | None = None
+    #: An untagged ``NO``/``BAD`` arrived: the selected mailbox may be gone or replaced
+    #: (Dovecot says ``* NO Internal error`` during IDLE when it is deleted under us). Its text.
+    trouble: str | None = None
 
 
 def classify_untagged(lines: Iterable[bytes]) -> IdleEvents:
     """Classify raw untagged lines (``b"* 5 EXISTS"``, ``b"* OK Still here"``, ``b"* BYE …"``)."""
     new_mail = False
     bye: str | None = None
+    trouble: str | None = None
     for line in lines:
         parts = line.split(None, 3)
         if len(parts) < 2 or parts[0] != b"*":
@@ -208,9 +213,11 @@ def classify_untagged(lines: Iterable[bytes]) -> IdleEvents:
         word = parts[1].upper()
         if word == b"BYE":
             bye = line[line.upper().index(b"BYE") + 3:].strip().decode("utf-8", "replace") or "BYE"
+        elif word in (b"NO", b"BAD"):
+            trouble = line[2:].strip().decode("utf-8", "replace")
         elif len(parts) >= 3 and parts[1].isdigit() and parts[2].upper() in (b"EXISTS", b"RECENT"):
             new_mail = True
-    return IdleEvents(new_mail=new_mail, bye=bye)
+    return IdleEvents(new_mail=new_mail, bye=bye, trouble=trouble)
 
 
 # --------------------------------------------------------------------------- reconnects

@@ -1,0 +1,429 @@
+"""IMAP listeners against a real Dovecot: the operator's stories of ingress.
+
+Every test runs the real listener code (imapclient in threads, IDLE on socket
+readability) against the private Dovecot; the queue is a small recorder with
+the queue's ``enqueue_many`` so a test can make an enqueue fail.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from imap_helpers import Recorder, add_users, append, eventually, imap, mailbox, make_accounts, message  # noqa: F401
+from inboundd import metrics
+from inboundd.config import RedisConfig
+from inboundd.providers import imap_proto as proto
+from inboundd.providers.imap_conn import default_limiter
+from inboundd.providers.imap_listener import (
+    DbCursorStore,
+    ImapListener,
+    ImapListenerGroup,
+    MemoryCursorStore,
+)
+from inboundd.redisio import RedisIO
+from inboundd.store.db import Database
+from inboundd.store.migrate import migrate
+from services import DovecotServer
+
+
+def listener_for(account, queue, cursors, folder="INBOX", **kw):
+    return ImapListener(account, folder, queue=queue, cursors=cursors, limiter=default_limiter(), **kw)
+
+
+def drop_into_maildir(server: DovecotServer, user: str, count: int, start: int = 0, folder: str = "") -> None:
+    """Deliver like an MDA does (works while Dovecot is down): write files into Maildir/new."""
+    nobody = pwd.getpwnam("nobody")
+    base = server.mail / user / "Maildir"
+    if folder:
+        base = base / f".{folder}"
+    for sub in ("", "new", "cur", "tmp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for path in [server.mail / user, *base.parents, base, base / "new", base / "cur", base / "tmp"]:
+        if str(path).startswith(str(server.mail)):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    for n in range(start, start + count):
+        path = base / "new" / f"{time.time_ns()}.M{n}P{os.getpid()}.test"
+        path.write_bytes(message(n))
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.fixture
+def own_dovecot():
+    """A Dovecot of this test's own, which it may stop and start."""
+    server = DovecotServer().start()
+    yield server
+    server.cleanup()
+
+
+# ---------------------------------------------------------------------------- IDLE path and the cursor
+
+
+async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    queue, cursors = Recorder(), MemoryCursorStore()
+    seen_at_ack: list[proto.Cursor | None] = []
+
+    async def after_ack(batch):
+        # The moment Redis acknowledged: the stored cursor must not be past this batch yet.
+        seen_at_ack.append(await cursors.load(account.id, "INBOX"))
+
+    queue.after_ack = after_ack
+    listener = listener_for(account, queue, cursors)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        assert listener.state == "idle"
+        start_cursor = await cursors.load(account.id, "INBOX")
+        assert start_cursor is not None and start_cursor.last_uid == 0
+        [uid] = await append(dovecot.port, user, password)
+        await eventually(lambda: listener.status().last_uid == uid, 5, "the cursor to reach the new UID")
+        assert queue.uids() == [uid]
+        assert seen_at_ack == [start_cursor]
+        assert (await cursors.load(account.id, "INBOX")) == proto.Cursor(start_cursor.uidvalidity, uid)
+        await eventually(lambda: listener.state == "idle", 5, "back to idle")
+        [uid2] = await append(dovecot.port, user, password, start=1)
+        await eventually(lambda: queue.uids() == [uid, uid2], 5, "the second pointer")
+        assert listener.status().enqueued == 2
+        nursery.cancel_scope.cancel()
+    assert listener.state == "stopped"
+    assert queue.uids() == [uid, uid2]  # once each
+
+
+async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    queue, cursors = Recorder(), MemoryCursorStore()
+    listener = listener_for(account, queue, cursors)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        before = await cursors.load(account.id, "INBOX")
+        queue.fail = ConnectionError("redis down")
+        attempts = queue.attempts
+        uids = await append(dovecot.port, user, password, count=3)
+        await eventually(lambda: queue.attempts >= attempts + 2, 10, "retried enqueue attempts")
+        assert listener.status().last_error and "redis down" in listener.status().last_error
+        assert await cursors.load(account.id, "INBOX") == before
+        assert queue.jobs == []
+        queue.fail = None
+        await eventually(lambda: queue.uids() == uids, 10, "the pointers once the queue is back")
+        await eventually(lambda: listener.status().last_uid == uids[-1], 5, "the cursor")
+        assert (await cursors.load(account.id, "INBOX")).last_uid == uids[-1]
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- catch-up and first start
+
+
+async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, mailbox, tmp_path, pg_dsn):
+    from inboundd.config import PostgresConfig
+
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    db = Database(PostgresConfig(dsn=pg_dsn))
+    await db.open()
+    try:
+        await db.run(migrate)
+        cursors = DbCursorStore(db)
+        early = await append(dovecot.port, user, password, count=2)
+        queue = Recorder()
+        listener = listener_for(account, queue, cursors)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)  # start_from = "now": the two old messages are not ingested
+            nursery.cancel_scope.cancel()
+        assert queue.jobs == []
+        stored = await cursors.load(account.id, "INBOX")
+        assert stored is not None and stored.last_uid == early[-1]
+
+        missed = await append(dovecot.port, user, password, count=40, start=2)   # the daemon is down
+        queue = Recorder()
+        listener = listener_for(account, queue, cursors)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)   # started() = caught up
+            assert queue.uids() == missed       # every missed UID, in UID order, once
+            assert {j.pointer.uidvalidity for j in queue.jobs} == {stored.uidvalidity}
+            nursery.cancel_scope.cancel()
+        assert (await cursors.load(account.id, "INBOX")).last_uid == missed[-1]
+
+        queue = Recorder()   # a restart with nothing new enqueues nothing
+        listener = listener_for(account, queue, cursors)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)
+            nursery.cancel_scope.cancel()
+        assert queue.jobs == []
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("start_from, expected", [("now", []), ("all", [1, 2, 3, 4, 5]), ("last:2", [4, 5]),
+                                                   ("last:9", [1, 2, 3, 4, 5])])
+async def test_first_start(dovecot, mailbox, tmp_path, start_from, expected):
+    user, password = mailbox
+    uids = await append(dovecot.port, user, password, count=5)
+    assert uids == [1, 2, 3, 4, 5]
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], start_from=start_from)
+    queue, cursors = Recorder(), MemoryCursorStore()
+    listener = listener_for(account, queue, cursors)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        assert queue.uids() == expected
+        assert (await cursors.load(account.id, "INBOX")).last_uid == 5
+        [new] = await append(dovecot.port, user, password, start=5)
+        await eventually(lambda: queue.uids() == expected + [new], 5, "the new message after the first start")
+        nursery.cancel_scope.cancel()
+
+
+async def test_first_start_on_an_empty_folder_then_new_mail(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], start_from="last:3")
+    queue, cursors = Recorder(), MemoryCursorStore()
+    listener = listener_for(account, queue, cursors)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        assert queue.jobs == []
+        uids = await append(dovecot.port, user, password, count=4)
+        await eventually(lambda: queue.uids() == uids, 5, "all four new messages")
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- UIDVALIDITY
+
+
+@pytest.mark.parametrize("how", ["delete", "rename"])
+async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot, mailbox, tmp_path, how):
+    user, password = mailbox
+    await imap(dovecot.port, user, password, lambda c: c.create_folder("Work"))
+    # Dovecot announces a deleted folder during IDLE (an untagged NO) but not a renamed one:
+    # that is found by the periodic re-EXAMINE after noop_interval of silence.
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], folders=["Work"], start_from="all",
+                              noop_interval=1.0)
+    queue, cursors = Recorder(), MemoryCursorStore()
+    listener = listener_for(account, queue, cursors, folder="Work")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        old = await append(dovecot.port, user, password, count=2, folder="Work")
+        await eventually(lambda: queue.uids() == old, 5, "the first two")
+        first_validity = listener.status().uidvalidity
+
+        def recreate(c):
+            # The folder is replaced: same name, new UIDVALIDITY, its messages under new UIDs.
+            if how == "rename":
+                c.rename_folder("Work", "Work-old")
+            else:
+                c.delete_folder("Work")
+            c.create_folder("Work")
+            for n in range(3):
+                c.append("Work", message(f"new{n}"))
+
+        await imap(dovecot.port, user, password, recreate)
+        await eventually(lambda: len(queue.jobs) == 5 and listener.state == "idle", 10, "the rescan of the new folder")
+        status = listener.status()
+        assert status.uidvalidity != first_validity
+        rescanned = [j.pointer for j in queue.jobs[2:]]
+        assert [p.uid for p in rescanned] == [1, 2, 3]
+        assert {p.uidvalidity for p in rescanned} == {status.uidvalidity}
+        assert status.last_uid == 3
+        assert (await cursors.load(account.id, "Work")) == proto.Cursor(status.uidvalidity, 3)
+        # Nothing lost, nothing pointed at twice.
+        identities = [j.identity() for j in queue.jobs]
+        assert len(set(identities)) == len(identities) == 5
+        [later] = await append(dovecot.port, user, password, folder="Work", start=9)
+        await eventually(lambda: len(queue.jobs) == 6, 5, "new mail in the new folder")
+        assert queue.jobs[-1].pointer.uid == later == 4
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- reconnects
+
+
+async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dovecot, tmp_path):
+    user, password = "restart", uuid.uuid4().hex
+    own_dovecot.add_user(user, password)
+    [account] = make_accounts(tmp_path, own_dovecot.port, [(user, password)])
+    queue, cursors = Recorder(), MemoryCursorStore()
+    listener = listener_for(account, queue, cursors)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        first = await append(own_dovecot.port, user, password, count=2)
+        await eventually(lambda: queue.uids() == first, 5, "mail before the restart")
+        await trio.to_thread.run_sync(own_dovecot.stop)
+        await eventually(lambda: listener.state in ("backoff", "connecting"), 10, "the listener to notice")
+        drop_into_maildir(own_dovecot, user, 5, start=2)   # mail delivered while IMAP is down
+        await trio.to_thread.run_sync(own_dovecot.start)
+        await eventually(lambda: len(queue.jobs) == 7, 20, "the mail delivered during the outage")
+        assert queue.uids() == [1, 2, 3, 4, 5, 6, 7]
+        assert listener.status().reconnects >= 1
+        await eventually(lambda: listener.state == "idle", 5, "idle again")
+        [after] = await append(own_dovecot.port, user, password, start=7)
+        await eventually(lambda: queue.uids()[-1:] == [after], 5, "mail after the reconnect")
+        assert len(queue.jobs) == 8
+        nursery.cancel_scope.cancel()
+
+
+async def test_polling_when_the_server_has_no_idle(tmp_path):
+    class NoIdleDovecot(DovecotServer):
+        def _config_text(self) -> str:
+            return super()._config_text() + (
+                "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT UNSELECT "
+                "NAMESPACE UIDPLUS LITERAL+ MOVE\n")
+
+    server = NoIdleDovecot().start()
+    try:
+        user, password = "poller", uuid.uuid4().hex
+        server.add_user(user, password)
+        [account] = make_accounts(tmp_path, server.port, [(user, password)], poll_interval=0.2)
+        queue, cursors = Recorder(), MemoryCursorStore()
+        listener = listener_for(account, queue, cursors)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)
+            assert listener.state == "polling"
+            assert listener.status().mode == "poll"
+            uids = await append(server.port, user, password, count=3)
+            await eventually(lambda: queue.uids() == uids, 5, "polled messages")
+            more = await append(server.port, user, password, count=2, start=3)
+            await eventually(lambda: queue.uids() == uids + more, 5, "the next poll")
+            nursery.cancel_scope.cancel()
+    finally:
+        server.cleanup()
+
+
+# ---------------------------------------------------------------------------- failures and isolation
+
+
+def auth_failures_in_log(server, user: str) -> int:
+    text = Path(server.log).read_text(errors="replace")
+    return len(re.findall(rf"auth failed.*user=<{re.escape(user)}>", text))
+
+
+async def test_wrong_password_reports_auth_failed_and_other_account_keeps_working(dovecot, tmp_path):
+    good = (f"good-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    bad_user = f"bad-{uuid.uuid4().hex[:6]}"
+    add_users(dovecot, [good, (bad_user, "the-right-one")])
+    accounts = make_accounts(tmp_path, dovecot.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
+                             auth_retry_interval=600)
+    queue = Recorder()
+    group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(group.run)
+        bad = {s.account: s for s in group.status()}["acct0"]
+        # Dovecot answers a wrong password after its auth failure delay (~1.5–2 s per attempt).
+        await eventually(lambda: group.summary().get("auth_failed") == 1, 20, "auth_failed")
+        bad = {s.account: s for s in group.status()}["acct0"]
+        assert "AUTHENTICATIONFAILED" in bad.last_error or "Authentication failed" in bad.last_error
+        assert bad.retry_at is not None and bad.retry_at - time.time() > 500   # slow retry, not a loop
+        failures = await eventually(lambda: auth_failures_in_log(dovecot, bad_user), 5, "failures in the log")
+        assert failures == 2
+
+        [uid] = await append(dovecot.port, *good)
+        await eventually(lambda: queue.uids("acct1") == [uid], 5, "the healthy account's mail")
+        assert queue.uids("acct0") == []
+        # Watching the server for a few seconds: no further login attempt from the failed account.
+        await trio.sleep(3)
+        assert auth_failures_in_log(dovecot, bad_user) == 2
+        assert {s.account: s.state for s in group.status()} == {"acct0": "auth_failed", "acct1": "idle"}
+
+        # SIGHUP (kick) retries at once; still wrong, so straight back to auth_failed after one attempt.
+        group.kick()
+        await eventually(lambda: auth_failures_in_log(dovecot, bad_user) == 3, 10, "the kicked attempt")
+        await eventually(lambda: group.summary().get("auth_failed") == 1, 10, "auth_failed again")
+        nursery.cancel_scope.cancel()
+
+
+async def test_missing_folder_fails_alone(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], folders=["INBOX", "Nope"])
+    queue = Recorder()
+    group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(group.run)
+        states = {s.folder: s for s in group.status()}
+        assert states["INBOX"].state == "idle"
+        assert states["Nope"].state == "backoff" and "Nope" in states["Nope"].last_error
+        [uid] = await append(dovecot.port, user, password)
+        await eventually(lambda: queue.uids() == [uid], 5, "INBOX mail")
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+async def test_two_groups_one_owner_and_takeover(dovecot, mailbox, tmp_path, redis_url):
+    user, password = mailbox
+    accounts = make_accounts(tmp_path, dovecot.port, [mailbox], lease=2)
+    rio = RedisIO.from_config(RedisConfig(url=redis_url))
+    queue, cursors = Recorder(), MemoryCursorStore()
+    a = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="a")
+    b = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="b")
+    async with trio.open_nursery() as nursery:
+        a_scope = trio.CancelScope()
+
+        async def run_a(task_status=trio.TASK_STATUS_IGNORED):
+            with a_scope:
+                await a.run(task_status=task_status)
+
+        await nursery.start(run_a)
+        await nursery.start(b.run)
+        assert a.status()[0].state == "idle" and a.status()[0].lease_token == 1
+        assert b.status()[0].state == "standby"
+        first = await append(dovecot.port, user, password, count=3)
+        await eventually(lambda: queue.uids() == first, 5, "mail through the owner")
+        # Stays that way across several lease renewals.
+        await trio.sleep(2.5)
+        assert (a.status()[0].state, b.status()[0].state) == ("idle", "standby")
+
+        a_scope.cancel()     # owner stops (drain / shutdown): releases its lease
+        await eventually(lambda: b.status()[0].state == "idle", 5, "b to take over")
+        assert b.status()[0].lease_token == 2
+        more = await append(dovecot.port, user, password, count=2, start=3)
+        await eventually(lambda: queue.uids() == first + more, 5, "mail through the new owner")
+        nursery.cancel_scope.cancel()
+    await rio.close()
+
+
+# ---------------------------------------------------------------------------- shutdown
+
+
+async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
+    users = [(f"bye{i}-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex) for i in range(3)]
+    add_users(dovecot, users)
+    accounts = make_accounts(tmp_path, dovecot.port, users)
+    group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore())
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            assert group.summary() == {"idle": 3}
+            started = trio.current_time()
+            nursery.cancel_scope.cancel()
+        elapsed = trio.current_time() - started
+    assert elapsed < 1.0, elapsed
+    assert group.status() == []
+
+    def logged_out(user):
+        return re.search(rf"imap\({re.escape(user)}\).*Disconnected: Logged out", Path(dovecot.log).read_text())
+
+    for user, _ in users:
+        await eventually(lambda: logged_out(user), 5, f"LOGOUT of {user} in the server log")
+
+
+async def test_drain_and_resume(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    queue = Recorder()
+    group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(group.run)
+        with trio.fail_after(3):
+            await group.drain()
+        assert group.summary() == {"stopped": 1}
+        uids = await append(dovecot.port, user, password, count=2)
+        await group.resume()     # caught up before it returns
+        assert queue.uids() == uids
+        assert group.summary() == {"idle": 1}
+        nursery.cancel_scope.cancel()
