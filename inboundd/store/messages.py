@@ -1,0 +1,154 @@
+"""The message store: ``inbound_messages`` and ``inbound_attachments``.
+
+Functions take a psycopg connection and run in the caller's transaction, so
+the message, its attachments and the ledger's terminal state commit together
+(``processing.py`` does that). PostgreSQL ``text`` and ``jsonb`` cannot hold
+NUL characters: any left in a string are replaced by U+FFFD here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+from psycopg.types.json import Jsonb
+
+from ..jobs import Job
+from ..message import Address, Message
+from ..providers.base import FetchedMessage
+
+__all__ = [
+    "MESSAGE_ID_LOCK_CLASS",
+    "attachments",
+    "find_by_message_id",
+    "get_message",
+    "insert_message",
+    "lock_message_id",
+    "notify",
+]
+
+#: First key of the two-key advisory locks that serialize one (tenant, account,
+#: Message-ID); the two-key space never collides with one-key locks (migrations).
+MESSAGE_ID_LOCK_CLASS = 0x6D736964  # "msid"
+
+#: Channel of the ``NOTIFY`` sent with each stored message's id.
+CHANNEL = "inbound_message"
+
+
+def _t(value: str | None) -> str | None:
+    if value is None or "\x00" not in value:
+        return value
+    return value.replace("\x00", "\ufffd")
+
+
+def _addresses(items: Iterable[Address]) -> Jsonb:
+    return Jsonb([{"name": _t(a.name), "address": _t(a.address)} for a in items])
+
+
+def _lock_id(tenant: str, account: str, message_id: str) -> int:
+    digest = hashlib.blake2b(f"{tenant}\n{account}\n{message_id}".encode("utf-8", "surrogatepass"), digest_size=4)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def lock_message_id(conn: Any, tenant: str, account: str, message_id: str) -> None:
+    """Serialize, until the transaction ends, every store of *message_id* in (*tenant*, *account*).
+
+    Taken before :func:`find_by_message_id`, it makes "look up, then insert"
+    race-free: a concurrent transaction with the same Message-ID waits here and
+    then sees the row this one committed. Hash collisions only serialize.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (MESSAGE_ID_LOCK_CLASS, _lock_id(tenant, account, message_id)))
+
+
+def find_by_message_id(conn: Any, tenant: str, account: str, message_id: str) -> int | None:
+    """The id of the first stored message of (*tenant*, *account*) with RFC *message_id*, or None."""
+    row = conn.execute(
+        "SELECT id FROM inbound_messages WHERE tenant = %s AND account = %s AND message_id = %s ORDER BY id LIMIT 1",
+        (tenant, account, _t(message_id)),
+    ).fetchone()
+    return row[0] if row else None
+
+
+_INSERT_MESSAGE = """
+INSERT INTO inbound_messages (
+    tenant, account, provider, identity, provider_message_id, folder, labels, job_id,
+    message_id, in_reply_to, "references", thread_key,
+    from_name, from_address, to_addresses, cc_addresses, reply_to_addresses, sender, return_path,
+    subject, sent_at, internal_date, text_body, html_body, headers, size,
+    is_auto_reply, is_bounce, auto_reason, defects, raw
+) VALUES (
+    %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s,
+    %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %b
+) RETURNING id
+"""
+
+_INSERT_ATTACHMENT = """
+INSERT INTO inbound_attachments (message_id, position, filename, content_type, size, sha256, content_id, inline, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %b)
+"""
+
+
+def insert_message(
+    conn: Any, job: Job, fetched: FetchedMessage, message: Message, *, keep_raw: bool = False
+) -> int:
+    """Insert *message* and its attachments; return ``inbound_messages.id``.
+
+    Raises ``psycopg.errors.UniqueViolation`` if the identity is already
+    stored (the ledger prevents that; the constraint is the last line).
+    """
+    sender = message.from_
+    row = conn.execute(
+        _INSERT_MESSAGE,
+        (
+            job.tenant, job.account, job.provider, job.identity(), _t(fetched.provider_message_id),
+            _t(fetched.folder), [_t(label) for label in fetched.labels], job.id,
+            _t(message.message_id), _t(message.in_reply_to), [_t(r) for r in message.references],
+            _t(message.thread_key),
+            _t(sender.name) if sender else None, _t(sender.address) if sender else None,
+            _addresses(message.to), _addresses(message.cc), _addresses(message.reply_to),
+            _t(message.sender), _t(message.return_path),
+            _t(message.subject), message.date, fetched.internal_date, _t(message.text_body), _t(message.html_body),
+            Jsonb([[_t(name), _t(value)] for name, value in message.headers]), len(fetched.raw),
+            message.is_auto_reply, message.is_bounce, _t(message.auto_reason), [_t(d) for d in message.defects],
+            fetched.raw if keep_raw else None,
+        ),
+    ).fetchone()
+    message_row_id: int = row[0]
+    if message.attachments:
+        with conn.cursor() as cur:
+            cur.executemany(
+                _INSERT_ATTACHMENT,
+                [
+                    (message_row_id, position, _t(a.filename), _t(a.content_type), a.size, a.sha256,
+                     _t(a.content_id), a.inline, a.data)
+                    for position, a in enumerate(message.attachments)
+                ],
+            )
+    return message_row_id
+
+
+def notify(conn: Any, message_row_id: int) -> None:
+    """``NOTIFY inbound_message, '<id>'`` — delivered to listeners when the transaction commits."""
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(message_row_id)))
+
+
+def get_message(conn: Any, message_row_id: int) -> dict[str, Any] | None:
+    """One stored message as a column → value dict (operators' tools and tests)."""
+    cur = conn.execute("SELECT * FROM inbound_messages WHERE id = %s", (message_row_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return {column.name: value for column, value in zip(cur.description, row)}
+
+
+def attachments(conn: Any, message_row_id: int) -> list[dict[str, Any]]:
+    """The attachments of a stored message in their order, as column → value dicts (``data`` as bytes)."""
+    cur = conn.execute(
+        "SELECT * FROM inbound_attachments WHERE message_id = %s ORDER BY position", (message_row_id,)
+    )
+    names = [column.name for column in cur.description]
+    return [{name: (bytes(value) if name == "data" else value) for name, value in zip(names, row)}
+            for row in cur.fetchall()]

@@ -1,0 +1,685 @@
+"""Processor.handle against real PostgreSQL: stored exactly once, or recorded why not.
+
+The message source is an in-process implementation of the provider fetch
+interface (``providers.base.Source``); PostgreSQL is a real private server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import psycopg
+import pytest
+import trio
+
+from inboundd import metrics
+from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig
+from inboundd.jobs import ImapPointer, Job, new_job
+from inboundd.message import parse_message
+from inboundd.outcomes import Outcome, PermanentError, TransientError
+from inboundd.processing import Processor
+from inboundd.providers.base import FetchedMessage, SourceRegistry, SourceUnavailable
+from inboundd.store import ledger, messages
+from inboundd.store.db import Database
+from inboundd.store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).resolve().parent / "corpus"
+TENANT, ACCOUNT = "t1", "support"
+
+
+def mime(n: int, *, message_id: str | None = "default", attachment: bytes | None = None, body: str = "hello") -> bytes:
+    """A small message; ``message_id="default"`` gives a unique <n@example.com>."""
+    mid = f"<msg-{n}@example.com>" if message_id == "default" else message_id
+    head = (f"From: Customer {n} <c{n}@example.com>\r\nTo: support@example.org\r\nSubject: order {n}\r\n"
+            "Date: Wed, 8 Nov 2023 10:00:00 +0100\r\nMIME-Version: 1.0\r\n")
+    if mid:
+        head += f"Message-ID: {mid}\r\n"
+    if attachment is None:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
+    import base64
+
+    encoded = base64.encodebytes(attachment).decode().replace("\n", "\r\n")
+    return (head + 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n--b1\r\n"
+            'Content-Type: application/pdf; name="invoice.pdf"\r\nContent-Disposition: attachment;'
+            ' filename="invoice.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + encoded + "--b1--\r\n").encode()
+
+
+def job_for(uid: int, *, account: str = ACCOUNT, job_id: str | None = None) -> Job:
+    return new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=7, uid=uid), tenant=TENANT, job_id=job_id)
+
+
+def key_of(job: Job) -> ledger.Key:
+    return ledger.Key(job.tenant, job.account, job.identity())
+
+
+Item = bytes | SourceUnavailable | BaseException | Callable[[Job], Awaitable[Any]]
+
+
+class FakeSource:
+    """An in-process provider: identity → raw bytes, an unavailability, an exception, or a coroutine."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Item] = {}
+        #: Size the "provider" reports before download (None: unknown).
+        self.reported_size: dict[str, int] = {}
+        self.fetches: list[str] = []
+        self.committed: list[tuple[str, Any]] = []
+
+    def put(self, job: Job, item: Item) -> None:
+        self.items[job.identity()] = item
+
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
+        self.fetches.append(job.id)
+        item = self.items[job.identity()]
+        if callable(item) and not isinstance(item, BaseException):
+            item = await item(job)
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, SourceUnavailable):
+            return item
+        if self.reported_size.get(job.identity(), 0) > max_size:
+            return SourceUnavailable("oversize", f"provider reports {self.reported_size[job.identity()]} bytes")
+        pointer = job.pointer
+        return FetchedMessage(raw=item, provider_message_id=f"{pointer.uidvalidity}:{pointer.uid}",
+                              folder=pointer.folder, size=len(item))
+
+    async def after_commit(self, job: Job, stored: Any = True) -> None:
+        self.committed.append((job.id, stored))
+
+
+@pytest.fixture
+async def db(pg_dsn: str):
+    database = Database(PostgresConfig(dsn=pg_dsn, pool_min=1, pool_max=8))
+    await database.open()
+    await database.run(migrate)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def make_config(pg_dsn: str = "", *, lease: float = 30.0, fetch_timeout: float = 10.0, dedupe: bool = True,
+                keep_raw: bool = False, max_size: int = 50 * 1024**2) -> Config:
+    return Config(
+        postgres=PostgresConfig(dsn=pg_dsn or "postgresql:///unused"),
+        processing=ProcessingConfig(max_message_size=max_size, dedupe_message_id=dedupe,
+                                    fetch_timeout=fetch_timeout, lease=lease),
+        store=StoreConfig(keep_raw=keep_raw),
+    )
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+def processor(db: Database, source: FakeSource, **cfg: Any) -> Processor:
+    registry = SourceRegistry()
+    registry.register("imap", source)
+    return Processor(db, registry, make_config(**cfg), "test-instance")
+
+
+async def query(db: Database, sql: str, *args: Any) -> list[tuple]:
+    return await db.run(lambda conn: conn.execute(sql, args).fetchall())
+
+
+async def ledger_row(db: Database, job: Job) -> ledger.LedgerRow | None:
+    return await db.run(ledger.get, key_of(job))
+
+
+async def message_count(db: Database) -> int:
+    return (await query(db, "SELECT count(*) FROM inbound_messages"))[0][0]
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    with trio.move_on_after(timeout):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def lease_expired(db: Database, job: Job) -> bool:
+    rows = await query(db, "SELECT lease_expires_at <= clock_timestamp() FROM inbound_ledger"
+                           " WHERE tenant = %s AND account = %s AND identity = %s", *key_of(job))
+    return bool(rows and rows[0][0])
+
+
+def outcome_count(outcome: str, reason: str = "") -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "inboundd_ledger_outcomes_total", {"provider": "imap", "account": ACCOUNT, "outcome": outcome, "reason": reason}
+    )
+    return value or 0.0
+
+
+# ---------------------------------------------------------------------------- the happy path
+
+
+async def test_a_new_message_is_stored_once_with_its_attachment_and_announced(
+    db: Database, source: FakeSource, pg_dsn: str
+) -> None:
+    pdf = b"%PDF-1.4 " + os.urandom(3000)
+    job = job_for(1)
+    raw = mime(1, attachment=pdf, body="Please see the invoice.")
+    source.put(job, raw)
+    before = outcome_count("processed")
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN inbound_message")
+        outcome = await processor(db, source).handle(job)
+        notes = await trio.to_thread.run_sync(lambda: list(listener.notifies(timeout=10, stop_after=1)))
+
+    assert outcome.status == "processed" and outcome.reason is None
+    assert [(n.channel, n.payload) for n in notes] == [("inbound_message", str(outcome.message_row_id))]
+    stored = await db.run(messages.get_message, outcome.message_row_id)
+    assert stored["identity"] == "imap:INBOX:7:1" and stored["provider"] == "imap"
+    assert (stored["tenant"], stored["account"], stored["job_id"]) == (TENANT, ACCOUNT, job.id)
+    assert stored["provider_message_id"] == "7:1" and stored["folder"] == "INBOX"
+    assert stored["message_id"] == "msg-1@example.com" and stored["thread_key"] == "msg-1@example.com"
+    assert (stored["from_name"], stored["from_address"]) == ("Customer 1", "c1@example.com")
+    assert stored["to_addresses"] == [{"name": "", "address": "support@example.org"}]
+    assert stored["subject"] == "order 1" and stored["text_body"] == "Please see the invoice."
+    assert stored["sent_at"].isoformat() == "2023-11-08T09:00:00+00:00"
+    assert stored["size"] == len(raw) and stored["raw"] is None
+    assert ["Subject", "order 1"] in stored["headers"]
+    (att,) = await db.run(messages.attachments, outcome.message_row_id)
+    assert (att["filename"], att["content_type"], att["size"], att["inline"]) == ("invoice.pdf", "application/pdf",
+                                                                                 len(pdf), False)
+    assert att["data"] == pdf and att["sha256"] == hashlib.sha256(pdf).hexdigest()
+    row = await ledger_row(db, job)
+    assert (row.status, row.attempts, row.message_id, row.lease_owner) == ("processed", 1, outcome.message_row_id, None)
+    assert source.committed == [(job.id, outcome)]
+    assert outcome_count("processed") == before + 1
+
+
+@pytest.mark.parametrize("keep_raw", [True, False])
+async def test_raw_mime_is_kept_only_when_configured(db: Database, source: FakeSource, keep_raw: bool) -> None:
+    job = job_for(1)
+    raw = mime(1, attachment=b"\x00\x01binary")
+    source.put(job, raw)
+    outcome = await processor(db, source, keep_raw=keep_raw).handle(job)
+    stored = await db.run(messages.get_message, outcome.message_row_id)
+    if keep_raw:
+        assert bytes(stored["raw"]) == raw
+        assert parse_message(bytes(stored["raw"])).message_id == "msg-1@example.com"  # re-parseable
+    else:
+        assert stored["raw"] is None
+
+
+# ---------------------------------------------------------------------------- dedupe
+
+
+async def test_the_same_job_twice_stores_one_row_and_the_second_is_a_duplicate(
+    db: Database, source: FakeSource
+) -> None:
+    job = job_for(1)
+    source.put(job, mime(1))
+    proc = processor(db, source)
+    first = await proc.handle(job)
+    second = await proc.handle(job)  # e.g. the ack was lost after commit
+    assert first.status == "processed"
+    assert second == Outcome("duplicate", "ledger_processed", first.message_row_id)
+    assert await message_count(db) == 1
+    assert source.fetches == [job.id]  # the duplicate did not even fetch
+    assert (await ledger_row(db, job)).attempts == 1
+
+
+async def test_one_message_id_through_two_pointers_is_stored_once(db: Database, source: FakeSource) -> None:
+    first_job, second_job = job_for(1), job_for(2)  # e.g. before and after a UIDVALIDITY reset
+    source.put(first_job, mime(1, message_id="<same@example.com>"))
+    source.put(second_job, mime(2, message_id="<same@example.com>"))
+    proc = processor(db, source)
+    first = await proc.handle(first_job)
+    second = await proc.handle(second_job)
+    assert first.status == "processed"
+    assert second == Outcome("duplicate", "message_id", first.message_row_id)
+    assert await message_count(db) == 1
+    row = await ledger_row(db, second_job)
+    assert (row.status, row.reason, row.message_id) == ("duplicate", "message_id", first.message_row_id)
+    assert [job_id for job_id, _ in source.committed] == [first_job.id, second_job.id]
+
+
+async def test_message_id_dedupe_is_per_account(db: Database, source: FakeSource) -> None:
+    jobs = [job_for(1, account="support"), job_for(1, account="sales")]
+    for job in jobs:
+        source.put(job, mime(1, message_id="<same@example.com>"))
+    outcomes = [await processor(db, source).handle(job) for job in jobs]
+    assert [o.status for o in outcomes] == ["processed", "processed"]
+
+
+async def test_with_message_id_dedupe_off_both_are_stored(db: Database, source: FakeSource) -> None:
+    jobs = [job_for(1), job_for(2)]
+    for job in jobs:
+        source.put(job, mime(1, message_id="<reused-by-a-broken-sender@example.com>"))
+    outcomes = [await processor(db, source, dedupe=False).handle(job) for job in jobs]
+    assert [o.status for o in outcomes] == ["processed", "processed"]
+    assert await message_count(db) == 2
+
+
+async def test_messages_without_message_id_are_never_message_id_duplicates(db: Database, source: FakeSource) -> None:
+    jobs = [job_for(1), job_for(2)]
+    for job in jobs:
+        source.put(job, mime(1, message_id=None))
+    outcomes = [await processor(db, source).handle(job) for job in jobs]
+    assert [o.status for o in outcomes] == ["processed", "processed"]
+
+
+async def test_concurrent_same_message_id_through_many_pointers_stores_one(db: Database, source: FakeSource) -> None:
+    jobs = [job_for(uid) for uid in range(1, 9)]
+    for job in jobs:
+        source.put(job, mime(job.pointer.uid, message_id="<race@example.com>"))
+    proc = processor(db, source)
+    outcomes: list[Outcome] = []
+
+    async def run(job: Job) -> None:
+        outcomes.append(await proc.handle(job))
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(run, job)
+    assert sorted(o.status for o in outcomes) == ["duplicate"] * 7 + ["processed"]
+    assert await message_count(db) == 1
+
+
+# ---------------------------------------------------------------------------- races on one identity
+
+
+async def test_concurrent_handles_of_one_identity_have_exactly_one_winner(db: Database, source: FakeSource) -> None:
+    racers = 8
+    jobs = [job_for(1, job_id=f"pointer-{n}") for n in range(racers)]  # 8 pointers at one message
+    gate = trio.Event()
+    outcomes: list[Outcome] = []
+
+    async def slow_fetch(job: Job) -> bytes:
+        await gate.wait()  # the winner holds its claim until every loser has answered
+        return mime(1)
+
+    source.put(jobs[0], slow_fetch)
+    proc = processor(db, source)
+
+    async def run(job: Job) -> None:
+        outcomes.append(await proc.handle(job))
+        if len(outcomes) == racers - 1:
+            gate.set()
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(run, job)
+    assert sorted(o.status for o in outcomes) == ["duplicate"] * (racers - 1) + ["processed"]
+    assert sorted({o.reason for o in outcomes if o.status == "duplicate"}) == ["in_flight"]
+    assert len(source.fetches) == 1
+    assert await message_count(db) == 1
+    row = await ledger_row(db, jobs[0])
+    assert (row.status, row.attempts) == ("processed", 1)
+
+
+async def test_a_redelivered_job_whose_holder_is_alive_is_retried_not_acked(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    gate, fetching = trio.Event(), trio.Event()
+
+    async def slow_fetch(_: Job) -> bytes:
+        fetching.set()
+        await gate.wait()
+        return mime(1)
+
+    source.put(job, slow_fetch)
+    proc = processor(db, source, lease=30)
+    async with trio.open_nursery() as nursery:
+        results: list[Outcome] = []
+
+        async def holder() -> None:
+            results.append(await proc.handle(job))
+
+        nursery.start_soon(holder)
+        await fetching.wait()
+        # The queue reclaimed the same job and gave it to another consumer: it must not ack.
+        with pytest.raises(TransientError, match="being processed") as info:
+            await proc.handle(job)
+        assert 25 < info.value.retry_after <= 30
+        gate.set()
+    assert results[0].status == "processed"
+    assert await message_count(db) == 1
+
+
+# ---------------------------------------------------------------------------- crashes and failures
+
+
+async def test_cancelled_between_claim_and_commit_is_retried_and_stored_not_duplicate(
+    db: Database, source: FakeSource
+) -> None:
+    job = job_for(1)
+    fetching = trio.Event()
+
+    async def hang(_: Job) -> bytes:
+        fetching.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    source.put(job, hang)
+    proc = processor(db, source)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.handle, job)
+        await fetching.wait()
+        nursery.cancel_scope.cancel()
+    row = await ledger_row(db, job)
+    assert (row.status, row.last_error, row.lease_owner) == ("failed", "cancelled", None)
+    assert await message_count(db) == 0
+
+    source.put(job, mime(1))
+    outcome = await proc.handle(job)  # a failed row needs no lease expiry
+    assert outcome.status == "processed"
+    row = await ledger_row(db, job)
+    assert (row.status, row.attempts) == ("processed", 2)
+    assert await message_count(db) == 1
+
+
+async def test_a_failed_attempt_is_recorded_and_retried(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    source.put(job, RuntimeError("IMAP said BAD"))
+    proc = processor(db, source)
+    with pytest.raises(RuntimeError, match="IMAP said BAD"):
+        await proc.handle(job)
+    row = await ledger_row(db, job)
+    assert (row.status, row.last_error, row.attempts) == ("failed", "RuntimeError: IMAP said BAD", 1)
+
+    source.put(job, mime(1))
+    assert (await proc.handle(job)).status == "processed"
+    row = await ledger_row(db, job)
+    assert (row.status, row.attempts, row.last_error) == ("processed", 2, "RuntimeError: IMAP said BAD")
+
+
+async def test_a_transient_source_error_stays_transient_and_is_retryable(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    source.put(job, TransientError("throttled", retry_after=7))
+    with pytest.raises(TransientError) as info:
+        await processor(db, source).handle(job)
+    assert info.value.retry_after == 7
+    assert (await ledger_row(db, job)).status == "failed"
+
+
+async def test_a_provider_without_a_source_is_a_permanent_error(db: Database) -> None:
+    job = job_for(1)
+    proc = Processor(db, SourceRegistry(), make_config(), "test-instance")
+    with pytest.raises(PermanentError) as info:
+        await proc.handle(job)
+    assert info.value.reason == "no_source"
+    row = await ledger_row(db, job)
+    assert (row.status, row.reason) == ("failed", "no_source")
+
+
+async def test_postgresql_unreachable_is_a_transient_error(source: FakeSource) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from services import free_port
+
+    dead = Database(PostgresConfig(dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/x", connect_timeout=1.0))
+    await dead.open()
+    try:
+        job = job_for(1)
+        source.put(job, mime(1))
+        with pytest.raises(TransientError, match="ledger claim failed"):
+            await processor(dead, source).handle(job)
+        assert source.fetches == []  # nothing fetched without a claim
+    finally:
+        await dead.close()
+
+
+async def test_a_holder_whose_lease_was_taken_over_cannot_commit(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    slow_gate, slow_fetching = trio.Event(), trio.Event()
+
+    async def slow(_: Job) -> bytes:
+        slow_fetching.set()
+        await slow_gate.wait()
+        return mime(1, body="from the slow holder")
+
+    source.put(job, slow)
+    slow_proc = processor(db, source, lease=1.5, fetch_timeout=30.0)  # this holder overruns its lease
+    results: list[Outcome] = []
+    async with trio.open_nursery() as nursery:
+
+        async def slow_holder() -> None:
+            results.append(await slow_proc.handle(job))
+
+        nursery.start_soon(slow_holder)
+        await slow_fetching.wait()
+        await wait_until(lambda: lease_expired(db, job), 10, "the slow holder's lease to expire")
+        source.put(job, mime(1, body="from the second holder"))
+        taken = await processor(db, source).handle(job)
+        assert taken.status == "processed"
+        slow_gate.set()
+    # The slow holder finds the row terminal under another owner: no second row, it acks as a duplicate.
+    assert results == [Outcome("duplicate", "ledger_processed", taken.message_row_id)]
+    rows = await query(db, "SELECT text_body FROM inbound_messages")
+    assert rows == [("from the second holder\n",)]
+    assert (await ledger_row(db, job)).attempts == 2
+
+
+# ---------------------------------------------------------------------------- skips
+
+
+@pytest.mark.parametrize("reason", ["source_deleted", "source_moved", "uidvalidity_changed"])
+async def test_an_unavailable_source_is_skipped_with_its_reason(db: Database, source: FakeSource, reason: str) -> None:
+    job = job_for(1)
+    source.put(job, SourceUnavailable(reason, "gone"))
+    skips_before = metrics.REGISTRY.get_sample_value(
+        "inboundd_skipped_total", {"provider": "imap", "account": ACCOUNT, "reason": reason}) or 0
+    proc = processor(db, source)
+    assert await proc.handle(job) == Outcome("skipped", reason)
+    row = await ledger_row(db, job)
+    assert (row.status, row.reason, row.lease_owner) == ("skipped", reason, None)
+    assert metrics.REGISTRY.get_sample_value(
+        "inboundd_skipped_total", {"provider": "imap", "account": ACCOUNT, "reason": reason}) == skips_before + 1
+    # Terminal: a redelivery is a duplicate and never fetches again.
+    assert await proc.handle(job) == Outcome("duplicate", "ledger_skipped", None)
+    assert source.fetches == [job.id]
+    assert await message_count(db) == 0
+    assert source.committed == []
+
+
+async def test_oversize_reported_by_the_provider_is_skipped_before_download(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    source.put(job, mime(1))
+    source.reported_size[job.identity()] = 10_000
+    assert await processor(db, source, max_size=5_000).handle(job) == Outcome("skipped", "oversize")
+    assert (await ledger_row(db, job)).reason == "oversize"
+
+
+async def test_oversize_bytes_are_skipped_even_when_the_provider_did_not_say(db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    raw = mime(1, attachment=os.urandom(8_000))
+    source.put(job, raw)  # no reported size: the cap is enforced on the bytes received
+    assert await processor(db, source, max_size=len(raw) - 1).handle(job) == Outcome("skipped", "oversize")
+    assert await message_count(db) == 0
+    job2 = job_for(2)
+    source.put(job2, raw)
+    assert (await processor(db, source, max_size=len(raw)).handle(job2)).status == "processed"
+
+
+# ---------------------------------------------------------------------------- the process dies (SIGKILL)
+
+_CHILD = r"""
+import sys, trio
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1] + "/tests")
+from inboundd.config import PostgresConfig
+from inboundd.jobs import decode
+from inboundd.processing import Processor
+from inboundd.providers.base import FetchedMessage, SourceRegistry
+from inboundd.store.db import Database
+from test_processing import make_config
+
+dsn, job, mode, raw = sys.argv[2], decode(sys.argv[3]), sys.argv[4], open(sys.argv[5], "rb").read()
+
+class Source:
+    async def fetch(self, job, max_size):
+        if mode == "before_commit":
+            print("fetching", flush=True)
+            await trio.sleep_forever()
+        return FetchedMessage(raw=raw, provider_message_id="x")
+    async def after_commit(self, job, stored):
+        print("committed", flush=True)
+        await trio.sleep_forever()  # killed here: before the queue ack
+
+async def main():
+    db = Database(PostgresConfig(dsn=dsn, pool_min=1, pool_max=2))
+    await db.open()
+    sources = SourceRegistry()
+    sources.register("imap", Source())
+    await Processor(db, sources, make_config(dsn, lease=2.0, fetch_timeout=1.0), "child").handle(job)
+
+trio.run(main)
+"""
+
+
+async def _run_child_until(pg_dsn: str, job: Job, mode: str, raw: bytes, tmp_path: Path, marker: str) -> None:
+    raw_file = tmp_path / f"{mode}.eml"
+    raw_file.write_bytes(raw)
+    from inboundd.jobs import encode
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(ROOT), pg_dsn, encode(job).decode(), mode, str(raw_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = await trio.to_thread.run_sync(proc.stdout.readline)
+        assert line.strip() == marker, proc.stderr.read() if proc.poll() is not None else line
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(proc.wait)
+    assert proc.returncode == -signal.SIGKILL
+
+
+async def test_sigkill_between_claim_and_commit_leads_to_a_retry_that_stores(
+    db: Database, source: FakeSource, pg_dsn: str, tmp_path: Path
+) -> None:
+    job = job_for(1)
+    await _run_child_until(pg_dsn, job, "before_commit", mime(1), tmp_path, "fetching")
+    row = await ledger_row(db, job)
+    assert (row.status, row.job_id) == ("processing", job.id)
+    assert row.lease_owner.startswith("child:")
+
+    source.put(job, mime(1))
+    proc = processor(db, source)
+    # Until the dead holder's lease runs out: the re-delivered job is retried later, not acked ...
+    with pytest.raises(TransientError):
+        await proc.handle(job)
+    # ... and another pointer at the same message acks without effect (the job above is still queued).
+    assert await proc.handle(job_for(1, job_id="other-pointer")) == Outcome("duplicate", "in_flight", None)
+    assert await message_count(db) == 0
+
+    await wait_until(lambda: lease_expired(db, job), 10, "the killed holder's lease to expire")
+    outcome = await proc.handle(job)
+    assert outcome.status == "processed"  # never "duplicate"
+    row = await ledger_row(db, job)
+    assert (row.status, row.attempts) == ("processed", 2)
+    assert await message_count(db) == 1
+
+
+async def test_sigkill_after_commit_before_ack_redelivery_is_a_harmless_duplicate(
+    db: Database, source: FakeSource, pg_dsn: str, tmp_path: Path
+) -> None:
+    job = job_for(1)
+    await _run_child_until(pg_dsn, job, "after_commit", mime(1), tmp_path, "committed")
+    row = await ledger_row(db, job)
+    assert row.status == "processed"
+
+    source.put(job, mime(1))
+    outcome = await processor(db, source).handle(job)  # the queue re-delivers the un-acked job
+    assert outcome == Outcome("duplicate", "ledger_processed", row.message_id)
+    assert await message_count(db) == 1
+    assert source.fetches == []
+
+
+# ---------------------------------------------------------------------------- the corpus, stored
+
+
+async def test_every_corpus_message_is_stored_and_reads_back_as_parsed(db: Database, source: FakeSource) -> None:
+    files = sorted(CORPUS.glob("*.eml"))
+    assert len(files) >= 60
+    proc = processor(db, source, dedupe=False)
+    for uid, path in enumerate(files, 1):
+        job = job_for(uid)
+        raw = path.read_bytes()
+        source.put(job, raw)
+        outcome = await proc.handle(job)
+        assert outcome.status == "processed", path.name
+        parsed = parse_message(raw)
+        stored = await db.run(messages.get_message, outcome.message_row_id)
+        assert stored["subject"] == parsed.subject.replace("\x00", "\ufffd"), path.name
+        assert stored["text_body"] == parsed.text_body and stored["html_body"] == parsed.html_body, path.name
+        assert stored["message_id"] == parsed.message_id and stored["thread_key"] == parsed.thread_key, path.name
+        assert stored["is_bounce"] == parsed.is_bounce and stored["auto_reason"] == parsed.auto_reason, path.name
+        assert stored["defects"] == parsed.defects, path.name
+        atts = await db.run(messages.attachments, outcome.message_row_id)
+        assert [(a["filename"], a["content_type"], a["sha256"], a["content_id"], a["inline"]) for a in atts] == [
+            (a.filename, a.content_type, a.sha256, a.content_id, a.inline) for a in parsed.attachments], path.name
+        assert all(hashlib.sha256(a["data"]).hexdigest() == a["sha256"] for a in atts), path.name
+    assert await message_count(db) == len(files)
+
+
+@pytest.mark.parametrize(
+    ("name", "subject", "from_address", "text_has"),
+    [
+        ("iso2022jp_7bit.eml", "会議の日程について", "sato@example.jp", "来週の会議の日程を調整させてください。"),
+        ("koi8r_8bit.eml", "Заказ 1542: вопрос по доставке", "ivan.petrov@example.ru", "Когда будет доставлен"),
+        ("shift_jis_base64.eml", "お問い合わせ：請求書について", "tanaka@example.co.jp", "① 請求書の再発行"),
+        ("lying_latin1_smart_quotes.eml", None, None, "“it’s fixed” – it isn’t."),
+        ("nul_byte.eml", "Scan job\ufffd 42", None, "Pages: 3\ufffd\ufffd"),
+    ],
+)
+async def test_charsets_survive_the_round_trip_through_postgresql(
+    db: Database, source: FakeSource, name: str, subject: str | None, from_address: str | None, text_has: str
+) -> None:
+    job = job_for(1)
+    source.put(job, (CORPUS / name).read_bytes())
+    outcome = await processor(db, source).handle(job)
+    stored = await db.run(messages.get_message, outcome.message_row_id)
+    if subject is not None:
+        assert stored["subject"] == subject
+    if from_address is not None:
+        assert stored["from_address"] == from_address
+    assert text_has in stored["text_body"]
+
+
+async def test_attachments_round_trip_with_rfc2231_names_inline_images_and_nested_messages(
+    db: Database, source: FakeSource
+) -> None:
+    names = ["rfc2231_filename_continuations.eml", "related_inline_images.eml", "forwarded_message_rfc822.eml"]
+    stored: dict[str, list[dict[str, Any]]] = {}
+    for uid, name in enumerate(names, 1):
+        job = job_for(uid)
+        source.put(job, (CORPUS / name).read_bytes())
+        outcome = await processor(db, source).handle(job)
+        stored[name] = await db.run(messages.attachments, outcome.message_row_id)
+    (contract,) = stored["rfc2231_filename_continuations.eml"]
+    assert contract["filename"] == "Договор поставки № 42 от 2023-11-01.pdf"
+    assert contract["content_type"] == "application/pdf" and not contract["inline"]
+    image = stored["related_inline_images.eml"][0]
+    assert (image["filename"], image["content_id"], image["inline"], image["size"]) == (
+        "image001.png", "image001.png@01DA12F3.4B5C6D70", True, 67)
+    assert image["data"].startswith(b"\x89PNG")
+    nested = [a for a in stored["forwarded_message_rfc822.eml"] if a["content_type"] == "message/rfc822"]
+    assert len(nested) == 1
+    assert parse_message(nested[0]["data"]).subject  # the forwarded message re-parses from the stored bytes
+    for attachments in stored.values():
+        for att in attachments:
+            assert att["sha256"] == hashlib.sha256(att["data"]).hexdigest() and att["size"] == len(att["data"])
+
+
+async def test_an_8mb_attachment_is_stored_intact(db: Database, source: FakeSource) -> None:
+    payload = os.urandom(8 * 1024 * 1024)
+    job = job_for(1)
+    source.put(job, mime(1, attachment=payload))
+    outcome = await processor(db, source).handle(job)
+    (att,) = await db.run(messages.attachments, outcome.message_row_id)
+    assert att["size"] == len(payload) and att["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert att["data"] == payload
