@@ -12,6 +12,11 @@ from prometheus_client import PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTO
 
 __all__ = ["REGISTRY", "render"]
 
+# ``*_created`` series (OpenMetrics) would double every counter series in the text format.
+from prometheus_client import disable_created_metrics  # noqa: E402
+
+disable_created_metrics()
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
     REGISTRY.register(_collector)
