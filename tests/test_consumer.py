@@ -1,0 +1,358 @@
+"""The consumer pool against a real redis-server: the operator's stories.
+
+Workers that die are real processes killed with SIGKILL or exiting mid-job;
+everything else runs in-process with short leases and backoffs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import msgspec
+import pytest
+import redis
+import trio
+
+from inboundd import jobs, metrics
+from inboundd.config import QueueConfig, RedisConfig, load_text
+from inboundd.consumer import ConsumerPool
+from inboundd.jobs import ImapPointer, Job
+from inboundd.outcomes import Outcome, PermanentError, TransientError
+from inboundd.queue import Queue, ReclaimTimer
+from inboundd.redisio import RedisIO
+
+from test_queue import counter, eventually
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = QueueConfig(lease=0.5, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1, claim_batch=5,
+                  reclaim_interval=0.05)
+
+
+def imap_job(uid: int, account: str = "support") -> Job:
+    return jobs.new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
+
+
+class Recorder:
+    """A handler that records every call and behaves as *behave* says (default: processed)."""
+
+    def __init__(self, behave: Callable[[Job, int], Awaitable[Outcome]] | None = None) -> None:
+        self.calls: list[Job] = []
+        self.behave = behave
+
+    def uids(self) -> list[int]:
+        return [j.pointer.uid for j in self.calls]  # type: ignore[union-attr]
+
+    async def handle(self, job: Job) -> Outcome:
+        self.calls.append(job)
+        if self.behave is not None:
+            return await self.behave(job, sum(1 for j in self.calls if j.id == job.id))
+        return Outcome("processed")
+
+
+@pytest.fixture
+async def rio(redis_url: str) -> AsyncIterator[RedisIO]:
+    io = RedisIO.from_config(RedisConfig(url=redis_url, pool_size=32))
+    yield io
+    await io.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def make_queue(rio: RedisIO, cfg: QueueConfig = CFG) -> Queue:
+    return Queue(rio, cfg, prefix="tc")
+
+
+async def settled(queue: Queue) -> bool:
+    s = await queue.stats()
+    return s.ready == s.in_flight == s.delayed == 0
+
+
+# --------------------------------------------------------------------------- order and outcomes
+
+
+async def test_a_single_consumer_handles_jobs_in_enqueue_order_and_a_retry_does_not_jump_ahead(rio: RedisIO) -> None:
+    queue = make_queue(rio, msgspec.structs.replace(CFG, claim_batch=3))
+    sent = [imap_job(uid) for uid in range(10)]
+
+    async def fail_first_time_for_uid_0(job: Job, nth: int) -> Outcome:
+        if job.pointer.uid == 0 and nth == 1:  # type: ignore[union-attr]
+            raise ValueError("flaky")
+        return Outcome("processed")
+
+    handler = Recorder(fail_first_time_for_uid_0)
+    await queue.enqueue_many(sent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "solo", count=1).run)
+        await eventually(lambda: len(handler.calls) == 11 and settled(queue), 10, "all jobs to be handled")
+        nursery.cancel_scope.cancel()
+    assert handler.uids() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    assert handler.calls[-1].attempt == 1
+
+
+async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_with_its_last_error(rio: RedisIO) -> None:
+    queue = make_queue(rio)
+    retried_before = counter(metrics.jobs_retried, "imap", "support", "error")
+
+    async def always_fail(job: Job, nth: int) -> Outcome:
+        raise ValueError(f"cannot parse, try {nth}")
+
+    handler = Recorder(always_fail)
+    job = imap_job(1)
+    await queue.enqueue(job)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=2).run)
+        letters = await eventually(queue.dead_letters, 10, "the job to be dead-lettered")
+        nursery.cancel_scope.cancel()
+    assert [j.attempt for j in handler.calls] == [0, 1, 2]
+    (letter,) = letters
+    assert (letter.job_id, letter.reason, letter.attempts) == (job.id, "max_attempts", 3)
+    assert letter.last_error == "ValueError: cannot parse, try 3"
+    assert counter(metrics.jobs_retried, "imap", "support", "error") - retried_before == 2
+    assert await settled(queue)
+
+
+async def test_transient_errors_back_off_without_burning_attempts(rio: RedisIO) -> None:
+    queue = make_queue(rio)  # max_attempts = 3
+
+    async def db_down_five_times(job: Job, nth: int) -> Outcome:
+        if nth <= 5:
+            raise TransientError("PostgreSQL unreachable")
+        return Outcome("processed")
+
+    handler = Recorder(db_down_five_times)
+    await queue.enqueue(imap_job(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=1).run)
+        await eventually(lambda: len(handler.calls) == 6 and settled(queue), 10, "the job to succeed")
+        nursery.cancel_scope.cancel()
+    assert [(j.attempt, j.transient) for j in handler.calls] == [(0, n) for n in range(6)]
+    assert await queue.dead_letters() == []
+
+
+async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(rio: RedisIO,
+                                                                             client: redis.Redis) -> None:
+    queue = make_queue(rio)
+
+    async def gone(job: Job, nth: int) -> Outcome:
+        if job.pointer.uid == 1:  # type: ignore[union-attr]
+            raise PermanentError("source_gone", "UIDVALIDITY changed")
+        return Outcome("processed")
+
+    handler = Recorder(gone)
+    await queue.ensure_group()
+    await queue.enqueue(imap_job(1))
+    corrupt = b'{"id":"j","tenant":"t","enqueued_at":0,"raw":"From: a\\r\\n"}'
+    client.xadd(queue.keys.stream, {"job": corrupt})
+    client.xadd(queue.keys.stream, {"something": "else"})
+    await queue.enqueue(imap_job(2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=1).run)
+        await eventually(lambda: len(handler.calls) == 2 and settled(queue), 10, "the stream to be consumed")
+        nursery.cancel_scope.cancel()
+    assert handler.uids() == [1, 2]  # the consumer survived the corrupt entries
+    letters = await queue.dead_letters()
+    assert [(d.reason, d.raw, d.attempts) for d in letters] == [
+        ("source_gone", jobs.encode(handler.calls[0]), 1), ("invalid_payload", corrupt, 0), ("invalid_payload", b"", 0)]
+    assert "UIDVALIDITY changed" in letters[0].last_error and "raw" in letters[1].last_error
+
+
+# --------------------------------------------------------------------------- leases
+
+
+async def test_a_long_job_keeps_its_lease_by_heartbeat(rio: RedisIO) -> None:
+    queue = make_queue(rio)  # lease 0.5 s, reclaim every 50 ms
+    reclaimed_before = counter(metrics.jobs_reclaimed)
+
+    async def slow(job: Job, nth: int) -> Outcome:
+        await trio.sleep(4 * queue.cfg.lease)
+        return Outcome("processed")
+
+    handler = Recorder(slow)
+    await queue.enqueue(imap_job(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=2).run)
+        await eventually(lambda: len(handler.calls) >= 1 and settled(queue), 10, "the slow job to finish")
+        nursery.cancel_scope.cancel()
+    assert len(handler.calls) == 1
+    assert counter(metrics.jobs_reclaimed) == reclaimed_before
+
+
+async def test_a_restarted_consumer_takes_back_what_it_held(rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio)
+    hang = Recorder(lambda job, nth: trio.sleep_forever())  # type: ignore[arg-type,return-value]
+    await queue.enqueue_many([imap_job(1), imap_job(2)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ConsumerPool(queue, hang, queue.cfg, "host-a", count=1).run)
+        await eventually(lambda: hang.calls, 10, "the first job to start")
+        nursery.cancel_scope.cancel()  # the daemon is stopped hard mid-job
+    assert (await queue.stats()).in_flight_by_consumer == {"host-a-c0": 2}
+    handler = Recorder()
+    async with trio.open_nursery() as nursery:  # same instance id, no reclaim timer: take-back does it
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "host-a", count=1).run)
+        await eventually(lambda: len(handler.calls) == 2 and settled(queue), 10, "the jobs to be handled again")
+        nursery.cancel_scope.cancel()
+    assert [(j.pointer.uid, j.attempt) for j in handler.calls] == [(1, 1), (2, 1)]  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- dead processes
+
+WORKER = """
+import os, sys, trio
+from inboundd.config import QueueConfig, RedisConfig
+from inboundd.consumer import ConsumerPool
+from inboundd.outcomes import Outcome
+from inboundd.queue import Queue
+from inboundd.redisio import RedisIO
+
+url, instance, marker, mode, lease = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+
+class Handler:
+    async def handle(self, job):
+        with open(marker, "a") as f:
+            f.write(f"{job.id} {job.attempt}\\n")
+        if mode == "crash":
+            os._exit(3)
+        await trio.sleep_forever()
+
+async def main():
+    cfg = QueueConfig(lease=lease, max_attempts=3, block=0.1, claim_batch=5)
+    queue = Queue(RedisIO.from_config(RedisConfig(url=url)), cfg, prefix="tc")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ConsumerPool(queue, Handler(), cfg, instance, count=1).run)
+
+trio.run(main)
+"""
+
+
+def spawn_worker(redis_url: str, instance: str, marker: Path, mode: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", WORKER, redis_url, instance, str(marker), mode, str(CFG.lease)],
+                            env=env, start_new_session=True)
+
+
+def marker_lines(marker: Path) -> list[str]:
+    return marker.read_text().splitlines() if marker.exists() else []
+
+
+async def test_a_worker_killed_mid_job_loses_nothing(rio: RedisIO, redis_url: str, tmp_path: Path) -> None:
+    queue = make_queue(rio)
+    sent = [imap_job(uid) for uid in range(10)]
+    await queue.ensure_group()
+    await queue.enqueue_many(sent)
+    marker = tmp_path / "started"
+    worker = spawn_worker(redis_url, "doomed", marker, "hang")
+    try:
+        await eventually(lambda: marker_lines(marker), 30, "the worker to start a job")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    held = (await queue.stats()).in_flight_by_consumer
+    assert held == {"doomed-c0": 5}  # it died holding its whole claimed batch
+
+    handler = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="survivor-reclaim").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "survivor", count=2).run)
+        await eventually(lambda: len(handler.calls) >= 10 and settled(queue), 20, "every job to be handled")
+        nursery.cancel_scope.cancel()
+    assert sorted(j.id for j in handler.calls) == sorted(j.id for j in sent)  # each exactly once, none lost
+    assert {j.pointer.uid for j in handler.calls if j.attempt == 1} == {0, 1, 2, 3, 4}  # type: ignore[union-attr]
+
+
+async def test_a_job_that_crashes_its_worker_every_time_ends_as_worker_lost(rio: RedisIO, redis_url: str,
+                                                                          tmp_path: Path) -> None:
+    queue = make_queue(rio)  # max_attempts = 3
+    pill = imap_job(666)
+    await queue.ensure_group()
+    await queue.enqueue(pill)
+    marker = tmp_path / "deliveries"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        for n in range(6):
+            worker = spawn_worker(redis_url, f"w{n}", marker, "crash")
+            try:
+                await eventually(lambda: worker.poll() is not None or queue.dead_letters(), 30,
+                                 "the worker to crash or the pill to be dead-lettered")
+            finally:
+                if worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            if await queue.dead_letters():
+                break
+            assert worker.returncode == 3  # it crashed on the pill
+        else:
+            pytest.fail("the poison pill was never dead-lettered")
+        nursery.cancel_scope.cancel()
+    assert marker_lines(marker) == [f"{pill.id} {n}" for n in range(3)]  # max_attempts deliveries, no more
+    (letter,) = await queue.dead_letters()
+    assert (letter.job_id, letter.reason, letter.attempts) == (pill.id, "worker_lost", 3)
+    assert await settled(queue)
+
+
+# --------------------------------------------------------------------------- drain, resize
+
+
+async def test_drain_finishes_in_flight_jobs_and_claims_nothing_new(rio: RedisIO) -> None:
+    queue = make_queue(rio)
+    release = trio.Event()
+
+    async def wait_for_release(job: Job, nth: int) -> Outcome:
+        await release.wait()
+        return Outcome("processed")
+
+    handler = Recorder(wait_for_release)
+    pool = ConsumerPool(queue, handler, queue.cfg, "i", count=2)
+    await queue.enqueue(imap_job(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        await eventually(lambda: handler.calls, 10, "the job to start")
+        pool.drain()
+        drained = trio.Event()
+
+        async def waiter() -> None:
+            await pool.wait_drained()
+            drained.set()
+
+        nursery.start_soon(waiter)
+        await eventually(lambda: not any(c.claiming for c in pool._consumers.values()), 5, "claims to stop")
+        assert pool.busy == 1 and not drained.is_set()  # the in-flight job holds the drain
+        release.set()
+        with trio.fail_after(5):
+            await drained.wait()
+        assert pool.busy == 0 and (await queue.stats()).in_flight == 0
+        await queue.enqueue(imap_job(2))
+        await trio.sleep(5 * queue.cfg.block)  # a window of several claim rounds: nothing is claimed
+        assert handler.uids() == [1] and (await queue.stats()).ready == 1
+        pool.resume()
+        await eventually(lambda: handler.uids() == [1, 2], 10, "the pool to claim again")
+        nursery.cancel_scope.cancel()
+
+
+async def test_resize_changes_the_number_of_consumers(rio: RedisIO) -> None:
+    cfg = load_text('[queue]\nlease = "1s"\nbackoff_base = "10ms"\nblock = "100ms"\n').queue
+    queue = make_queue(rio, cfg)
+    pool = ConsumerPool(queue, Recorder(), cfg, "i", count=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        assert pool.consumer_names() == ["i-c0"]
+        pool.resize(3)
+        await eventually(lambda: pool.consumer_names() == ["i-c0", "i-c1", "i-c2"], 5, "three consumers")
+        pool.resize(1)
+        await eventually(lambda: pool.consumer_names() == ["i-c0"], 5, "one consumer")
+        assert pool.count == 1
+        handler = pool.handler
+        await queue.enqueue(imap_job(7))
+        await eventually(lambda: handler.uids() == [7], 5, "the remaining consumer to work")  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()
