@@ -152,3 +152,16 @@ def test_every_inboundd_option_is_in_its_page() -> None:
     page = (MAN / "inboundd.8").read_text()
     for option in _long_options(daemon.build_parser()):
         assert f"Fl {option[1:]}" in page, f"inboundd {option} is not in inboundd.8"
+
+
+def test_metrics_named_in_inboundd_8_exist() -> None:
+    from inboundd import metrics
+
+    exposed = set()
+    for family in metrics.REGISTRY.collect():
+        exposed.add(family.name)
+        if family.type == "counter":
+            exposed.add(family.name + "_total")
+    named = set(re.findall(r"\b(inboundd_[a-z_]*[a-z])\b", (MAN / "inboundd.8").read_text()))
+    assert len(named) >= 10
+    assert named <= exposed, f"inboundd.8 names metrics that do not exist: {sorted(named - exposed)}"
