@@ -154,6 +154,7 @@ class ImapFetcher:
         pool = self._pool(pointer.account)
         started = trio.current_time()
         for attempt in (1, 2):
+            fresh = True  # a failure to open a connection is never retried here
             try:
                 async with pool.connection() as (conn, fresh):
                     result = await self._fetch_on(conn, pointer, max_size)
@@ -232,6 +233,7 @@ class ImapFetcher:
     async def _post_action(self, pointer: ImapPointer, action: proto.PostAction) -> str:
         pool = self._pool(pointer.account)
         for attempt in (1, 2):
+            fresh = True
             try:
                 async with pool.connection() as (conn, fresh):
                     return await self._post_action_on(conn, pointer, action)

@@ -1,0 +1,255 @@
+"""The consume-time IMAP fetcher and post-actions against a real Dovecot."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from imap_helpers import add_users, append, imap, mailbox, make_accounts, message  # noqa: F401
+from inboundd.jobs import ImapPointer, new_job
+from inboundd.providers.base import FetchedMessage, SourceUnavailable
+from inboundd.providers.imap_fetch import ImapFetcher
+from services import DovecotServer
+
+
+def job_for(account_id: str, uidvalidity: int, uid: int, folder: str = "INBOX"):
+    return new_job(ImapPointer(account=account_id, folder=folder, uidvalidity=uidvalidity, uid=uid), tenant="t")
+
+
+async def uidvalidity(port, user, password, folder="INBOX") -> int:
+    return await imap(port, user, password,
+                      lambda c: c.folder_status(folder, [b"UIDVALIDITY"])[b"UIDVALIDITY"])
+
+
+async def flags(port, user, password, uid, folder="INBOX"):
+    def work(c):
+        c.select_folder(folder, readonly=True)
+        return set(c.get_flags([uid]).get(uid, ()))
+    return await imap(port, user, password, work)
+
+
+def server_log(server) -> str:
+    return Path(server.log).read_text(errors="replace")
+
+
+def logins(server, user: str) -> int:
+    return len(re.findall(rf"Login: user=<{re.escape(user)}>", server_log(server)))
+
+
+def logouts(server, user: str) -> list[str]:
+    return re.findall(rf"imap\({re.escape(user)}\).*Disconnected: Logged out.*", server_log(server))
+
+
+@pytest.fixture
+async def fetcher_factory():
+    made: list[ImapFetcher] = []
+
+    def make(accounts):
+        fetcher = ImapFetcher(accounts)
+        made.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in made:
+        await fetcher.aclose()
+
+
+async def test_fetch_returns_the_message_and_never_sets_seen(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    raw = message("hello", subject="fetch me")
+
+    def put(c):
+        return c.append("INBOX", raw)
+
+    await imap(dovecot.port, user, password, put)
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = fetcher_factory([account])
+    result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000_000)
+    assert isinstance(result, FetchedMessage)
+    assert result.raw == raw
+    assert result.provider_message_id == f"{validity}:1"
+    assert result.folder == "INBOX"
+    assert result.size == len(raw)
+    assert result.internal_date is not None and result.internal_date.tzinfo is not None
+    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)
+
+
+async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = fetcher_factory([account])
+    before = logins(dovecot, user)
+    result = await fetcher.fetch(job_for(account.id, validity + 1, 1), max_size=0)
+    assert isinstance(result, SourceUnavailable) and result.reason == "uidvalidity_changed"
+
+    def expunge(c):
+        c.select_folder("INBOX")
+        c.delete_messages([2])
+        c.expunge()
+
+    await imap(dovecot.port, user, password, expunge)
+    before += 1   # the test's own expunge session
+    result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
+    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+    result = await fetcher.fetch(job_for(account.id, validity, 99), max_size=0)
+    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+    result = await fetcher.fetch(job_for(account.id, validity, 1, folder="Gone"), max_size=0)
+    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+    # The connection survived the skips: UID 1 is still fetched fine on it.
+    assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
+    assert logins(dovecot, user) == before + 1   # one pooled connection served all five
+
+
+async def test_oversize_is_skipped_without_downloading(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    big = message("big") + b"x" * 50_000 + b"\r\n"
+    await imap(dovecot.port, user, password, lambda c: c.append("INBOX", big))
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = ImapFetcher([account])
+    try:
+        result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000)
+        assert isinstance(result, SourceUnavailable) and result.reason == "oversize"
+        assert str(len(big)) in result.detail
+    finally:
+        await fetcher.aclose()
+    # Dovecot's own accounting of the fetcher's session: no message body was sent.
+    [line] = [line for line in logouts(dovecot, user) if "body_count" in line and "deleted=0" in line][-1:]
+    assert "body_count=0" in line and "body_bytes=0" in line, line
+
+
+async def test_pool_reuses_connections_across_jobs(dovecot, mailbox, tmp_path):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], fetch_connections=2)
+    await append(dovecot.port, user, password, count=12)
+    validity = await uidvalidity(dovecot.port, user, password)
+    before = logins(dovecot, user)
+    fetcher = ImapFetcher([account])
+    results = {}
+    try:
+        for uid in (1, 2, 3):   # one after the other: one connection
+            results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
+        assert logins(dovecot, user) == before + 1
+
+        async def one(uid):
+            results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
+
+        async with trio.open_nursery() as nursery:   # nine at once: at most fetch_connections
+            for uid in range(4, 13):
+                nursery.start_soon(one, uid)
+        assert logins(dovecot, user) == before + 2
+        assert all(isinstance(results[uid], FetchedMessage) for uid in range(1, 13))
+        assert [results[uid].raw.split(b"Subject: ")[1].split(b"\r\n")[0] for uid in range(1, 13)] == \
+            [f"message {n}".encode() for n in range(12)]
+    finally:
+        await fetcher.aclose()
+    # aclose logs both pooled connections out.
+    assert len(logouts(dovecot, user)) >= 2
+
+
+async def test_a_dead_pooled_connection_is_replaced(tmp_path):
+    server = DovecotServer().start()
+    try:
+        user = ("pooled", uuid.uuid4().hex)
+        add_users(server, [user])
+        [account] = make_accounts(tmp_path, server.port, [user])
+        await append(server.port, *user, count=2)
+        validity = await uidvalidity(server.port, *user)
+        fetcher = ImapFetcher([account])
+        try:
+            assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
+            await trio.to_thread.run_sync(server.stop)      # the pooled connection dies with the server
+            await trio.to_thread.run_sync(server.start)
+            result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
+            assert isinstance(result, FetchedMessage)
+        finally:
+            await fetcher.aclose()
+    finally:
+        server.cleanup()
+
+
+async def test_unreachable_server_raises_for_a_retry(tmp_path):
+    from services import free_port
+
+    [account] = make_accounts(tmp_path, free_port(), [("nobody", "x")])
+    fetcher = ImapFetcher([account])
+    with pytest.raises(OSError):
+        await fetcher.fetch(job_for(account.id, 1, 1), max_size=0)
+    await fetcher.aclose()
+
+
+# ---------------------------------------------------------------------------- post-actions
+
+
+async def test_post_action_seen_only_after_commit(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="seen")
+    await append(dovecot.port, user, password)
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = fetcher_factory([account])
+    job = job_for(account.id, validity, 1)
+    assert isinstance(await fetcher.fetch(job, max_size=0), FetchedMessage)
+    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)   # fetched, not yet committed
+    await fetcher.after_commit(job)
+    assert b"\\Seen" in await flags(dovecot.port, user, password, 1)
+
+
+async def test_post_action_move_creates_the_folder_and_moves(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="move:Processed")
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = fetcher_factory([account])
+    for uid in (1, 2):
+        job = job_for(account.id, validity, uid)
+        fetched = await fetcher.fetch(job, max_size=0)
+        assert isinstance(fetched, FetchedMessage)
+        await fetcher.after_commit(job)
+
+    def where(c):
+        inbox = c.select_folder("INBOX", readonly=True)[b"EXISTS"]
+        processed = c.select_folder("Processed", readonly=True)[b"EXISTS"]
+        data = c.fetch(c.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]", "FLAGS"]).values()
+        subjects = [d[b"BODY[HEADER.FIELDS (SUBJECT)]"] for d in data]
+        seen = [d[b"FLAGS"] for d in data]
+        return inbox, processed, subjects, seen
+
+    inbox, processed, subjects, seen = await imap(dovecot.port, user, password, where)
+    assert (inbox, processed) == (0, 2)
+    assert sorted(s.strip() for s in subjects) == [b"Subject: message 0", b"Subject: message 1"]
+    assert all(b"\\Seen" not in f for f in seen)
+
+
+async def test_post_action_delete_and_uidvalidity_guard(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="delete")
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
+    fetcher = fetcher_factory([account])
+    await fetcher.after_commit(job_for(account.id, validity + 1, 1))   # another folder generation: untouched
+    await fetcher.after_commit(job_for(account.id, validity, 2))
+
+    def uids(c):
+        c.select_folder("INBOX", readonly=True)
+        return c.search(["ALL"])
+
+    assert await imap(dovecot.port, user, password, uids) == [1]
+
+
+async def test_post_action_none_touches_nothing(dovecot, mailbox, tmp_path, fetcher_factory):
+    user, password = mailbox
+    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    await append(dovecot.port, user, password)
+    validity = await uidvalidity(dovecot.port, user, password)
+    before = logins(dovecot, user)
+    fetcher = fetcher_factory([account])
+    await fetcher.after_commit(job_for(account.id, validity, 1))
+    assert logins(dovecot, user) == before
+    assert await flags(dovecot.port, user, password, 1) - {b"\\Recent"} == set()
