@@ -198,8 +198,12 @@ class ConsumerPool:
             self._nursery.start_soon(self._run_consumer, self._free_index())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the consumers; reports started once each has taken back its own pending entries."""
-        await self.queue.ensure_group()
+        """Run the consumers; reports started once each has taken back its own pending entries.
+
+        With Redis down, each consumer reports started at once and keeps
+        retrying (take-back first, then claims) with backoff.
+        """
+        await self.queue.try_ensure_group()
         async with trio.open_nursery() as nursery:
             for _ in range(self._target):
                 await nursery.start(self._run_consumer, self._free_index())
@@ -226,8 +230,7 @@ class ConsumerPool:
     async def _run_consumer(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         me = self._consumers[index]
         try:
-            await self._take_back(me)
-            task_status.started()
+            await self._take_back(me, task_status)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, me)
                 await self._loop(me)
@@ -237,19 +240,29 @@ class ConsumerPool:
             self._notify()
             log.event(_log, "consumer.stopped", consumer=me.name)
 
-    async def _take_back(self, me: _Consumer) -> None:
-        delay = REDIS_RETRY_BASE
+    async def _take_back(self, me: _Consumer, task_status: trio.TaskStatus[None]) -> None:
+        """Recover entries pending under this consumer's name, then report started.
+
+        If Redis is unreachable, report started anyway and keep trying: the
+        daemon must come up (and say it is degraded) without Redis.
+        """
+        delay, started = REDIS_RETRY_BASE, False
         while True:
             try:
                 while True:
                     own = await self.queue.own_pending(me.name)
                     if not own:
+                        if not started:
+                            task_status.started()
                         return
                     log.event(_log, "consumer.take_back", level=logging.WARNING, consumer=me.name, jobs=len(own))
                     await self.queue.recover(me.name, own, why="consumer restarted")
             except (redis.RedisError, OSError) as exc:
                 log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
                           retry_in=delay)
+                if not started:
+                    task_status.started()
+                    started = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, REDIS_RETRY_CAP)
 

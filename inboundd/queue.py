@@ -194,6 +194,19 @@ class Queue:
         await self.rio.run(self._ensure_group_sync)
         self._group_ready = True
 
+    async def try_ensure_group(self) -> bool:
+        """:meth:`ensure_group`, but a Redis that is down is logged, not raised.
+
+        Starting without Redis is allowed: enqueues then fail (and the caller
+        answers 503), and claims recreate the group once Redis is back.
+        """
+        try:
+            await self.ensure_group()
+            return True
+        except (redis.RedisError, OSError) as exc:
+            log.event(_log, "queue.redis_unavailable", level=logging.WARNING, error=str(exc))
+            return False
+
     # ------------------------------------------------------------------ enqueue
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,7 +216,7 @@ class Queue:
         enqueue not yet written fails with :class:`QueueStopped`; a batch
         already sent is finished first (the thread is never abandoned).
         """
-        await self.ensure_group()
+        await self.try_ensure_group()
         self._batcher_running = True
         task_status.started()
         try:
@@ -657,7 +670,7 @@ class ReclaimTimer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run ticks forever; a failing tick (Redis down) is logged and retried next interval."""
-        await self.queue.ensure_group()
+        await self.queue.try_ensure_group()
         task_status.started()
         ticks = 0
         while True:

@@ -356,3 +356,23 @@ async def test_resize_changes_the_number_of_consumers(rio: RedisIO) -> None:
         await queue.enqueue(imap_job(7))
         await eventually(lambda: handler.uids() == [7], 5, "the remaining consumer to work")  # type: ignore[attr-defined]
         nursery.cancel_scope.cancel()
+
+
+async def test_consumers_start_without_redis_and_work_once_it_is_back(make_redis: Any) -> None:
+    server = make_redis()
+    server.stop()
+    io = RedisIO.from_config(RedisConfig(url=server.url, socket_timeout=0.5))
+    queue = make_queue(io)
+    handler = Recorder()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(10):  # every task reports started although Redis is down
+            await nursery.start(queue.run)
+            await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+            await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=2).run)
+        with pytest.raises(redis.RedisError):
+            await queue.enqueue(imap_job(1))
+        server.start()  # returns once it answers PING
+        await queue.enqueue(imap_job(2))
+        await eventually(lambda: handler.uids() == [2], 15, "the consumers to claim once Redis is back")
+        nursery.cancel_scope.cancel()
+    await io.close()
