@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""bench/processing — messages/s through Processor.handle: claim → fetch → parse → store.
+
+Against a private PostgreSQL (tests/services.py ``PostgresServer`` on a free
+loopback port, fsync off like the test bed), with an in-process source that
+serves a generated corpus averaging ~10 KB (plain + HTML bodies, every fifth
+message with a PDF-like attachment, some of the shipped tests/corpus shapes
+mixed in). For each consumer count, ``--messages`` fresh identities are
+handled by that many concurrent trio tasks sharing one Processor, like the
+daemon's consumers. The queue ack is not part of this bench (bench of
+queue.py covers Redis).
+
+Where the time goes: every stage is timed (wall time summed over tasks, so
+with N consumers the stages add up to ~N × elapsed): ledger claim
+transaction, fetch, parse (worker thread), store transaction.
+
+Usage::
+
+    .venv/bin/python bench/processing.py                        # consumers 1,4,8,16; 2000 messages each
+    .venv/bin/python bench/processing.py --consumers 8 --messages 5000
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This directory holds scripts named like modules (queue.py, processing.py): never import from it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import time
+from collections import defaultdict
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import trio  # noqa: E402
+
+from inboundd import processing as processing_mod  # noqa: E402
+from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig  # noqa: E402
+from inboundd.jobs import ImapPointer, Job, new_job  # noqa: E402
+from inboundd.message import parse_message  # noqa: E402
+from inboundd.processing import Processor  # noqa: E402
+from inboundd.providers.base import FetchedMessage, SourceRegistry  # noqa: E402
+from inboundd.store.db import Database  # noqa: E402
+from inboundd.store.migrate import migrate  # noqa: E402
+from services import PostgresServer  # noqa: E402
+
+WORDS = ("order invoice delivery parcel refund account password reset thanks please regards tomorrow "
+         "question problem urgent support ticket customer number address change payment card").split()
+
+
+def _text(rng: random.Random, size: int) -> str:
+    out, total = [], 0
+    while total < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(12))
+        out.append(line)
+        total += len(line) + 2
+    return "\r\n".join(out)
+
+
+def generate(count: int, seed: int = 1) -> list[bytes]:
+    """~10 KB average: multipart/alternative text+HTML; every 5th with a base64 attachment; corpus shapes mixed in."""
+    import base64
+
+    rng = random.Random(seed)
+    shipped = [p.read_bytes() for p in sorted((ROOT / "tests" / "corpus").glob("*.eml")) if p.stat().st_size < 64_000]
+    corpus = []
+    for n in range(count):
+        if n % 10 == 9 and shipped:
+            raw = shipped[n % len(shipped)]
+            # A fresh Message-ID so Message-ID dedupe does not turn them into duplicates.
+            corpus.append(b"Message-ID: <bench-corpus-%d@example.com>\r\n" % n + raw)
+            continue
+        text = _text(rng, rng.randint(1500, 4000))
+        html = "<html><body><p>" + text.replace("\r\n", "</p>\r\n<p>") + "</p></body></html>"
+        head = (f"From: Customer {n} <c{n}@example.com>\r\nTo: support@example.org\r\nSubject: {rng.choice(WORDS)} {n}\r\n"
+                f"Date: Wed, 8 Nov 2023 10:00:00 +0100\r\nMessage-ID: <bench-{n}@example.com>\r\nMIME-Version: 1.0\r\n")
+        alt = ('Content-Type: multipart/alternative; boundary="alt"\r\n\r\n--alt\r\n'
+               'Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+               + text + '\r\n--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n' + html + "\r\n--alt--\r\n")
+        if n % 5 == 0:
+            blob = base64.encodebytes(rng.randbytes(rng.randint(8_000, 20_000))).decode().replace("\n", "\r\n")
+            body = ('Content-Type: multipart/mixed; boundary="mix"\r\n\r\n--mix\r\n' + alt + "--mix\r\n"
+                    'Content-Type: application/pdf; name="doc.pdf"\r\nContent-Disposition: attachment; filename="doc.pdf"\r\n'
+                    "Content-Transfer-Encoding: base64\r\n\r\n" + blob + "--mix--\r\n")
+        else:
+            body = alt
+        corpus.append((head + body).encode())
+    return corpus
+
+
+class TimedDatabase(Database):
+    """The real pool, timing each transaction by what it runs (claim vs. store)."""
+
+    def __init__(self, *args: Any, stages: dict[str, list[float]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stages = stages
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super().run(fn, *args)
+        finally:
+            name = "store txn" if "commit_message" in getattr(fn, "__code__", None).co_names else "claim txn"
+            self.stages[name].append(time.perf_counter() - started)
+
+
+class CorpusSource:
+    def __init__(self, stages: dict[str, list[float]]) -> None:
+        self.raw: dict[str, bytes] = {}
+        self.stages = stages
+
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage:
+        started = time.perf_counter()
+        raw = self.raw[job.identity()]
+        await trio.lowlevel.checkpoint()
+        self.stages["fetch"].append(time.perf_counter() - started)
+        return FetchedMessage(raw=raw, provider_message_id=job.identity(), folder="INBOX", size=len(raw))
+
+    async def after_commit(self, job: Job, stored: Any = True) -> None:
+        return None
+
+
+async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, keep_raw: bool) -> dict[str, Any]:
+    stages: dict[str, list[float]] = defaultdict(list)
+    db = TimedDatabase(PostgresConfig(dsn=dsn, pool_min=min(consumers, 16), pool_max=max(2, min(consumers + 2, 32))),
+                       stages=stages)
+    await db.open()
+    source = CorpusSource(stages)
+    registry = SourceRegistry()
+    registry.register("imap", source)
+    cfg = Config(processing=ProcessingConfig(fetch_timeout=60, lease=300), store=StoreConfig(keep_raw=keep_raw))
+    proc = Processor(db, registry, cfg, "bench")
+
+    real_parse = parse_message
+
+    def timed_parse(raw: bytes) -> Any:
+        started = time.perf_counter()
+        try:
+            return real_parse(raw)
+        finally:
+            stages["parse"].append(time.perf_counter() - started)
+
+    processing_mod.parse_message = timed_parse  # type: ignore[assignment]
+    jobs = []
+    for uid, raw in enumerate(corpus, 1):
+        job = new_job(ImapPointer(account=f"bench{run_no}", folder="INBOX", uidvalidity=1, uid=uid), tenant="bench")
+        source.raw[job.identity()] = raw
+        jobs.append(job)
+    await db.run(lambda conn: conn.execute("SELECT 1"))  # pool warm
+    stages.clear()
+    queue = iter(jobs)
+    statuses: dict[str, int] = defaultdict(int)
+    latencies: list[float] = []
+
+    async def consumer() -> None:
+        for job in queue:
+            started = time.perf_counter()
+            outcome = await proc.handle(job)
+            latencies.append(time.perf_counter() - started)
+            statuses[outcome.status] += 1
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(consumers):
+            nursery.start_soon(consumer)
+    elapsed = time.perf_counter() - started
+    cpu = (time.process_time() - cpu_started) / elapsed
+    processing_mod.parse_message = real_parse  # type: ignore[assignment]
+    stage_totals = {k: (sum(v), statistics.mean(v) * 1000) for k, v in stages.items()}
+    counts = dict(await db.run(lambda conn: conn.execute(
+        "SELECT status, count(*) FROM inbound_ledger WHERE account = %s GROUP BY status", (f"bench{run_no}",)
+    ).fetchall()))
+    await db.close()
+    latencies.sort()
+    return {
+        "consumers": consumers, "elapsed": elapsed, "rate": len(jobs) / elapsed, "cpu": cpu, "statuses": dict(statuses),
+        "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "stages": stage_totals,
+        "ledger": counts,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--consumers", default="1,4,8,16", help="comma-separated consumer counts")
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--keep-raw", action="store_true", help="also store the raw MIME ([store] keep_raw)")
+    args = parser.parse_args()
+
+    corpus = generate(args.messages)
+    sizes = [len(r) for r in corpus]
+    print(f"corpus: {len(corpus)} messages, mean {statistics.mean(sizes) / 1024:.1f} KB, "
+          f"median {statistics.median(sizes) / 1024:.1f} KB, {sum(1 for r in corpus if b'attachment' in r)} with attachments")
+    started = time.perf_counter()
+    for raw in corpus:
+        parse_message(raw)
+    pure = len(corpus) / (time.perf_counter() - started)
+    print(f"parse only (one thread, no I/O): {pure:.0f} messages/s")
+
+    server = PostgresServer().start()
+    try:
+        dsn = server.create_database("bench")
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            migrate(conn)
+        print(f"{'consumers':>9} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu%':>5}   stage: total s (mean ms)")
+        for run_no, consumers in enumerate(int(c) for c in args.consumers.split(",")):
+            result = trio.run(run_once, dsn, corpus, consumers, run_no, args.keep_raw)
+            assert result["statuses"] == {"processed": len(corpus)}, result["statuses"]
+            assert result["ledger"].get("processed") == len(corpus), result["ledger"]
+            stages = "  ".join(f"{name} {total:.2f} ({mean:.2f})" for name, (total, mean) in
+                               sorted(result["stages"].items()))
+            print(f"{consumers:>9} {result['rate']:>8.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f} {100 * result['cpu']:>5.0f}   {stages}")
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
+    print(f"cpu count: {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    main()
