@@ -58,9 +58,22 @@ _log = log.get_logger("processing")
 FAIL_RECORD_TIMEOUT = 5.0
 
 
+#: SQLSTATE prefixes worth a retry without burning an attempt: connection exception (08),
+#: insufficient resources (53: disk full, too many connections), operator intervention
+#: (57P: shutdown, restarting), transaction rollback (40: serialization failure, deadlock),
+#: lock not available (55P03). Everything else, e.g. program limit exceeded (54: an index
+#: entry too large), is a job error that ends in the DLQ instead of looping.
+TRANSIENT_SQLSTATES = ("08", "53", "57P", "40", "55P03")
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
-    """True for PostgreSQL being unreachable, restarting, or a serialization/deadlock abort (pure)."""
-    return isinstance(exc, psycopg.OperationalError)
+    """True for PostgreSQL unreachable, restarting, out of resources, or a serialization/deadlock abort (pure)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # no server answer: connection lost or refused, pool timeout
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return state.startswith(TRANSIENT_SQLSTATES)
 
 
 class StoreResult(NamedTuple):

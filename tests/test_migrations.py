@@ -36,7 +36,7 @@ def _tables(dsn: str) -> set[str]:
 def test_shipped_migrations_are_numbered_without_gaps() -> None:
     migrations = available()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
-    assert [m.name for m in migrations[:2]] == ["cursors", "ledger_messages"]
+    assert [m.name for m in migrations[:3]] == ["cursors", "ledger_messages", "hashed_id_indexes"]
 
 
 def test_fresh_database_gets_every_table_and_the_versions_recorded(pg_dsn: str) -> None:

@@ -683,3 +683,42 @@ async def test_an_8mb_attachment_is_stored_intact(db: Database, source: FakeSour
     (att,) = await db.run(messages.attachments, outcome.message_row_id)
     assert att["size"] == len(payload) and att["sha256"] == hashlib.sha256(payload).hexdigest()
     assert att["data"] == payload
+
+
+async def test_a_message_id_longer_than_a_btree_entry_is_stored_and_still_dedupes(
+    db: Database, source: FakeSource
+) -> None:
+    long_id = "<" + os.urandom(4000).hex() + "@example.com>"  # 8 KB of incompressible id
+    jobs = [job_for(1), job_for(2)]
+    for job in jobs:
+        source.put(job, mime(1, message_id=long_id))
+    proc = processor(db, source)
+    first, second = [await proc.handle(job) for job in jobs]
+    assert first.status == "processed"
+    assert second == Outcome("duplicate", "message_id", first.message_row_id)
+    plan = await query(db, "EXPLAIN SELECT id FROM inbound_messages WHERE tenant = 'a' AND account = 'b'"
+                           " AND md5(message_id) = md5('x') AND message_id = 'x'")
+    assert "inbound_messages_message_id_idx" in " ".join(line for (line,) in plan)
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (psycopg.OperationalError("connection to server lost"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
+        (psycopg.errors.TooManyConnections("too many clients"), True),
+        (psycopg.errors.DiskFull("no space left"), True),
+        (psycopg.errors.SerializationFailure("could not serialize"), True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+        (psycopg.errors.ProgramLimitExceeded("index row size 8040 exceeds maximum 2704"), False),
+        (psycopg.errors.UniqueViolation("duplicate key"), False),
+        (psycopg.errors.UndefinedTable("relation does not exist"), False),
+        (RuntimeError("not a database error"), False),
+    ],
+)
+def test_which_database_errors_are_transient(exc: BaseException, transient: bool) -> None:
+    from inboundd.processing import is_transient_db_error
+
+    assert is_transient_db_error(exc) is transient

@@ -63,8 +63,9 @@ def lock_message_id(conn: Any, tenant: str, account: str, message_id: str) -> No
 def find_by_message_id(conn: Any, tenant: str, account: str, message_id: str) -> int | None:
     """The id of the first stored message of (*tenant*, *account*) with RFC *message_id*, or None."""
     row = conn.execute(
-        "SELECT id FROM inbound_messages WHERE tenant = %s AND account = %s AND message_id = %s ORDER BY id LIMIT 1",
-        (tenant, account, _t(message_id)),
+        "SELECT id FROM inbound_messages WHERE tenant = %s AND account = %s"
+        " AND md5(message_id) = md5(%s) AND message_id = %s ORDER BY id LIMIT 1",
+        (tenant, account, _t(message_id), _t(message_id)),
     ).fetchone()
     return row[0] if row else None
 
