@@ -153,7 +153,8 @@ def render(status: dict[str, Any], problems: list[str]) -> str:
             ["version", str(daemon.get("version"))],
             ["uptime", _age(daemon.get("uptime"))],
             ["config", str(daemon.get("config"))],
-        ])
+        ] + ([["consumers", f"{consumers.get('count')} ({consumers.get('busy', 0)} busy)"]]
+             if (consumers := status.get("consumers")) else []))
     queue = status.get("queue")
     lines.append("")
     lines.append("QUEUE")

@@ -67,3 +67,33 @@ def test_render_not_running_still_shows_queue() -> None:
     assert "state    not_running" in text
     ready_row = next(line for line in text.splitlines() if line.strip().startswith("ready"))
     assert ready_row.split() == ["ready", "4"]
+
+
+def test_build_status_normalizes_the_daemon_view() -> None:
+    from inboundd.health import build_status
+
+    daemon_body = {
+        "daemon": dict(RUNNING),
+        "consumers": {"count": 2, "busy": 1},
+        "listeners": [
+            {"account": "b", "folder": "INBOX", "state": "idle", "since": 90.0, "last_event_at": 95.0,
+             "uidvalidity": 7, "last_uid": 42, "last_error": None, "retry_at": None},
+            {"account": "a", "folder": "INBOX", "state": "backoff", "since": 99.0, "last_event_at": None,
+             "uidvalidity": None, "last_uid": None, "last_error": "connection refused", "retry_at": 104.0},
+        ],
+    }
+    status = build_status(daemon_body, None, {"ready": 3, "in_flight": 1, "delayed": 0, "dead": 0},
+                          None, {"1m": 2.0}, {}, now=100.0)
+    assert status["daemon"]["state"] == "running" and status["consumers"] == {"count": 2, "busy": 1}
+    first, second = status["listeners"]
+    assert (first["account"], first["error"], first["retry_in"], first["cursor"]) == ("a", "connection refused",
+                                                                                     4.0, None)
+    assert (second["last_event_age"], second["cursor"]) == (5.0, {"uidvalidity": 7, "last_uid": 42})
+    assert status["queue"]["throughput"] == {"1m": 2.0} and status["queue"]["in_flight_by_consumer"] == {}
+    code, problems = assess(status, 300.0)
+    assert code == EXIT_DEGRADED and problems == ["listener a/INBOX is backoff: connection refused"]
+    assert "consumers  2 (1 busy)" in render(status, problems)
+
+    down = build_status(None, "no control socket at /run/x.sock", None, None, None, {"redis": "refused"}, now=1.0)
+    assert down["daemon"] == {"state": "not_running", "error": "no control socket at /run/x.sock"}
+    assert down["queue"] is None and assess(down, 300.0)[0] == EXIT_NOT_RUNNING
