@@ -57,9 +57,13 @@ class Pipeline:
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
         self.listeners = ImapListenerGroup(
-            accounts_from_config(cfg), self.queue, DbCursorStore(db), rio=rio, key_prefix=cfg.redis.key_prefix,
+            accounts_from_config(cfg), queue=self.queue, cursors=DbCursorStore(db), rio=rio,
+            key_prefix=cfg.redis.key_prefix,
             instance_id=instance,
         )
+        self._nursery: trio.Nursery | None = None
+        self._listeners_drained = trio.Event()
+        self._listeners_drained.set()  # nothing to drain before stop_intake()
 
     @classmethod
     @asynccontextmanager
@@ -108,6 +112,7 @@ class Pipeline:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every worker task in *nursery*; returns once each reported started."""
+        self._nursery = nursery
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
         await nursery.start(self.consumers.run)
@@ -116,21 +121,29 @@ class Pipeline:
     # ------------------------------------------------------------------ intake
 
     def stop_intake(self) -> None:
-        """Listeners log out, consumers stop claiming; in-flight jobs go on."""
+        """Consumers stop claiming, listeners log out (in the background); in-flight jobs go on."""
         self.consumers.drain()
-        self._spawn(self.listeners.drain)
+        self._listeners_drained = trio.Event()
+        self._worker_nursery().start_soon(self._drain_listeners, self._listeners_drained)
+
+    async def _drain_listeners(self, done: trio.Event) -> None:
+        try:
+            await self.listeners.drain()
+        finally:
+            done.set()
 
     def resume_intake(self) -> None:
         self.consumers.resume()
-        self._spawn(self.listeners.resume)
+        self._worker_nursery().start_soon(self.listeners.resume)
 
     async def wait_idle(self) -> None:
         """Return once no job is in flight and every listener has logged out."""
         await self.consumers.wait_drained()
-        await self.listeners.wait_drained()
+        await self._listeners_drained.wait()
 
-    def _spawn(self, fn: Any) -> None:
-        trio.lowlevel.spawn_system_task(fn)
+    def _worker_nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "Pipeline.start() has not run"
+        return self._nursery
 
     # ------------------------------------------------------------------ reload
 
@@ -162,4 +175,8 @@ class Pipeline:
             "consumers": {"count": self.consumers.count, "busy": self.consumers.busy},
             "listeners": [msgspec.to_builtins(listener) for listener in self.listeners.status()],
         }
+        try:
+            body["queue"] = msgspec.to_builtins(await self.queue.stats())
+        except Exception as exc:  # status must answer while Redis is down, naming why
+            body.setdefault("errors", {})["redis"] = f"{type(exc).__name__}: {exc}"
         return body

@@ -201,3 +201,47 @@ class DaemonProcess:
         transport = httpx.HTTPTransport(uds=str(self.control_socket))
         with httpx.Client(transport=transport, base_url="http://control", timeout=timeout) as client:
             return client.request(method, path)
+
+
+def enqueue(redis_url: str, jobs: list[Any], prefix: str = "inboundd") -> None:
+    """Enqueue *jobs* through the real Queue, as an ingress would."""
+    import trio
+
+    from inboundd.config import QueueConfig, RedisConfig
+    from inboundd.queue import Queue
+    from inboundd.redisio import RedisIO
+
+    async def go() -> None:
+        rio = RedisIO.from_config(RedisConfig(url=redis_url))
+        try:
+            queue = Queue(rio, QueueConfig(), prefix=prefix)
+            await queue.ensure_group()
+            await queue.enqueue_many(jobs)
+        finally:
+            await rio.close()
+
+    trio.run(go)
+
+
+class StalledLedger:
+    """Holds an exclusive lock on ``inbound_ledger``: every job's ledger claim waits (PostgreSQL stalls)."""
+
+    def __init__(self, pg_dsn: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(pg_dsn)
+        self.conn.execute("LOCK TABLE inbound_ledger IN ACCESS EXCLUSIVE MODE")
+
+    def waiting_claims(self) -> int:
+        """Sessions waiting for our lock (a consumer blocked in its ledger claim)."""
+        import psycopg
+
+        with psycopg.connect(self.conn.info.dsn, autocommit=True) as probe:
+            return probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()[0]
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, StalledLedger, enqueue
 from services import wait_for
 
 
@@ -74,12 +74,51 @@ def test_sigterm_stops_cleanly_within_grace(daemon_factory, redis_url: str, pg_d
     assert daemon.events("daemon.stopped")[0]["exit_status"] == 0
 
 
-def test_second_signal_exits_at_once(daemon_factory, redis_url: str, pg_dsn: str, tmp_path: Path) -> None:
+def _imap_job(uid: int):
+    from inboundd import jobs
+
+    return jobs.new_job(jobs.ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
+
+
+def _stall_one_job(daemon: DaemonProcess, redis_url: str, pg_dsn: str) -> StalledLedger:
+    """A job in flight that cannot finish: its ledger claim waits on a lock the test holds."""
+    stalled = StalledLedger(pg_dsn)
+    enqueue(redis_url, [_imap_job(1)])
+    wait_for(lambda: stalled.waiting_claims() >= 1, 20, what="a consumer blocked in its ledger claim")
+    return stalled
+
+
+def test_second_signal_exits_at_once(daemon_factory, redis_url: str, pg_dsn: str) -> None:
     daemon = daemon_factory(redis_url, pg_dsn, daemon_section='consumers = 1\nshutdown_grace = "60s"').start()
-    daemon.signal(signal.SIGINT)
-    daemon.signal(signal.SIGINT)
-    assert daemon.wait_exit(timeout=15) == 130
-    assert not daemon.control_socket.exists()
+    stalled = _stall_one_job(daemon, redis_url, pg_dsn)
+    try:
+        daemon.signal(signal.SIGINT)
+        daemon.wait_event("daemon.stopping", timeout=10)  # draining, waiting up to 60 s for the stalled job
+        begin = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait_exit(timeout=15) == 130
+        assert time.monotonic() - begin < 10
+        assert not daemon.control_socket.exists()
+    finally:
+        stalled.release()
+
+
+def test_grace_expiry_exits_and_leaves_the_job_leased(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section='consumers = 1\nshutdown_grace = "2s"').start()
+    stalled = _stall_one_job(daemon, redis_url, pg_dsn)
+    try:
+        begin = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(timeout=20) == 0, daemon.log_text()[-3000:]
+        assert 2 <= time.monotonic() - begin < 10
+        assert daemon.events("daemon.grace_expired")
+    finally:
+        stalled.release()
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:  # still in the stream, pending: reclaimed after restart
+        assert client.xlen("{inboundd}:stream") == 1
+        assert client.xpending("{inboundd}:stream", "inboundd")["pending"] == 1
 
 
 def test_sighup_applies_a_valid_change(daemon_factory, redis_url: str, pg_dsn: str) -> None:
