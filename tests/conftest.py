@@ -83,3 +83,20 @@ def imap_user(dovecot: DovecotServer) -> tuple[str, str]:
     password = uuid.uuid4().hex
     dovecot.add_user(name, password)
     return name, password
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator:
+    """Factory of real daemon subprocesses (daemon_harness.DaemonProcess), all stopped after the test."""
+    from daemon_harness import DaemonProcess
+
+    started: list[DaemonProcess] = []
+
+    def make(redis_url: str, pg_dsn: str, name: str = "d", **kwargs) -> DaemonProcess:
+        process = DaemonProcess(tmp_path / name, redis_url=redis_url, pg_dsn=pg_dsn, **kwargs)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.close()

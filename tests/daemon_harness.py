@@ -245,3 +245,18 @@ class StalledLedger:
         if not self.conn.closed:
             self.conn.rollback()
             self.conn.close()
+
+
+def imap_section(directory: Path, port: int, user: str, password: str, account: str = "support",
+                 **settings: str) -> str:
+    """An ``[[imap]]`` table for a mailbox on the private Dovecot (password in a file under *directory*).
+
+    *settings* are raw TOML values (``start_from='"all"'``) overriding the fast test defaults.
+    """
+    secret = directory / f"{account}.password"
+    secret.write_text(password + "\n")
+    values = {"id": f'"{account}"', "host": '"127.0.0.1"', "port": str(port), "tls": '"none"',
+              "username": f'"{user}"', "password_file": f'"{secret}"', "reconnect_base": '"100ms"',
+              "reconnect_cap": '"1s"', "lease": "0"}
+    values.update(settings)
+    return "[[imap]]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())

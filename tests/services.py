@@ -307,13 +307,32 @@ default_process_limit = 2000
         return self
 
     def add_user(self, name: str, password: str) -> None:
-        """Add a mailbox user (Dovecot re-reads the passwd-file when it changes)."""
+        """Add a mailbox user; returns once Dovecot accepts its login.
+
+        Dovecot notices a changed passwd-file by its mtime and re-reads it at
+        most once per second, so a login right after the change may still be
+        refused: wait until one succeeds (when the server runs).
+        """
+        import imaplib
+
         with open(self.users, "a") as users:
             users.write(f"{name}:{{PLAIN}}{password}\n")
-        # Dovecot notices a changed passwd-file by its mtime (1 s resolution on some
-        # filesystems): bump it forward so two additions within a second both count.
         stamp = max(time.time(), self.users.stat().st_mtime + 1)
         os.utime(self.users, (stamp, stamp))
+        if self.process is None:
+            return
+
+        def can_login() -> bool:
+            client = imaplib.IMAP4("127.0.0.1", self.port, timeout=5)
+            try:
+                client.login(name, password)
+                client.logout()
+                return True
+            except imaplib.IMAP4.error:
+                client.shutdown()
+                return False
+
+        wait_for(can_login, 15, f"Dovecot to accept the new user {name}", interval=0.2)
 
     def cleanup(self) -> None:
         self.stop()

@@ -14,20 +14,6 @@ from daemon_harness import DaemonProcess, StalledLedger, enqueue
 from services import wait_for
 
 
-@pytest.fixture
-def daemon_factory(tmp_path: Path):
-    started: list[DaemonProcess] = []
-
-    def make(redis_url: str, pg_dsn: str, name: str = "d", **kwargs) -> DaemonProcess:
-        process = DaemonProcess(tmp_path / name, redis_url=redis_url, pg_dsn=pg_dsn, **kwargs)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.close()
-
-
 def test_ready_health_and_readiness(daemon_factory, redis_url: str, pg_dsn: str) -> None:
     daemon = daemon_factory(redis_url, pg_dsn).start()
     ready = daemon.notify.seen("READY", "1")[0][1]
