@@ -142,7 +142,6 @@ class Processor:
         ``failed`` (shielded, bounded) so the retry need not wait for the lease.
         """
         cfg = self.cfg
-        started = trio.current_time()
         key = ledger.Key(job.tenant, job.account, job.identity())
         owner = self._owner()
         try:
@@ -157,7 +156,7 @@ class Processor:
         row = claim.row
         if claim.verdict == "terminal":
             return self._report(job, row.attempts, Outcome("duplicate", f"ledger_{row.status}", row.message_id),
-                                started, identity=key.identity)
+                                identity=key.identity)
         if claim.verdict == "busy":
             if row.job_id == job.id:
                 log.event(_log, "job.busy", **job.log_fields(), identity=key.identity, holder=row.lease_owner,
@@ -166,7 +165,7 @@ class Processor:
                     f"{key.identity} is being processed by {row.lease_owner} (lease ends in"
                     f" {claim.lease_remaining:.1f}s)", retry_after=max(1.0, claim.lease_remaining),
                 )
-            return self._report(job, row.attempts, Outcome("duplicate", "in_flight", None), started,
+            return self._report(job, row.attempts, Outcome("duplicate", "in_flight", None),
                                 identity=key.identity, holder_job=row.job_id)
 
         log.event(_log, "job.claim", level=logging.DEBUG, **job.log_fields(), identity=key.identity,
@@ -176,14 +175,14 @@ class Processor:
         except _Skip as skip:
             await self._finish_skip(key, owner, skip)
             metrics.listener_skips.labels(job.provider, job.account, skip.reason).inc()
-            return self._report(job, row.attempts, Outcome("skipped", skip.reason), started,
+            return self._report(job, row.attempts, Outcome("skipped", skip.reason),
                                 identity=key.identity, detail=skip.detail)
         except BaseException as exc:
             await self._record_failure(job, key, owner, exc, row.attempts)
             if isinstance(exc, psycopg.Error) and is_transient_db_error(exc):
                 raise TransientError(f"PostgreSQL failed while storing: {exc}") from exc
             raise
-        return self._report(job, row.attempts, outcome, started, identity=key.identity)
+        return self._report(job, row.attempts, outcome, identity=key.identity)
 
     async def _process(self, job: Job, key: ledger.Key, owner: str, cfg: Config) -> Outcome:
         try:
@@ -253,9 +252,8 @@ class Processor:
         log.event(_log, "job.failed", level=logging.WARNING, **job.log_fields(), identity=key.identity,
                   ledger_attempt=attempts, recorded=recorded, error=error)
 
-    def _report(self, job: Job, attempts: int, outcome: Outcome, started: float, **fields: Any) -> Outcome:
+    def _report(self, job: Job, attempts: int, outcome: Outcome, **fields: Any) -> Outcome:
         metrics.ledger_outcomes.labels(job.provider, job.account, outcome.status, outcome.reason or "").inc()
-        metrics.processing_seconds.labels(job.provider).observe(trio.current_time() - started)
         log.event(_log, f"job.{outcome.status}", **job.log_fields(), ledger_attempt=attempts,
                   reason=outcome.reason, message_row_id=outcome.message_row_id, **fields)
         return outcome
