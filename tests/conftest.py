@@ -11,7 +11,7 @@ import itertools
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -100,3 +100,23 @@ def daemon_factory(tmp_path: Path) -> Iterator:
     yield make
     for process in started:
         process.close()
+
+
+@pytest.fixture
+async def rio(redis_url: str) -> AsyncIterator:
+    """The daemon's Redis pool (inboundd.redisio.RedisIO) on the private Redis."""
+    from inboundd.config import RedisConfig
+    from inboundd.redisio import RedisIO
+
+    io = RedisIO.from_config(RedisConfig(url=redis_url, pool_size=32))
+    yield io
+    await io.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator:
+    """A plain redis-py client on the private Redis, to look at what the daemon wrote."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as plain:
+        yield plain

@@ -245,7 +245,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read configuration file" in missing.stderr
 
 
-def _example_keys() -> dict[str, set[str]]:
+def example_keys() -> dict[str, set[str]]:
     """Keys written in the example file per section, commented-out ones included."""
     keys: dict[str, set[str]] = {}
     section = ""
@@ -261,7 +261,7 @@ def _example_keys() -> dict[str, set[str]]:
 
 
 def test_example_documents_every_option() -> None:
-    written = _example_keys()
+    written = example_keys()
     for field in msgspec.structs.fields(config.Config):
         if field.name in ("source", "secrets"):
             continue

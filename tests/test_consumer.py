@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgspec
 import pytest
@@ -52,18 +52,6 @@ class Recorder:
         if self.behave is not None:
             return await self.behave(job, sum(1 for j in self.calls if j.id == job.id))
         return Outcome("processed")
-
-
-@pytest.fixture
-async def rio(redis_url: str) -> AsyncIterator[RedisIO]:
-    io = RedisIO.from_config(RedisConfig(url=redis_url, pool_size=32))
-    yield io
-    await io.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
 
 
 def make_queue(rio: RedisIO, cfg: QueueConfig = CFG) -> Queue:

@@ -6,9 +6,7 @@ import os
 import signal
 import statistics
 import time
-from pathlib import Path
 
-import pytest
 
 from daemon_harness import DaemonProcess, StalledLedger, enqueue
 from services import wait_for

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from test_config import example_keys
+
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
 PAGES = sorted(p for p in MAN.iterdir() if re.fullmatch(r".+\.[1-9]", p.name))
@@ -61,20 +63,6 @@ def test_lint_catches_a_broken_page(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- inboundd.toml.5
 
 
-def _example_keys() -> dict[str, set[str]]:
-    keys: dict[str, set[str]] = {}
-    section = ""
-    for line in (ROOT / "etc" / "inboundd.toml").read_text().splitlines():
-        header = re.match(r"^#?\[\[?([a-z_]+)\]\]?$", line)
-        if header:
-            section = header.group(1)
-            continue
-        key = re.match(r"^#?([a-z_]+) = ", line)
-        if key:
-            keys.setdefault(section, set()).add(key.group(1))
-    return keys
-
-
 def _documented_keys(page: str) -> dict[str, set[str]]:
     keys: dict[str, set[str]] = {}
     section = None
@@ -92,7 +80,7 @@ def _documented_keys(page: str) -> dict[str, set[str]]:
 
 
 def test_every_example_config_key_is_documented() -> None:
-    example = _example_keys()
+    example = example_keys()
     documented = _documented_keys((MAN / "inboundd.toml.5").read_text())
     assert set(example) >= {"daemon", "redis", "postgres", "queue", "http", "control", "imap"}
     assert set(documented) == set(example), "sections differ between etc/inboundd.toml and inboundd.toml.5"

@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inboundd import metrics
 from services import wait_for
-from test_ops_daemon import daemon_factory  # noqa: F401  (the fixture)
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 #: Units a histogram or a unit-suffixed gauge may end with (base units only).

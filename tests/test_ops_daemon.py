@@ -14,32 +14,16 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, imap_section
 from inboundd import cli
 from services import wait_for
 from test_cli import seed_queue
-
-
-@pytest.fixture
-def daemon_factory(tmp_path: Path):
-    started: list[DaemonProcess] = []
-
-    def make(redis_url: str, pg_dsn: str, name: str = "d", **kwargs) -> DaemonProcess:
-        process = DaemonProcess(tmp_path / name, redis_url=redis_url, pg_dsn=pg_dsn, **kwargs)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.close()
 
 
 def ctl(capsys: pytest.CaptureFixture[str], daemon: DaemonProcess, *argv: str) -> tuple[int, str, str]:
@@ -52,17 +36,6 @@ def status_json(capsys, daemon: DaemonProcess) -> tuple[int, dict]:
     code, out, err = ctl(capsys, daemon, "status", "--json")
     assert out, err
     return code, json.loads(out)
-
-
-def imap_section(tmp_path: Path, port: int, user: str, password: str, account: str = "support",
-                 **settings: str) -> str:
-    secret = tmp_path / f"{account}.password"
-    secret.write_text(password + "\n")
-    values = {"id": f'"{account}"', "host": '"127.0.0.1"', "port": str(port), "tls": '"none"',
-              "username": f'"{user}"', "password_file": f'"{secret}"', "reconnect_base": '"100ms"',
-              "reconnect_cap": '"1s"', "lease": "0"}
-    values.update(settings)
-    return "[[imap]]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
 
 
 def append_messages(port: int, user: str, password: str, count: int, tag: str) -> None:

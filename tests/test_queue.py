@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import msgspec
 import pytest
@@ -40,18 +40,6 @@ async def eventually(predicate: Callable[[], Any], timeout: float, what: str) ->
                 return value
             await trio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-async def rio(redis_url: str) -> AsyncIterator[RedisIO]:
-    io = RedisIO.from_config(RedisConfig(url=redis_url, pool_size=32))
-    yield io
-    await io.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
 
 
 def make_queue(rio: RedisIO, **overrides: Any) -> Queue:
