@@ -13,37 +13,45 @@ from imapclient import IMAPClient
 from inboundd import config as config_mod
 from inboundd.jobs import Job
 from inboundd.providers.imap_conn import ImapAccount, accounts_from_config
+from services import DovecotServer
 
 
-def add_users(server: Any, users: Sequence[tuple[str, str]]) -> None:
-    """Add *users* to a Dovecot and return once it really accepts each of them.
+class ImapTestServer(DovecotServer):
+    """A private Dovecot whose users all exist before it starts.
 
-    Dovecot re-reads its passwd-file at most once per wall-clock second, so a
-    login in the same second as the user was added can fail (and then costs
-    the auth failure delay). Wait for the next second, then prove a login.
+    Users added to a running Dovecot's passwd-file are not reliably seen at
+    once (measured: the first login of a just-added user failed and then
+    waited for the auth failure penalty, 5–7 s per test), so every mailbox a
+    test may want is created up front and handed out by :meth:`take`.
+    ``auth_failure_delay`` is short so wrong-password tests do not take ages;
+    how often a listener retries is what those tests count, in the log.
     """
-    import time
 
-    from services import wait_for
+    def __init__(self, users: int = 0) -> None:
+        super().__init__()
+        self._pool = [(f"box{n}-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex) for n in range(users)]
+        self.users.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self._pool))
 
-    for user in users:
-        server.add_user(*user)
-    added = int(time.time())
-    wait_for(lambda: time.time() >= added + 1.05, 3, "the next second")
-    for user in users:
-        def can_login(user: tuple[str, str] = user) -> bool:
-            with client(server.port, *user):
-                return True
+    def _config_text(self) -> str:
+        return super()._config_text() + "auth_failure_delay = 1 secs\n"
 
-        wait_for(can_login, 15, f"Dovecot to accept the new user {user[0]}")
+    def take(self) -> tuple[str, str]:
+        """A (user, password) no other test has used."""
+        return self._pool.pop()
+
+
+@pytest.fixture(scope="session")
+def imap_server() -> Any:
+    """The IMAP tests' own private Dovecot (session-scoped), with mailboxes created up front."""
+    server = ImapTestServer(users=300).start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture
-def mailbox(dovecot: Any) -> tuple[str, str]:
-    """A fresh (user, password) on the shared private Dovecot that can log in right now."""
-    user = (f"m-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex)
-    add_users(dovecot, [user])
-    return user
+def mailbox(imap_server: ImapTestServer) -> tuple[str, str]:
+    """A fresh (user, password) on ``imap_server``, usable at once."""
+    return imap_server.take()
 
 
 def make_accounts(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], **settings: Any) -> list[ImapAccount]:

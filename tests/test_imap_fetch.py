@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 import pytest
 import trio
 
-from imap_helpers import add_users, append, imap, mailbox, make_accounts, message  # noqa: F401
+from imap_helpers import ImapTestServer, append, imap, imap_server, mailbox, make_accounts, message  # noqa: F401
 from inboundd.jobs import ImapPointer, new_job
+from inboundd.outcomes import TransientError
 from inboundd.providers.base import FetchedMessage, SourceUnavailable
 from inboundd.providers.imap_fetch import ImapFetcher
-from services import DovecotServer
 
 
 def job_for(account_id: str, uidvalidity: int, uid: int, folder: str = "INBOX"):
@@ -58,16 +57,16 @@ async def fetcher_factory():
         await fetcher.aclose()
 
 
-async def test_fetch_returns_the_message_and_never_sets_seen(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_fetch_returns_the_message_and_never_sets_seen(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     raw = message("hello", subject="fetch me")
 
     def put(c):
         return c.append("INBOX", raw)
 
-    await imap(dovecot.port, user, password, put)
-    validity = await uidvalidity(dovecot.port, user, password)
+    await imap(imap_server.port, user, password, put)
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = fetcher_factory([account])
     result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000_000)
     assert isinstance(result, FetchedMessage)
@@ -76,16 +75,16 @@ async def test_fetch_returns_the_message_and_never_sets_seen(dovecot, mailbox, t
     assert result.folder == "INBOX"
     assert result.size == len(raw)
     assert result.internal_date is not None and result.internal_date.tzinfo is not None
-    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)
+    assert b"\\Seen" not in await flags(imap_server.port, user, password, 1)
 
 
-async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_skips_uidvalidity_change_deleted_and_missing_folder(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
-    await append(dovecot.port, user, password, count=2)
-    validity = await uidvalidity(dovecot.port, user, password)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+    await append(imap_server.port, user, password, count=2)
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = fetcher_factory([account])
-    before = logins(dovecot, user)
+    before = logins(imap_server, user)
     result = await fetcher.fetch(job_for(account.id, validity + 1, 1), max_size=0)
     assert isinstance(result, SourceUnavailable) and result.reason == "uidvalidity_changed"
 
@@ -94,7 +93,7 @@ async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, mail
         c.delete_messages([2])
         c.expunge()
 
-    await imap(dovecot.port, user, password, expunge)
+    await imap(imap_server.port, user, password, expunge)
     before += 1   # the test's own expunge session
     result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
     assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
@@ -104,15 +103,15 @@ async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, mail
     assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
     # The connection survived the skips: UID 1 is still fetched fine on it.
     assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
-    assert logins(dovecot, user) == before + 1   # one pooled connection served all five
+    assert logins(imap_server, user) == before + 1   # one pooled connection served all five
 
 
-async def test_oversize_is_skipped_without_downloading(dovecot, mailbox, tmp_path):
+async def test_oversize_is_skipped_without_downloading(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     big = message("big") + b"x" * 50_000 + b"\r\n"
-    await imap(dovecot.port, user, password, lambda c: c.append("INBOX", big))
-    validity = await uidvalidity(dovecot.port, user, password)
+    await imap(imap_server.port, user, password, lambda c: c.append("INBOX", big))
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = ImapFetcher([account])
     try:
         result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000)
@@ -121,22 +120,22 @@ async def test_oversize_is_skipped_without_downloading(dovecot, mailbox, tmp_pat
     finally:
         await fetcher.aclose()
     # Dovecot's own accounting of the fetcher's session: no message body was sent.
-    [line] = [line for line in logouts(dovecot, user) if "body_count" in line and "deleted=0" in line][-1:]
+    [line] = [line for line in logouts(imap_server, user) if "body_count" in line and "deleted=0" in line][-1:]
     assert "body_count=0" in line and "body_bytes=0" in line, line
 
 
-async def test_pool_reuses_connections_across_jobs(dovecot, mailbox, tmp_path):
+async def test_pool_reuses_connections_across_jobs(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], fetch_connections=2)
-    await append(dovecot.port, user, password, count=12)
-    validity = await uidvalidity(dovecot.port, user, password)
-    before = logins(dovecot, user)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], fetch_connections=2)
+    await append(imap_server.port, user, password, count=12)
+    validity = await uidvalidity(imap_server.port, user, password)
+    before = logins(imap_server, user)
     fetcher = ImapFetcher([account])
     results = {}
     try:
         for uid in (1, 2, 3):   # one after the other: one connection
             results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
-        assert logins(dovecot, user) == before + 1
+        assert logins(imap_server, user) == before + 1
 
         async def one(uid):
             results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
@@ -144,21 +143,20 @@ async def test_pool_reuses_connections_across_jobs(dovecot, mailbox, tmp_path):
         async with trio.open_nursery() as nursery:   # nine at once: at most fetch_connections
             for uid in range(4, 13):
                 nursery.start_soon(one, uid)
-        assert logins(dovecot, user) == before + 2
+        assert logins(imap_server, user) == before + 2
         assert all(isinstance(results[uid], FetchedMessage) for uid in range(1, 13))
         assert [results[uid].raw.split(b"Subject: ")[1].split(b"\r\n")[0] for uid in range(1, 13)] == \
             [f"message {n}".encode() for n in range(12)]
     finally:
         await fetcher.aclose()
     # aclose logs both pooled connections out.
-    assert len(logouts(dovecot, user)) >= 2
+    assert len(logouts(imap_server, user)) >= 2
 
 
 async def test_a_dead_pooled_connection_is_replaced(tmp_path):
-    server = DovecotServer().start()
+    server = ImapTestServer(users=1).start()
     try:
-        user = ("pooled", uuid.uuid4().hex)
-        add_users(server, [user])
+        user = server.take()
         [account] = make_accounts(tmp_path, server.port, [user])
         await append(server.port, *user, count=2)
         validity = await uidvalidity(server.port, *user)
@@ -175,37 +173,42 @@ async def test_a_dead_pooled_connection_is_replaced(tmp_path):
         server.cleanup()
 
 
-async def test_unreachable_server_raises_for_a_retry(tmp_path):
+async def test_unreachable_server_or_refused_login_is_transient(imap_server, mailbox, tmp_path):
     from services import free_port
 
-    [account] = make_accounts(tmp_path, free_port(), [("nobody", "x")])
-    fetcher = ImapFetcher([account])
-    with pytest.raises(OSError):
-        await fetcher.fetch(job_for(account.id, 1, 1), max_size=0)
+    [down] = make_accounts(tmp_path, free_port(), [("nobody", "x")])
+    [refused] = make_accounts(tmp_path, imap_server.port, [(mailbox[0], "wrong")])
+    fetcher = ImapFetcher([down])
+    with pytest.raises(TransientError, match="unavailable"):
+        await fetcher.fetch(job_for(down.id, 1, 1), max_size=0)
+    fetcher.update([refused])
+    with pytest.raises(TransientError, match="AUTHENTICATIONFAILED|Authentication failed") as info:
+        await fetcher.fetch(job_for(refused.id, 1, 1), max_size=0)
+    assert info.value.retry_after and info.value.retry_after >= 60
     await fetcher.aclose()
 
 
 # ---------------------------------------------------------------------------- post-actions
 
 
-async def test_post_action_seen_only_after_commit(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_post_action_seen_only_after_commit(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="seen")
-    await append(dovecot.port, user, password)
-    validity = await uidvalidity(dovecot.port, user, password)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="seen")
+    await append(imap_server.port, user, password)
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = fetcher_factory([account])
     job = job_for(account.id, validity, 1)
     assert isinstance(await fetcher.fetch(job, max_size=0), FetchedMessage)
-    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)   # fetched, not yet committed
+    assert b"\\Seen" not in await flags(imap_server.port, user, password, 1)   # fetched, not yet committed
     await fetcher.after_commit(job)
-    assert b"\\Seen" in await flags(dovecot.port, user, password, 1)
+    assert b"\\Seen" in await flags(imap_server.port, user, password, 1)
 
 
-async def test_post_action_move_creates_the_folder_and_moves(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_post_action_move_creates_the_folder_and_moves(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="move:Processed")
-    await append(dovecot.port, user, password, count=2)
-    validity = await uidvalidity(dovecot.port, user, password)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="move:Processed")
+    await append(imap_server.port, user, password, count=2)
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = fetcher_factory([account])
     for uid in (1, 2):
         job = job_for(account.id, validity, uid)
@@ -221,17 +224,17 @@ async def test_post_action_move_creates_the_folder_and_moves(dovecot, mailbox, t
         seen = [d[b"FLAGS"] for d in data]
         return inbox, processed, subjects, seen
 
-    inbox, processed, subjects, seen = await imap(dovecot.port, user, password, where)
+    inbox, processed, subjects, seen = await imap(imap_server.port, user, password, where)
     assert (inbox, processed) == (0, 2)
     assert sorted(s.strip() for s in subjects) == [b"Subject: message 0", b"Subject: message 1"]
     assert all(b"\\Seen" not in f for f in seen)
 
 
-async def test_post_action_delete_and_uidvalidity_guard(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_post_action_delete_and_uidvalidity_guard(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], post_action="delete")
-    await append(dovecot.port, user, password, count=2)
-    validity = await uidvalidity(dovecot.port, user, password)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="delete")
+    await append(imap_server.port, user, password, count=2)
+    validity = await uidvalidity(imap_server.port, user, password)
     fetcher = fetcher_factory([account])
     await fetcher.after_commit(job_for(account.id, validity + 1, 1))   # another folder generation: untouched
     await fetcher.after_commit(job_for(account.id, validity, 2))
@@ -240,16 +243,16 @@ async def test_post_action_delete_and_uidvalidity_guard(dovecot, mailbox, tmp_pa
         c.select_folder("INBOX", readonly=True)
         return c.search(["ALL"])
 
-    assert await imap(dovecot.port, user, password, uids) == [1]
+    assert await imap(imap_server.port, user, password, uids) == [1]
 
 
-async def test_post_action_none_touches_nothing(dovecot, mailbox, tmp_path, fetcher_factory):
+async def test_post_action_none_touches_nothing(imap_server, mailbox, tmp_path, fetcher_factory):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
-    await append(dovecot.port, user, password)
-    validity = await uidvalidity(dovecot.port, user, password)
-    before = logins(dovecot, user)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+    await append(imap_server.port, user, password)
+    validity = await uidvalidity(imap_server.port, user, password)
+    before = logins(imap_server, user)
     fetcher = fetcher_factory([account])
     await fetcher.after_commit(job_for(account.id, validity, 1))
-    assert logins(dovecot, user) == before
-    assert await flags(dovecot.port, user, password, 1) - {b"\\Recent"} == set()
+    assert logins(imap_server, user) == before
+    assert await flags(imap_server.port, user, password, 1) - {b"\\Recent"} == set()

@@ -11,14 +11,22 @@ import os
 import pwd
 import re
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import trio
 
-from imap_helpers import Recorder, add_users, append, eventually, imap, mailbox, make_accounts, message  # noqa: F401
-from inboundd import metrics
+from imap_helpers import (  # noqa: F401 (fixtures)
+    ImapTestServer,
+    Recorder,
+    append,
+    eventually,
+    imap,
+    imap_server,
+    mailbox,
+    make_accounts,
+    message,
+)
 from inboundd.config import RedisConfig
 from inboundd.providers import imap_proto as proto
 from inboundd.providers.imap_conn import default_limiter
@@ -57,8 +65,8 @@ def drop_into_maildir(server: DovecotServer, user: str, count: int, start: int =
 
 @pytest.fixture
 def own_dovecot():
-    """A Dovecot of this test's own, which it may stop and start."""
-    server = DovecotServer().start()
+    """A Dovecot of this test's own, which it may stop and start (one mailbox: ``take()``)."""
+    server = ImapTestServer(users=1).start()
     yield server
     server.cleanup()
 
@@ -66,9 +74,9 @@ def own_dovecot():
 # ---------------------------------------------------------------------------- IDLE path and the cursor
 
 
-async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(dovecot, mailbox, tmp_path):
+async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     queue, cursors = Recorder(), MemoryCursorStore()
     seen_at_ack: list[proto.Cursor | None] = []
 
@@ -83,13 +91,13 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(do
         assert listener.state == "idle"
         start_cursor = await cursors.load(account.id, "INBOX")
         assert start_cursor is not None and start_cursor.last_uid == 0
-        [uid] = await append(dovecot.port, user, password)
+        [uid] = await append(imap_server.port, user, password)
         await eventually(lambda: listener.status().last_uid == uid, 5, "the cursor to reach the new UID")
         assert queue.uids() == [uid]
         assert seen_at_ack == [start_cursor]
         assert (await cursors.load(account.id, "INBOX")) == proto.Cursor(start_cursor.uidvalidity, uid)
         await eventually(lambda: listener.state == "idle", 5, "back to idle")
-        [uid2] = await append(dovecot.port, user, password, start=1)
+        [uid2] = await append(imap_server.port, user, password, start=1)
         await eventually(lambda: queue.uids() == [uid, uid2], 5, "the second pointer")
         assert listener.status().enqueued == 2
         nursery.cancel_scope.cancel()
@@ -97,9 +105,9 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(do
     assert queue.uids() == [uid, uid2]  # once each
 
 
-async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot, mailbox, tmp_path):
+async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
@@ -107,7 +115,7 @@ async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot
         before = await cursors.load(account.id, "INBOX")
         queue.fail = ConnectionError("redis down")
         attempts = queue.attempts
-        uids = await append(dovecot.port, user, password, count=3)
+        uids = await append(imap_server.port, user, password, count=3)
         await eventually(lambda: queue.attempts >= attempts + 2, 10, "retried enqueue attempts")
         assert listener.status().last_error and "redis down" in listener.status().last_error
         assert await cursors.load(account.id, "INBOX") == before
@@ -122,17 +130,17 @@ async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot
 # ---------------------------------------------------------------------------- catch-up and first start
 
 
-async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, mailbox, tmp_path, pg_dsn):
+async def test_catch_up_after_downtime_from_the_database_cursor(imap_server, mailbox, tmp_path, pg_dsn):
     from inboundd.config import PostgresConfig
 
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     db = Database(PostgresConfig(dsn=pg_dsn))
     await db.open()
     try:
         await db.run(migrate)
         cursors = DbCursorStore(db)
-        early = await append(dovecot.port, user, password, count=2)
+        early = await append(imap_server.port, user, password, count=2)
         queue = Recorder()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
@@ -142,7 +150,7 @@ async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, mailbox
         stored = await cursors.load(account.id, "INBOX")
         assert stored is not None and stored.last_uid == early[-1]
 
-        missed = await append(dovecot.port, user, password, count=40, start=2)   # the daemon is down
+        missed = await append(imap_server.port, user, password, count=40, start=2)   # the daemon is down
         queue = Recorder()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
@@ -164,31 +172,31 @@ async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, mailbox
 
 @pytest.mark.parametrize("start_from, expected", [("now", []), ("all", [1, 2, 3, 4, 5]), ("last:2", [4, 5]),
                                                    ("last:9", [1, 2, 3, 4, 5])])
-async def test_first_start(dovecot, mailbox, tmp_path, start_from, expected):
+async def test_first_start(imap_server, mailbox, tmp_path, start_from, expected):
     user, password = mailbox
-    uids = await append(dovecot.port, user, password, count=5)
+    uids = await append(imap_server.port, user, password, count=5)
     assert uids == [1, 2, 3, 4, 5]
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], start_from=start_from)
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], start_from=start_from)
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
         assert queue.uids() == expected
         assert (await cursors.load(account.id, "INBOX")).last_uid == 5
-        [new] = await append(dovecot.port, user, password, start=5)
+        [new] = await append(imap_server.port, user, password, start=5)
         await eventually(lambda: queue.uids() == expected + [new], 5, "the new message after the first start")
         nursery.cancel_scope.cancel()
 
 
-async def test_first_start_on_an_empty_folder_then_new_mail(dovecot, mailbox, tmp_path):
+async def test_first_start_on_an_empty_folder_then_new_mail(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], start_from="last:3")
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], start_from="last:3")
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
         assert queue.jobs == []
-        uids = await append(dovecot.port, user, password, count=4)
+        uids = await append(imap_server.port, user, password, count=4)
         await eventually(lambda: queue.uids() == uids, 5, "all four new messages")
         nursery.cancel_scope.cancel()
 
@@ -197,18 +205,18 @@ async def test_first_start_on_an_empty_folder_then_new_mail(dovecot, mailbox, tm
 
 
 @pytest.mark.parametrize("how", ["delete", "rename"])
-async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot, mailbox, tmp_path, how):
+async def test_uidvalidity_change_under_the_listener_rescans_the_folder(imap_server, mailbox, tmp_path, how):
     user, password = mailbox
-    await imap(dovecot.port, user, password, lambda c: c.create_folder("Work"))
+    await imap(imap_server.port, user, password, lambda c: c.create_folder("Work"))
     # Dovecot announces a deleted folder during IDLE (an untagged NO) but not a renamed one:
     # that is found by the periodic re-EXAMINE after noop_interval of silence.
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], folders=["Work"], start_from="all",
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], folders=["Work"], start_from="all",
                               noop_interval=1.0)
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors, folder="Work")
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
-        old = await append(dovecot.port, user, password, count=2, folder="Work")
+        old = await append(imap_server.port, user, password, count=2, folder="Work")
         await eventually(lambda: queue.uids() == old, 5, "the first two")
         first_validity = listener.status().uidvalidity
 
@@ -222,7 +230,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
             for n in range(3):
                 c.append("Work", message(f"new{n}"))
 
-        await imap(dovecot.port, user, password, recreate)
+        await imap(imap_server.port, user, password, recreate)
         await eventually(lambda: len(queue.jobs) == 5 and listener.state == "idle", 10, "the rescan of the new folder")
         status = listener.status()
         assert status.uidvalidity != first_validity
@@ -234,7 +242,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
         # Nothing lost, nothing pointed at twice.
         identities = [j.identity() for j in queue.jobs]
         assert len(set(identities)) == len(identities) == 5
-        [later] = await append(dovecot.port, user, password, folder="Work", start=9)
+        [later] = await append(imap_server.port, user, password, folder="Work", start=9)
         await eventually(lambda: len(queue.jobs) == 6, 5, "new mail in the new folder")
         assert queue.jobs[-1].pointer.uid == later == 4
         nursery.cancel_scope.cancel()
@@ -244,8 +252,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
 
 
 async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dovecot, tmp_path):
-    user, password = "restart", uuid.uuid4().hex
-    own_dovecot.add_user(user, password)
+    user, password = own_dovecot.take()
     [account] = make_accounts(tmp_path, own_dovecot.port, [(user, password)])
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
@@ -268,16 +275,15 @@ async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dov
 
 
 async def test_polling_when_the_server_has_no_idle(tmp_path):
-    class NoIdleDovecot(DovecotServer):
+    class NoIdleDovecot(ImapTestServer):
         def _config_text(self) -> str:
             return super()._config_text() + (
                 "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT UNSELECT "
                 "NAMESPACE UIDPLUS LITERAL+ MOVE\n")
 
-    server = NoIdleDovecot().start()
+    server = NoIdleDovecot(users=1).start()
     try:
-        user, password = "poller", uuid.uuid4().hex
-        server.add_user(user, password)
+        user, password = server.take()
         [account] = make_accounts(tmp_path, server.port, [(user, password)], poll_interval=0.2)
         queue, cursors = Recorder(), MemoryCursorStore()
         listener = listener_for(account, queue, cursors)
@@ -302,43 +308,41 @@ def auth_failures_in_log(server, user: str) -> int:
     return len(re.findall(rf"auth failed.*user=<{re.escape(user)}>", text))
 
 
-async def test_wrong_password_reports_auth_failed_and_other_account_keeps_working(dovecot, tmp_path):
-    good = (f"good-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
-    bad_user = f"bad-{uuid.uuid4().hex[:6]}"
-    add_users(dovecot, [good, (bad_user, "the-right-one")])
-    accounts = make_accounts(tmp_path, dovecot.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
+async def test_wrong_password_reports_auth_failed_and_other_account_keeps_working(imap_server, tmp_path):
+    good = imap_server.take()
+    bad_user, _ = imap_server.take()
+    accounts = make_accounts(tmp_path, imap_server.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
                              auth_retry_interval=600)
     queue = Recorder()
     group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(group.run)
         bad = {s.account: s for s in group.status()}["acct0"]
-        # Dovecot answers a wrong password after its auth failure delay (~1.5–2 s per attempt).
         await eventually(lambda: group.summary().get("auth_failed") == 1, 20, "auth_failed")
         bad = {s.account: s for s in group.status()}["acct0"]
         assert "AUTHENTICATIONFAILED" in bad.last_error or "Authentication failed" in bad.last_error
         assert bad.retry_at is not None and bad.retry_at - time.time() > 500   # slow retry, not a loop
-        failures = await eventually(lambda: auth_failures_in_log(dovecot, bad_user), 5, "failures in the log")
+        failures = await eventually(lambda: auth_failures_in_log(imap_server, bad_user), 5, "failures in the log")
         assert failures == 2
 
-        [uid] = await append(dovecot.port, *good)
+        [uid] = await append(imap_server.port, *good)
         await eventually(lambda: queue.uids("acct1") == [uid], 5, "the healthy account's mail")
         assert queue.uids("acct0") == []
         # Watching the server for a few seconds: no further login attempt from the failed account.
         await trio.sleep(3)
-        assert auth_failures_in_log(dovecot, bad_user) == 2
+        assert auth_failures_in_log(imap_server, bad_user) == 2
         assert {s.account: s.state for s in group.status()} == {"acct0": "auth_failed", "acct1": "idle"}
 
         # SIGHUP (kick) retries at once; still wrong, so straight back to auth_failed after one attempt.
         group.kick()
-        await eventually(lambda: auth_failures_in_log(dovecot, bad_user) == 3, 10, "the kicked attempt")
+        await eventually(lambda: auth_failures_in_log(imap_server, bad_user) == 3, 10, "the kicked attempt")
         await eventually(lambda: group.summary().get("auth_failed") == 1, 10, "auth_failed again")
         nursery.cancel_scope.cancel()
 
 
-async def test_missing_folder_fails_alone(dovecot, mailbox, tmp_path):
+async def test_missing_folder_fails_alone(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox], folders=["INBOX", "Nope"])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], folders=["INBOX", "Nope"])
     queue = Recorder()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
@@ -346,7 +350,7 @@ async def test_missing_folder_fails_alone(dovecot, mailbox, tmp_path):
         states = {s.folder: s for s in group.status()}
         assert states["INBOX"].state == "idle"
         assert states["Nope"].state == "backoff" and "Nope" in states["Nope"].last_error
-        [uid] = await append(dovecot.port, user, password)
+        [uid] = await append(imap_server.port, user, password)
         await eventually(lambda: queue.uids() == [uid], 5, "INBOX mail")
         nursery.cancel_scope.cancel()
 
@@ -354,9 +358,9 @@ async def test_missing_folder_fails_alone(dovecot, mailbox, tmp_path):
 # ---------------------------------------------------------------------------- ownership
 
 
-async def test_two_groups_one_owner_and_takeover(dovecot, mailbox, tmp_path, redis_url):
+async def test_two_groups_one_owner_and_takeover(imap_server, mailbox, tmp_path, redis_url):
     user, password = mailbox
-    accounts = make_accounts(tmp_path, dovecot.port, [mailbox], lease=2)
+    accounts = make_accounts(tmp_path, imap_server.port, [mailbox], lease=2)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
     queue, cursors = Recorder(), MemoryCursorStore()
     a = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="a")
@@ -372,7 +376,7 @@ async def test_two_groups_one_owner_and_takeover(dovecot, mailbox, tmp_path, red
         await nursery.start(b.run)
         assert a.status()[0].state == "idle" and a.status()[0].lease_token == 1
         assert b.status()[0].state == "standby"
-        first = await append(dovecot.port, user, password, count=3)
+        first = await append(imap_server.port, user, password, count=3)
         await eventually(lambda: queue.uids() == first, 5, "mail through the owner")
         # Stays that way across several lease renewals.
         await trio.sleep(2.5)
@@ -381,7 +385,7 @@ async def test_two_groups_one_owner_and_takeover(dovecot, mailbox, tmp_path, red
         a_scope.cancel()     # owner stops (drain / shutdown): releases its lease
         await eventually(lambda: b.status()[0].state == "idle", 5, "b to take over")
         assert b.status()[0].lease_token == 2
-        more = await append(dovecot.port, user, password, count=2, start=3)
+        more = await append(imap_server.port, user, password, count=2, start=3)
         await eventually(lambda: queue.uids() == first + more, 5, "mail through the new owner")
         nursery.cancel_scope.cancel()
     await rio.close()
@@ -390,10 +394,9 @@ async def test_two_groups_one_owner_and_takeover(dovecot, mailbox, tmp_path, red
 # ---------------------------------------------------------------------------- shutdown
 
 
-async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
-    users = [(f"bye{i}-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex) for i in range(3)]
-    add_users(dovecot, users)
-    accounts = make_accounts(tmp_path, dovecot.port, users)
+async def test_cancellation_sends_done_and_logout_quickly(imap_server, tmp_path):
+    users = [imap_server.take() for _ in range(3)]
+    accounts = make_accounts(tmp_path, imap_server.port, users)
     group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore())
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as nursery:
@@ -406,15 +409,15 @@ async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
     assert group.status() == []
 
     def logged_out(user):
-        return re.search(rf"imap\({re.escape(user)}\).*Disconnected: Logged out", Path(dovecot.log).read_text())
+        return re.search(rf"imap\({re.escape(user)}\).*Disconnected: Logged out", Path(imap_server.log).read_text())
 
     for user, _ in users:
         await eventually(lambda: logged_out(user), 5, f"LOGOUT of {user} in the server log")
 
 
-async def test_drain_and_resume(dovecot, mailbox, tmp_path):
+async def test_drain_and_resume(imap_server, mailbox, tmp_path):
     user, password = mailbox
-    [account] = make_accounts(tmp_path, dovecot.port, [mailbox])
+    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
     queue = Recorder()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
@@ -422,7 +425,7 @@ async def test_drain_and_resume(dovecot, mailbox, tmp_path):
         with trio.fail_after(3):
             await group.drain()
         assert group.summary() == {"stopped": 1}
-        uids = await append(dovecot.port, user, password, count=2)
+        uids = await append(imap_server.port, user, password, count=2)
         await group.resume()     # caught up before it returns
         assert queue.uids() == uids
         assert group.summary() == {"idle": 1}

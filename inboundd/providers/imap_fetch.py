@@ -31,9 +31,19 @@ from imapclient.response_parser import parse_fetch_response
 
 from .. import log, metrics
 from ..jobs import ImapPointer, Job
+from ..outcomes import TransientError
 from . import imap_proto as proto
 from .base import FetchedMessage, SourceUnavailable
-from .imap_conn import Connection, ConnectionLost, FolderError, ImapAccount, ImapError, default_limiter
+from .imap_conn import (
+    AuthError,
+    Connection,
+    ConnectionLost,
+    FolderError,
+    ImapAccount,
+    ImapError,
+    default_limiter,
+    describe,
+)
 
 __all__ = ["ImapFetcher"]
 
@@ -43,6 +53,8 @@ _log = log.get_logger("imap.fetch")
 POOL_IDLE_MAX = 240.0
 
 _FETCH_ITEMS = [b"BODY.PEEK[]", b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS"]
+#: A fetch refused at login waits at least this long (a wrong password is not fixed in seconds).
+AUTH_RETRY_AFTER = 60.0
 #: Errors after which a *reused* connection is presumed stale and the job is tried once on a fresh one.
 _STALE = (OSError, imaplib.IMAP4.abort, ConnectionLost)
 
@@ -144,9 +156,10 @@ class ImapFetcher:
     async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
         """The raw message *job* points at, or why it cannot be had.
 
-        Raises (for the consumer's retry path) when the server cannot be
-        reached or refuses the login. A reused pooled connection that turns
-        out dead is replaced and the job tried once more on a fresh one.
+        Raises :class:`~inboundd.outcomes.TransientError` (back off without
+        burning an attempt) when the server cannot be reached, refuses the
+        login or fails commands. A reused pooled connection that turns out
+        dead is replaced and the job tried once more on a fresh one.
         Cancellation abandons the connection (it is closed, not pooled).
         """
         pointer = job.pointer
@@ -158,10 +171,19 @@ class ImapFetcher:
             try:
                 async with pool.connection() as (conn, fresh):
                     result = await self._fetch_on(conn, pointer, max_size)
-            except _STALE:
+            except _STALE as exc:
                 if fresh or attempt == 2:
-                    raise
+                    metrics.imap_fetches.labels(pointer.account, "unavailable").inc()
+                    raise TransientError(f"IMAP server of {pointer.account!r} unavailable: {describe(exc)}") from exc
                 continue
+            except (AuthError, ImapError) as exc:
+                if isinstance(exc, FolderError):
+                    raise  # e.g. no permission: a job error, visible in the DLQ if it persists
+                # Login refused or the server failing commands: the mailbox is still there,
+                # so back off without burning the job's attempts.
+                metrics.imap_fetches.labels(pointer.account, "unavailable").inc()
+                raise TransientError(f"IMAP {pointer.account!r}: {describe(exc)}",
+                                     retry_after=AUTH_RETRY_AFTER if isinstance(exc, AuthError) else None) from exc
             outcome = "fetched" if isinstance(result, FetchedMessage) else result.reason
             metrics.imap_fetches.labels(pointer.account, outcome).inc()
             metrics.imap_fetch_seconds.observe(trio.current_time() - started)
