@@ -430,3 +430,86 @@ async def test_drain_and_resume(imap_server, mailbox, tmp_path):
         assert queue.uids() == uids
         assert group.summary() == {"idle": 1}
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- a connection that dies silently
+
+
+class BlackHoleProxy:
+    """TCP proxy to the server whose existing connections can be made to swallow everything.
+
+    Models a NAT entry or firewall state that vanished: no FIN, no RST, the
+    peer just stops answering. New connections still go through.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections: list[trio.Event] = []   # set = frozen
+        #: Everything clients sent (to count commands).
+        self.sent = bytearray()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        frozen = trio.Event()
+        self.connections.append(frozen)
+
+        async def pump(src, dst, record=None):
+            async for chunk in src:
+                if frozen.is_set():
+                    await trio.sleep_forever()
+                if record is not None:
+                    record += chunk
+                await dst.send_all(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, downstream, upstream, self.sent)
+            nursery.start_soon(pump, upstream, downstream)
+
+    def freeze_existing(self) -> None:
+        for frozen in self.connections:
+            frozen.set()
+
+
+async def test_a_silently_dead_connection_is_noticed_and_replaced(imap_server, mailbox, tmp_path):
+    user, password = mailbox
+    queue, cursors = Recorder(), MemoryCursorStore()
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(imap_server.port)
+        await nursery.start(proxy.run)
+        [account] = make_accounts(tmp_path, proxy.port, [mailbox], noop_interval=0.5, read_timeout=1.0)
+        listener = listener_for(account, queue, cursors)
+        await nursery.start(listener.run)
+        assert listener.state == "idle"
+        proxy.freeze_existing()
+        [uid] = await append(imap_server.port, user, password)   # the listener's connection never hears of it
+        # Found dead by the probe after noop_interval (no answer within read_timeout), then reconnected.
+        await eventually(lambda: queue.uids() == [uid], 10, "the message after the reconnect")
+        status = listener.status()
+        assert status.reconnects == 1
+        assert len(proxy.connections) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_is_reissued_before_idle_refresh(imap_server, mailbox, tmp_path):
+    user, password = mailbox
+    queue = Recorder()
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(imap_server.port)
+        await nursery.start(proxy.run)
+        [account] = make_accounts(tmp_path, proxy.port, [mailbox], idle_refresh=0.3)
+        listener = listener_for(account, queue, MemoryCursorStore())
+        await nursery.start(listener.run)
+        # DONE then IDLE again, on the same connection, every idle_refresh.
+        await eventually(lambda: proxy.sent.count(b" IDLE\r\n") >= 4, 5, "four IDLE commands")
+        assert proxy.sent.count(b"DONE\r\n") >= 3
+        assert len(proxy.connections) == 1 and listener.status().reconnects == 0
+        [uid] = await append(imap_server.port, user, password)
+        await eventually(lambda: queue.uids() == [uid], 5, "mail after several refreshes")
+        nursery.cancel_scope.cancel()
