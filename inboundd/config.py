@@ -264,8 +264,9 @@ class ImapAccountConfig(_Section):
     reconnect_cap: Duration = 300.0
     post_action: str = "none"
     fetch_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
-    #: While idling with no word from the server this long, end IDLE and send NOOP: a dead
-    #: connection (NAT timeout, silent failover) is then noticed within read_timeout.
+    #: While idling with no word from the server this long, end IDLE and EXAMINE the folder
+    #: again: a dead connection (NAT timeout, silent failover) is then noticed within
+    #: read_timeout, and a folder replaced under the listener by its new UIDVALIDITY.
     noop_interval: Duration = 300.0
     #: Mailbox ownership across daemons sharing Redis: the owner renews a lease this long;
     #: after a crash another daemon takes over within it. 0 disables ownership.

@@ -60,6 +60,12 @@ def make_accounts(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], *
     *settings* are TOML values applied to every account (``start_from="all"``, ``folders=["INBOX"]`` …);
     a key ``per_account`` maps an index to extra settings for that account only.
     """
+    return accounts_from_config(make_config(tmp_path, port, users, **settings))
+
+
+def make_config(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], *, prefix: str = "",
+                **settings: Any) -> config_mod.Config:
+    """The whole configuration of :func:`make_accounts`; *prefix* is TOML put before the ``[[imap]]`` tables."""
     per_account: dict[int, dict[str, Any]] = settings.pop("per_account", {})
     blocks = []
     for index, (user, password) in enumerate(users):
@@ -72,8 +78,7 @@ def make_accounts(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], *
         values.update(settings)
         values.update(per_account.get(index, {}))
         blocks.append("[[imap]]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items()))
-    cfg = config_mod.load_text("\n".join(blocks), base=tmp_path)
-    return accounts_from_config(cfg)
+    return config_mod.load_text(prefix + "\n" + "\n".join(blocks), base=tmp_path)
 
 
 def _toml(value: Any) -> str:

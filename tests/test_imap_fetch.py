@@ -256,3 +256,62 @@ async def test_post_action_none_touches_nothing(imap_server, mailbox, tmp_path, 
     await fetcher.after_commit(job_for(account.id, validity, 1))
     assert logins(imap_server, user) == before
     assert await flags(imap_server.port, user, password, 1) - {b"\\Recent"} == set()
+
+
+# ---------------------------------------------------------------------------- with the real processor
+
+
+async def test_post_action_runs_only_after_the_message_is_committed(imap_server, mailbox, tmp_path, pg_dsn):
+    """Processor + ImapFetcher + PostgreSQL: a failed store leaves the message where it was."""
+    from inboundd.processing import Processor
+    from inboundd.providers.base import SourceRegistry
+    from inboundd.providers.imap_conn import accounts_from_config
+    from inboundd.store.db import Database
+    from inboundd.store.migrate import migrate
+    from imap_helpers import make_config
+
+    user, password = mailbox
+    cfg = make_config(tmp_path, imap_server.port, [mailbox], post_action="move:Processed",
+                      prefix=f'[postgres]\ndsn = "{pg_dsn}"\n')
+    await append(imap_server.port, user, password)
+    validity = await uidvalidity(imap_server.port, user, password)
+    db = Database(cfg.postgres)
+    await db.open()
+    fetcher = ImapFetcher(accounts_from_config(cfg))
+    try:
+        await db.run(migrate)
+        sources = SourceRegistry()
+        sources.register("imap", fetcher)
+        processor = Processor(db, sources, cfg, "test")
+        job = job_for(cfg.imap[0].id, validity, 1)
+
+        def break_store(conn):
+            conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$ BEGIN RAISE EXCEPTION 'store refused'; END $$")
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON inbound_messages"
+                         " FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+        async def mailbox_state():
+            def work(c):
+                inbox = c.select_folder("INBOX", readonly=True)[b"EXISTS"]
+                flags = c.get_flags([1]).get(1, ()) if inbox else ()
+                processed = c.folder_status("Processed", [b"MESSAGES"])[b"MESSAGES"] if c.folder_exists("Processed") else 0
+                return inbox, processed, b"\\Seen" in flags
+            return await imap(imap_server.port, user, password, work)
+
+        await db.run(break_store)
+        with pytest.raises(Exception, match="store refused"):
+            await processor.handle(job)
+        assert await mailbox_state() == (1, 0, False)    # not committed: untouched, not even \Seen
+
+        await db.run(lambda conn: conn.execute("DROP TRIGGER refuse ON inbound_messages"))
+        outcome = await processor.handle(job)             # the retry
+        assert outcome.status == "processed"
+        assert await mailbox_state() == (0, 1, False)    # committed, then moved
+
+        def stored(conn):
+            return conn.execute("SELECT subject, provider_message_id FROM inbound_messages").fetchall()
+        assert await db.run(stored) == [("message 0", f"{validity}:1")]
+    finally:
+        await fetcher.aclose()
+        await db.close()
