@@ -321,6 +321,10 @@ default_process_limit = 2000
         os.utime(self.users, (stamp, stamp))
         if self.process is None:
             return
+        # A login refused here would count as an authentication failure in Dovecot's
+        # log (tests count those): first let the re-read second pass.
+        written = time.time()
+        wait_for(lambda: time.time() >= written + 1.05, 3, "the passwd-file re-read second")
 
         def can_login() -> bool:
             client = imaplib.IMAP4("127.0.0.1", self.port, timeout=5)
