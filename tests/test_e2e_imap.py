@@ -131,3 +131,19 @@ def test_two_daemons_on_one_mailbox_one_listens_and_the_other_takes_over(
     wait_for(lambda: len(stored(pg_dsn)) >= 20, 30, what="20 messages stored")
     subjects = sorted(subject for subject, _ in stored(pg_dsn))
     assert subjects == sorted([f"first {n}" for n in range(10)] + [f"second {n}" for n in range(10)])
+
+
+def test_sighup_adds_and_removes_a_mailbox(daemon_factory, redis_url, pg_dsn, dovecot, imap_user,
+                                           tmp_path: Path) -> None:
+    user, password = imap_user
+    daemon = daemon_factory(redis_url, pg_dsn).start()
+    assert listener_states(daemon) == []
+    daemon.write_config(daemon.config_text(extra=imap_section(tmp_path, dovecot.port, user, password)))
+    daemon.signal(signal.SIGHUP)
+    wait_idle(daemon)
+    append(dovecot.port, user, password, ["after reload"])
+    wait_for(lambda: stored(pg_dsn) == [("after reload", "ada@example.com")], 30, what="the message stored")
+    daemon.write_config(daemon.config_text(extra=""))
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: listener_states(daemon) == [], 20, what="the listener removed")
+    assert daemon.get("/readyz").status_code == 200
