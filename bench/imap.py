@@ -24,22 +24,12 @@ ports in a temporary directory that is removed afterwards.
 
 from __future__ import annotations
 
-import sys as _sys
-from pathlib import Path as _Path
-
-# bench/ is sys.path[0] when run as a script, and bench/queue.py would shadow the
-# standard library's queue module (imported by trio and redis-py).
-_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _Path(__file__).resolve().parent]
-
 import argparse
 import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,105 +45,29 @@ sys.path.insert(0, str(ROOT))
 import trio  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+
 from inboundd import log  # noqa: E402
 from inboundd.config import ImapAccountConfig, Secret  # noqa: E402
 from inboundd.providers.imap_conn import ImapAccount  # noqa: E402
 from inboundd.providers.imap_listener import ImapListenerGroup, MemoryCursorStore  # noqa: E402
+from services import DovecotServer, RedisServer  # noqa: E402
 
 PASSWORD = "bench-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-# --------------------------------------------------------------------------- private servers
-
-
-class BenchDovecot:
-    """A private Dovecot sized for hundreds of concurrent IDLE clients."""
+class BenchDovecot(DovecotServer):
+    """The test bed's private Dovecot (sized for thousands of IDLE clients), with every mailbox made up front."""
 
     def __init__(self, base: Path, users: list[str]) -> None:
-        self.base = base
-        self.port = free_port()
-        self.users = users
+        super().__init__(base)
         nobody = pwd.getpwnam("nobody")
         self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
-        for name in ("run", "state", "mail"):
-            (base / name).mkdir(parents=True, exist_ok=True)
-        os.chown(base / "mail", self.uid, self.gid)
-        (base / "passwd").write_text("".join(f"{u}:{{PLAIN}}{PASSWORD}\n" for u in users))
-        (base / "dovecot.conf").write_text(f"""
-base_dir = {base}/run
-state_dir = {base}/state
-log_path = {base}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:~/Maildir
-default_process_limit = 2000
-default_client_limit = 4000
-mail_max_userip_connections = 100
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN {base}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={base}/mail/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  # high-performance mode: a few login processes serve every connection
-  service_count = 0
-  process_min_avail = 2
-  client_limit = 2000
-}}
-service imap {{
-  process_limit = 2000
-}}
-service anvil {{
-  client_limit = 5000
-}}
-""")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.base / "dovecot.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        for user in users:
+            self.add_user(user, PASSWORD)  # before start: written at once, no login check
 
     def maildir(self, user: str) -> Path:
-        path = self.base / "mail" / user / "Maildir"
+        path = self.mail / user / "Maildir"
         for sub in ("cur", "new", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         for directory in (path.parent, path, path / "cur", path / "new", path / "tmp"):
@@ -182,20 +96,6 @@ service anvil {{
                                       reconnect_base=0.2, reconnect_cap=2.0, lease=0)
         fields.update(overrides)
         return ImapAccount(ImapAccountConfig(**fields), Secret(PASSWORD, "bench"))
-
-
-class BenchRedis:
-    def __init__(self, base: Path) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(base)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 # --------------------------------------------------------------------------- the queue under test
@@ -366,7 +266,7 @@ async def _bench_idle(dovecot: BenchDovecot, queue: Any, mailboxes: int, settle:
         nursery.cancel_scope.cancel()
     shutdown = time.monotonic() - t1
     # Dovecot's own word that every session ended with LOGOUT (its log lags a little).
-    log_path = dovecot.base / "dovecot.log"
+    log_path = dovecot.log
     logged_out = 0
     for _ in range(100):
         logged_out = len(re.findall(r"imap\(idle\d+\).*Disconnected: Logged out", log_path.read_text(errors="replace")))
@@ -454,7 +354,7 @@ def main() -> int:
     os.chmod(base, 0o755)  # Dovecot's auth process (user dovecot) must reach the passwd-file
     users = [f"lat{i}" for i in range(2)] + [f"idle{i}" for i in range(args.mailboxes)] + ["catchup"]
     dovecot = BenchDovecot(base / "dovecot", users)
-    redis_server = BenchRedis(base)
+    redis_server = RedisServer(base / "redis").start()
     results: dict[str, Any] = {}
     try:
         dovecot.start()

@@ -1,6 +1,6 @@
 """Queue throughput against one private redis-server started here: prints jobs/s.
 
-    .venv/bin/python bench/queue.py [--jobs 20000] [--consumers 8]
+    .venv/bin/python bench/queue_throughput.py [--jobs 20000] [--consumers 8]
 
 Measures (a) enqueue: one task awaiting each enqueue, and many concurrent
 tasks coalesced by the batcher; (b) drain: a backlog consumed by the
