@@ -288,6 +288,11 @@ class ImapAccountConfig(_Section):
                 f"{path}.post_action: expected \"none\", \"seen\", \"delete\" or \"move:FOLDER\", "
                 f"got {self.post_action!r}"
             )
+        if self.post_action.startswith("move:") and self.post_action[5:] in self.folders:
+            problems.append(
+                f"{path}.post_action: moves into {self.post_action[5:]!r}, which is also in folders: "
+                "every moved message would be ingested again"
+            )
         if 0 < self.lease < 1.0:
             problems.append(f"{path}.lease: must be 0 (no ownership) or at least 1s")
         if self.auth == "xoauth2" and not self.oauth_token_file:

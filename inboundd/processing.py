@@ -215,9 +215,10 @@ class Processor:
             # rather than ack, so the message cannot fall between two holders.
             raise TransientError(f"{key.identity}: lease lost to {current.lease_owner if current else None}")
         if result.kind == "duplicate":
-            outcome = Outcome("duplicate", "message_id", result.message_row_id)
-        else:
-            outcome = Outcome("processed", None, result.message_row_id)
+            # No post-action: a sender may reuse a Message-ID for a different email, and
+            # deleting or moving a message that was not stored itself could lose it.
+            return Outcome("duplicate", "message_id", result.message_row_id)
+        outcome = Outcome("processed", None, result.message_row_id)
         await self._after_commit(source, job, outcome, cfg)
         return outcome
 

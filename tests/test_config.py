@@ -117,6 +117,23 @@ pool_max = 2
     assert starts == ["postgres.pool_min", "queue.backoff_cap", "queue.block"]
 
 
+def test_a_move_into_a_watched_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    text = """
+[[imap]]
+id = "support"
+host = "imap.example.com"
+username = "u"
+password_file = "pw"
+folders = ["INBOX", "Done"]
+post_action = "move:Done"
+"""
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text(text, base=tmp_path)
+    [problem] = caught.value.problems
+    assert problem.startswith("imap[0].post_action: moves into 'Done', which is also in folders")
+
+
 def test_duplicate_account_ids_and_missing_required_keys(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
     text = """

@@ -245,7 +245,9 @@ async def test_one_message_id_through_two_pointers_is_stored_once(db: Database, 
     assert await message_count(db) == 1
     row = await ledger_row(db, second_job)
     assert (row.status, row.reason, row.message_id) == ("duplicate", "message_id", first.message_row_id)
-    assert [job_id for job_id, _ in source.committed] == [first_job.id, second_job.id]
+    # Only the stored one gets its post-action: a different email reusing a Message-ID
+    # must never be moved or deleted on the server without being stored itself.
+    assert [job_id for job_id, _ in source.committed] == [first_job.id]
 
 
 async def test_message_id_dedupe_is_per_account(db: Database, source: FakeSource) -> None:
