@@ -243,10 +243,15 @@ class Queue:
         try:
             self.enqueue_round_trips += 1
             results = await self.rio.run(_xadd_many, self.keys.stream, payloads)
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled before the write (waiting for a thread): its callers learn that
+            # nothing was accepted instead of waiting forever.
+            error = QueueStopped("the enqueue batcher stopped") if isinstance(exc, trio.Cancelled) else exc
             for request in batch:
-                request.error = exc
+                request.error = error
                 request.done.set()
+            if not isinstance(exc, Exception):
+                raise
             return
         pos = 0
         for request in batch:

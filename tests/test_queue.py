@@ -14,7 +14,7 @@ from redis.crc import key_slot
 from inboundd import clock, jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig
 from inboundd.jobs import ImapPointer, Job, MicrosoftPointer
-from inboundd.queue import GROUP, Keys, Queue, ReclaimTimer
+from inboundd.queue import GROUP, Keys, Queue, QueueStopped, ReclaimTimer
 from inboundd.redisio import RedisIO
 
 CFG = QueueConfig(lease=0.3, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1,
@@ -136,6 +136,36 @@ async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redi
     await queue.ensure_group()
     assert (await queue.stats()).ready == 0
     await io.close()
+
+
+async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO, client: redis.Redis) -> None:
+    """Shutdown while the batcher waits for a Redis thread: the caller hears "not accepted", never hangs."""
+    queue = make_queue(rio)
+    outcome: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await queue.enqueue(imap_job(1))
+        except QueueStopped as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as callers:
+        async with trio.open_nursery() as batcher:
+            await batcher.start(queue.run)
+            borrowers = [object() for _ in range(int(rio.limiter.total_tokens))]
+            for borrower in borrowers:  # every Redis thread busy (blocked readers)
+                await rio.limiter.acquire_on_behalf_of(borrower)
+            callers.start_soon(caller)
+            while queue._requests or rio.limiter.statistics().tasks_waiting == 0:
+                await trio.sleep(0.005)  # the batcher took the request and waits for a thread
+            batcher.cancel_scope.cancel()
+        with trio.fail_after(5):
+            while not outcome:
+                await trio.sleep(0.005)
+    for borrower in borrowers:
+        rio.limiter.release_on_behalf_of(borrower)
+    assert isinstance(outcome[0], QueueStopped)
+    assert client.xlen(queue.keys.stream) == 0
 
 
 # --------------------------------------------------------------------------- fenced operations
