@@ -158,8 +158,15 @@ class Daemon:
             self._control_socket = None
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (what SIGTERM does)."""
+        """Begin a graceful shutdown (what SIGTERM does).
+
+        Before the daemon is running (still waiting for PostgreSQL, say) nothing
+        has been accepted yet, so start-up is simply abandoned.
+        """
         self._stop_requested.set()
+        if self.state == "starting" and self._root_scope is not None:
+            log.event(_log, "daemon.start_abandoned", note="stop requested before the daemon was ready")
+            self._root_scope.cancel()
 
     def force_stop(self) -> None:
         """Cancel everything at once (what a second signal does)."""
@@ -175,6 +182,9 @@ class Daemon:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
+                    if self.state not in ("running", "draining", "drained"):
+                        log.event(_log, "signal.received", signal=name, action=f"ignored while {self.state}")
+                        continue
                     log.event(_log, "signal.received", signal=name, action="reload")
                     await self.reload()
                 elif self._stop_requested.is_set():
@@ -207,7 +217,12 @@ class Daemon:
                           note="this change takes effect after a restart")
             log.configure(new.daemon.log_level, new.daemon.log_format)
             if self.components is not None:
-                await self.components.apply_config(new)
+                try:
+                    await self.components.apply_config(new)
+                except Exception as exc:  # a reload never takes the daemon down
+                    log.event(_log, "config.apply_failed", level=logging.ERROR, error=f"{type(exc).__name__}: {exc}",
+                              note="the previous configuration stays in effect where it was not applied")
+                    return False
             # Keep what needs a restart as it runs, so status reports the truth.
             for section in RESTART_SECTIONS:
                 setattr(new, section, getattr(self.cfg, section))

@@ -153,3 +153,16 @@ def test_watchdog_for_another_pid_is_ignored(daemon_factory, redis_url: str, pg_
     daemon = daemon_factory(redis_url, pg_dsn, env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}).start()
     daemon.get("/healthz")
     assert not daemon.notify.seen("WATCHDOG")
+
+
+def test_sigterm_while_waiting_for_postgresql_at_start(daemon_factory, redis_url: str) -> None:
+    from services import free_port
+
+    absent = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    daemon = daemon_factory(redis_url, absent).start(wait_ready=False)
+    daemon.wait_event("postgres.unavailable", timeout=30)
+    begin = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(timeout=15) == 0, daemon.log_text()[-3000:]
+    assert time.monotonic() - begin < 5
+    assert not daemon.notify.seen("READY", "1")
