@@ -6,52 +6,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pytest
 import trio
 from imapclient import IMAPClient
 
 from inboundd import config as config_mod
 from inboundd.jobs import Job
 from inboundd.providers.imap_conn import ImapAccount, accounts_from_config
-from services import DovecotServer
-
-
-class ImapTestServer(DovecotServer):
-    """A private Dovecot whose users all exist before it starts.
-
-    Users added to a running Dovecot's passwd-file are not reliably seen at
-    once (measured: the first login of a just-added user failed and then
-    waited for the auth failure penalty, 5–7 s per test), so every mailbox a
-    test may want is created up front and handed out by :meth:`take`.
-    ``auth_failure_delay`` is short so wrong-password tests do not take ages;
-    how often a listener retries is what those tests count, in the log.
-    """
-
-    def __init__(self, users: int = 0) -> None:
-        super().__init__()
-        self._pool = [(f"box{n}-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex) for n in range(users)]
-        self.users.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self._pool))
-
-    def _config_text(self) -> str:
-        return super()._config_text() + "auth_failure_delay = 1 secs\n"
-
-    def take(self) -> tuple[str, str]:
-        """A (user, password) no other test has used."""
-        return self._pool.pop()
-
-
-@pytest.fixture(scope="session")
-def imap_server() -> Any:
-    """The IMAP tests' own private Dovecot (session-scoped), with mailboxes created up front."""
-    server = ImapTestServer(users=300).start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def mailbox(imap_server: ImapTestServer) -> tuple[str, str]:
-    """A fresh (user, password) on ``imap_server``, usable at once."""
-    return imap_server.take()
 
 
 def make_accounts(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], **settings: Any) -> list[ImapAccount]:
@@ -177,3 +137,45 @@ if __import__("os").environ.get("INBOUNDD_TEST_LOG"):
     from inboundd import log as _log
 
     _log.configure(__import__("os").environ["INBOUNDD_TEST_LOG"])
+
+
+class BlackHoleProxy:
+    """TCP proxy to the server whose existing connections can be made to swallow everything.
+
+    Models a NAT entry or firewall state that vanished: no FIN, no RST, the
+    peer just stops answering. New connections still go through.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections: list[trio.Event] = []   # set = frozen
+        #: Everything clients sent (to count commands).
+        self.sent = bytearray()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        frozen = trio.Event()
+        self.connections.append(frozen)
+
+        async def pump(src, dst, record=None):
+            async for chunk in src:
+                if frozen.is_set():
+                    await trio.sleep_forever()
+                if record is not None:
+                    record += chunk
+                await dst.send_all(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, downstream, upstream, self.sent)
+            nursery.start_soon(pump, upstream, downstream)
+
+    def freeze_existing(self) -> None:
+        for frozen in self.connections:
+            frozen.set()

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from imap_helpers import ImapTestServer, append, imap, imap_server, mailbox, make_accounts, message  # noqa: F401
+from imap_helpers import BlackHoleProxy, append, imap, make_accounts, message
+from services import DovecotServer, free_port
 from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import TransientError
 from inboundd.providers.base import FetchedMessage, SourceUnavailable
+from inboundd.providers.imap_conn import CLOSE_TIMEOUT
 from inboundd.providers.imap_fetch import ImapFetcher
 
 
@@ -57,16 +59,16 @@ async def fetcher_factory():
         await fetcher.aclose()
 
 
-async def test_fetch_returns_the_message_and_never_sets_seen(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+async def test_fetch_returns_the_message_and_never_sets_seen(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     raw = message("hello", subject="fetch me")
 
     def put(c):
         return c.append("INBOX", raw)
 
-    await imap(imap_server.port, user, password, put)
-    validity = await uidvalidity(imap_server.port, user, password)
+    await imap(dovecot.port, user, password, put)
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
     result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000_000)
     assert isinstance(result, FetchedMessage)
@@ -75,16 +77,16 @@ async def test_fetch_returns_the_message_and_never_sets_seen(imap_server, mailbo
     assert result.folder == "INBOX"
     assert result.size == len(raw)
     assert result.internal_date is not None and result.internal_date.tzinfo is not None
-    assert b"\\Seen" not in await flags(imap_server.port, user, password, 1)
+    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)
 
 
-async def test_skips_uidvalidity_change_deleted_and_missing_folder(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
-    await append(imap_server.port, user, password, count=2)
-    validity = await uidvalidity(imap_server.port, user, password)
+async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
-    before = logins(imap_server, user)
+    before = logins(dovecot, user)
     result = await fetcher.fetch(job_for(account.id, validity + 1, 1), max_size=0)
     assert isinstance(result, SourceUnavailable) and result.reason == "uidvalidity_changed"
 
@@ -93,7 +95,7 @@ async def test_skips_uidvalidity_change_deleted_and_missing_folder(imap_server, 
         c.delete_messages([2])
         c.expunge()
 
-    await imap(imap_server.port, user, password, expunge)
+    await imap(dovecot.port, user, password, expunge)
     before += 1   # the test's own expunge session
     result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
     assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
@@ -103,15 +105,15 @@ async def test_skips_uidvalidity_change_deleted_and_missing_folder(imap_server, 
     assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
     # The connection survived the skips: UID 1 is still fetched fine on it.
     assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
-    assert logins(imap_server, user) == before + 1   # one pooled connection served all five
+    assert logins(dovecot, user) == before + 1   # one pooled connection served all five
 
 
-async def test_oversize_is_skipped_without_downloading(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+async def test_oversize_is_skipped_without_downloading(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     big = message("big") + b"x" * 50_000 + b"\r\n"
-    await imap(imap_server.port, user, password, lambda c: c.append("INBOX", big))
-    validity = await uidvalidity(imap_server.port, user, password)
+    await imap(dovecot.port, user, password, lambda c: c.append("INBOX", big))
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = ImapFetcher([account])
     try:
         result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000)
@@ -120,22 +122,22 @@ async def test_oversize_is_skipped_without_downloading(imap_server, mailbox, tmp
     finally:
         await fetcher.aclose()
     # Dovecot's own accounting of the fetcher's session: no message body was sent.
-    [line] = [line for line in logouts(imap_server, user) if "body_count" in line and "deleted=0" in line][-1:]
+    [line] = [line for line in logouts(dovecot, user) if "body_count" in line and "deleted=0" in line][-1:]
     assert "body_count=0" in line and "body_bytes=0" in line, line
 
 
-async def test_pool_reuses_connections_across_jobs(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], fetch_connections=2)
-    await append(imap_server.port, user, password, count=12)
-    validity = await uidvalidity(imap_server.port, user, password)
-    before = logins(imap_server, user)
+async def test_pool_reuses_connections_across_jobs(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], fetch_connections=2)
+    await append(dovecot.port, user, password, count=12)
+    validity = await uidvalidity(dovecot.port, user, password)
+    before = logins(dovecot, user)
     fetcher = ImapFetcher([account])
     results = {}
     try:
         for uid in (1, 2, 3):   # one after the other: one connection
             results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
-        assert logins(imap_server, user) == before + 1
+        assert logins(dovecot, user) == before + 1
 
         async def one(uid):
             results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
@@ -143,18 +145,18 @@ async def test_pool_reuses_connections_across_jobs(imap_server, mailbox, tmp_pat
         async with trio.open_nursery() as nursery:   # nine at once: at most fetch_connections
             for uid in range(4, 13):
                 nursery.start_soon(one, uid)
-        assert logins(imap_server, user) == before + 2
+        assert logins(dovecot, user) == before + 2
         assert all(isinstance(results[uid], FetchedMessage) for uid in range(1, 13))
         assert [results[uid].raw.split(b"Subject: ")[1].split(b"\r\n")[0] for uid in range(1, 13)] == \
             [f"message {n}".encode() for n in range(12)]
     finally:
         await fetcher.aclose()
     # aclose logs both pooled connections out.
-    assert len(logouts(imap_server, user)) >= 2
+    assert len(logouts(dovecot, user)) >= 2
 
 
 async def test_a_dead_pooled_connection_is_replaced(tmp_path):
-    server = ImapTestServer(users=1).start()
+    server = DovecotServer(users=1).start()
     try:
         user = server.take()
         [account] = make_accounts(tmp_path, server.port, [user])
@@ -173,11 +175,27 @@ async def test_a_dead_pooled_connection_is_replaced(tmp_path):
         server.cleanup()
 
 
-async def test_unreachable_server_or_refused_login_is_transient(imap_server, mailbox, tmp_path):
-    from services import free_port
+async def test_closing_is_bounded_however_many_connections_hang(dovecot, tmp_path):
+    users = [dovecot.take() for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(dovecot.port)
+        await nursery.start(proxy.run)
+        accounts = make_accounts(tmp_path, proxy.port, users)
+        fetcher = ImapFetcher(accounts)
+        for account, (user, password) in zip(accounts, users):
+            await append(dovecot.port, user, password)
+            validity = await uidvalidity(dovecot.port, user, password)
+            assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
+        proxy.freeze_existing()  # every pooled connection stops answering: each LOGOUT runs into CLOSE_TIMEOUT
+        started = trio.current_time()
+        await fetcher.aclose()  # the closes are shielded: measure rather than cancel
+        assert trio.current_time() - started < CLOSE_TIMEOUT * 2  # one after another: three times as long
+        nursery.cancel_scope.cancel()
 
+
+async def test_unreachable_server_or_refused_login_is_transient(dovecot, imap_user, tmp_path):
     [down] = make_accounts(tmp_path, free_port(), [("nobody", "x")])
-    [refused] = make_accounts(tmp_path, imap_server.port, [(mailbox[0], "wrong")])
+    [refused] = make_accounts(tmp_path, dovecot.port, [(imap_user[0], "wrong")])
     fetcher = ImapFetcher([down])
     with pytest.raises(TransientError, match="unavailable"):
         await fetcher.fetch(job_for(down.id, 1, 1), max_size=0)
@@ -191,24 +209,24 @@ async def test_unreachable_server_or_refused_login_is_transient(imap_server, mai
 # ---------------------------------------------------------------------------- post-actions
 
 
-async def test_post_action_seen_only_after_commit(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="seen")
-    await append(imap_server.port, user, password)
-    validity = await uidvalidity(imap_server.port, user, password)
+async def test_post_action_seen_only_after_commit(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], post_action="seen")
+    await append(dovecot.port, user, password)
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
     job = job_for(account.id, validity, 1)
     assert isinstance(await fetcher.fetch(job, max_size=0), FetchedMessage)
-    assert b"\\Seen" not in await flags(imap_server.port, user, password, 1)   # fetched, not yet committed
+    assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)   # fetched, not yet committed
     await fetcher.after_commit(job)
-    assert b"\\Seen" in await flags(imap_server.port, user, password, 1)
+    assert b"\\Seen" in await flags(dovecot.port, user, password, 1)
 
 
-async def test_post_action_move_creates_the_folder_and_moves(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="move:Processed")
-    await append(imap_server.port, user, password, count=2)
-    validity = await uidvalidity(imap_server.port, user, password)
+async def test_post_action_move_creates_the_folder_and_moves(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], post_action="move:Processed")
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
     for uid in (1, 2):
         job = job_for(account.id, validity, uid)
@@ -224,17 +242,17 @@ async def test_post_action_move_creates_the_folder_and_moves(imap_server, mailbo
         seen = [d[b"FLAGS"] for d in data]
         return inbox, processed, subjects, seen
 
-    inbox, processed, subjects, seen = await imap(imap_server.port, user, password, where)
+    inbox, processed, subjects, seen = await imap(dovecot.port, user, password, where)
     assert (inbox, processed) == (0, 2)
     assert sorted(s.strip() for s in subjects) == [b"Subject: message 0", b"Subject: message 1"]
     assert all(b"\\Seen" not in f for f in seen)
 
 
-async def test_post_action_delete_and_uidvalidity_guard(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], post_action="delete")
-    await append(imap_server.port, user, password, count=2)
-    validity = await uidvalidity(imap_server.port, user, password)
+async def test_post_action_delete_and_uidvalidity_guard(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], post_action="delete")
+    await append(dovecot.port, user, password, count=2)
+    validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
     await fetcher.after_commit(job_for(account.id, validity + 1, 1))   # another folder generation: untouched
     await fetcher.after_commit(job_for(account.id, validity, 2))
@@ -243,25 +261,25 @@ async def test_post_action_delete_and_uidvalidity_guard(imap_server, mailbox, tm
         c.select_folder("INBOX", readonly=True)
         return c.search(["ALL"])
 
-    assert await imap(imap_server.port, user, password, uids) == [1]
+    assert await imap(dovecot.port, user, password, uids) == [1]
 
 
-async def test_post_action_none_touches_nothing(imap_server, mailbox, tmp_path, fetcher_factory):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
-    await append(imap_server.port, user, password)
-    validity = await uidvalidity(imap_server.port, user, password)
-    before = logins(imap_server, user)
+async def test_post_action_none_touches_nothing(dovecot, imap_user, tmp_path, fetcher_factory):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
+    await append(dovecot.port, user, password)
+    validity = await uidvalidity(dovecot.port, user, password)
+    before = logins(dovecot, user)
     fetcher = fetcher_factory([account])
     await fetcher.after_commit(job_for(account.id, validity, 1))
-    assert logins(imap_server, user) == before
-    assert await flags(imap_server.port, user, password, 1) - {b"\\Recent"} == set()
+    assert logins(dovecot, user) == before
+    assert await flags(dovecot.port, user, password, 1) - {b"\\Recent"} == set()
 
 
 # ---------------------------------------------------------------------------- with the real processor
 
 
-async def test_post_action_runs_only_after_the_message_is_committed(imap_server, mailbox, tmp_path, pg_dsn):
+async def test_post_action_runs_only_after_the_message_is_committed(dovecot, imap_user, tmp_path, pg_dsn):
     """Processor + ImapFetcher + PostgreSQL: a failed store leaves the message where it was."""
     from inboundd.processing import Processor
     from inboundd.providers.base import SourceRegistry
@@ -270,11 +288,11 @@ async def test_post_action_runs_only_after_the_message_is_committed(imap_server,
     from inboundd.store.migrate import migrate
     from imap_helpers import make_config
 
-    user, password = mailbox
-    cfg = make_config(tmp_path, imap_server.port, [mailbox], post_action="move:Processed",
+    user, password = imap_user
+    cfg = make_config(tmp_path, dovecot.port, [imap_user], post_action="move:Processed",
                       prefix=f'[postgres]\ndsn = "{pg_dsn}"\n')
-    await append(imap_server.port, user, password)
-    validity = await uidvalidity(imap_server.port, user, password)
+    await append(dovecot.port, user, password)
+    validity = await uidvalidity(dovecot.port, user, password)
     db = Database(cfg.postgres)
     await db.open()
     fetcher = ImapFetcher(accounts_from_config(cfg))
@@ -297,7 +315,7 @@ async def test_post_action_runs_only_after_the_message_is_committed(imap_server,
                 flags = c.get_flags([1]).get(1, ()) if inbox else ()
                 processed = c.folder_status("Processed", [b"MESSAGES"])[b"MESSAGES"] if c.folder_exists("Processed") else 0
                 return inbox, processed, b"\\Seen" in flags
-            return await imap(imap_server.port, user, password, work)
+            return await imap(dovecot.port, user, password, work)
 
         await db.run(break_store)
         with pytest.raises(Exception, match="store refused"):

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from imap_helpers import (  # noqa: F401 (fixtures)
-    ImapTestServer,
+from imap_helpers import (
+    BlackHoleProxy,
     Recorder,
     append,
     eventually,
     imap,
-    imap_server,
-    mailbox,
     make_accounts,
     message,
 )
@@ -66,7 +64,7 @@ def drop_into_maildir(server: DovecotServer, user: str, count: int, start: int =
 @pytest.fixture
 def own_dovecot():
     """A Dovecot of this test's own, which it may stop and start (one mailbox: ``take()``)."""
-    server = ImapTestServer(users=1).start()
+    server = DovecotServer(users=1).start()
     yield server
     server.cleanup()
 
@@ -74,9 +72,9 @@ def own_dovecot():
 # ---------------------------------------------------------------------------- IDLE path and the cursor
 
 
-async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     queue, cursors = Recorder(), MemoryCursorStore()
     seen_at_ack: list[proto.Cursor | None] = []
 
@@ -91,13 +89,13 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(im
         assert listener.state == "idle"
         start_cursor = await cursors.load(account.id, "INBOX")
         assert start_cursor is not None and start_cursor.last_uid == 0
-        [uid] = await append(imap_server.port, user, password)
+        [uid] = await append(dovecot.port, user, password)
         await eventually(lambda: listener.status().last_uid == uid, 5, "the cursor to reach the new UID")
         assert queue.uids() == [uid]
         assert seen_at_ack == [start_cursor]
         assert (await cursors.load(account.id, "INBOX")) == proto.Cursor(start_cursor.uidvalidity, uid)
         await eventually(lambda: listener.state == "idle", 5, "back to idle")
-        [uid2] = await append(imap_server.port, user, password, start=1)
+        [uid2] = await append(dovecot.port, user, password, start=1)
         await eventually(lambda: queue.uids() == [uid, uid2], 5, "the second pointer")
         assert listener.status().enqueued == 2
         nursery.cancel_scope.cancel()
@@ -105,9 +103,9 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(im
     assert queue.uids() == [uid, uid2]  # once each
 
 
-async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
@@ -115,7 +113,7 @@ async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(imap_se
         before = await cursors.load(account.id, "INBOX")
         queue.fail = ConnectionError("redis down")
         attempts = queue.attempts
-        uids = await append(imap_server.port, user, password, count=3)
+        uids = await append(dovecot.port, user, password, count=3)
         await eventually(lambda: queue.attempts >= attempts + 2, 10, "retried enqueue attempts")
         assert listener.status().last_error and "redis down" in listener.status().last_error
         assert await cursors.load(account.id, "INBOX") == before
@@ -130,17 +128,17 @@ async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(imap_se
 # ---------------------------------------------------------------------------- catch-up and first start
 
 
-async def test_catch_up_after_downtime_from_the_database_cursor(imap_server, mailbox, tmp_path, pg_dsn):
+async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, imap_user, tmp_path, pg_dsn):
     from inboundd.config import PostgresConfig
 
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     db = Database(PostgresConfig(dsn=pg_dsn))
     await db.open()
     try:
         await db.run(migrate)
         cursors = DbCursorStore(db)
-        early = await append(imap_server.port, user, password, count=2)
+        early = await append(dovecot.port, user, password, count=2)
         queue = Recorder()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
@@ -150,7 +148,7 @@ async def test_catch_up_after_downtime_from_the_database_cursor(imap_server, mai
         stored = await cursors.load(account.id, "INBOX")
         assert stored is not None and stored.last_uid == early[-1]
 
-        missed = await append(imap_server.port, user, password, count=40, start=2)   # the daemon is down
+        missed = await append(dovecot.port, user, password, count=40, start=2)   # the daemon is down
         queue = Recorder()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
@@ -172,31 +170,31 @@ async def test_catch_up_after_downtime_from_the_database_cursor(imap_server, mai
 
 @pytest.mark.parametrize("start_from, expected", [("now", []), ("all", [1, 2, 3, 4, 5]), ("last:2", [4, 5]),
                                                    ("last:9", [1, 2, 3, 4, 5])])
-async def test_first_start(imap_server, mailbox, tmp_path, start_from, expected):
-    user, password = mailbox
-    uids = await append(imap_server.port, user, password, count=5)
+async def test_first_start(dovecot, imap_user, tmp_path, start_from, expected):
+    user, password = imap_user
+    uids = await append(dovecot.port, user, password, count=5)
     assert uids == [1, 2, 3, 4, 5]
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], start_from=start_from)
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], start_from=start_from)
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
         assert queue.uids() == expected
         assert (await cursors.load(account.id, "INBOX")).last_uid == 5
-        [new] = await append(imap_server.port, user, password, start=5)
+        [new] = await append(dovecot.port, user, password, start=5)
         await eventually(lambda: queue.uids() == expected + [new], 5, "the new message after the first start")
         nursery.cancel_scope.cancel()
 
 
-async def test_first_start_on_an_empty_folder_then_new_mail(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], start_from="last:3")
+async def test_first_start_on_an_empty_folder_then_new_mail(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], start_from="last:3")
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
         assert queue.jobs == []
-        uids = await append(imap_server.port, user, password, count=4)
+        uids = await append(dovecot.port, user, password, count=4)
         await eventually(lambda: queue.uids() == uids, 5, "all four new messages")
         nursery.cancel_scope.cancel()
 
@@ -205,18 +203,18 @@ async def test_first_start_on_an_empty_folder_then_new_mail(imap_server, mailbox
 
 
 @pytest.mark.parametrize("how", ["delete", "rename"])
-async def test_uidvalidity_change_under_the_listener_rescans_the_folder(imap_server, mailbox, tmp_path, how):
-    user, password = mailbox
-    await imap(imap_server.port, user, password, lambda c: c.create_folder("Work"))
+async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot, imap_user, tmp_path, how):
+    user, password = imap_user
+    await imap(dovecot.port, user, password, lambda c: c.create_folder("Work"))
     # Dovecot announces a deleted folder during IDLE (an untagged NO) but not a renamed one:
     # that is found by the periodic re-EXAMINE after noop_interval of silence.
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], folders=["Work"], start_from="all",
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], folders=["Work"], start_from="all",
                               noop_interval=1.0)
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors, folder="Work")
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
-        old = await append(imap_server.port, user, password, count=2, folder="Work")
+        old = await append(dovecot.port, user, password, count=2, folder="Work")
         await eventually(lambda: queue.uids() == old, 5, "the first two")
         first_validity = listener.status().uidvalidity
 
@@ -230,7 +228,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(imap_ser
             for n in range(3):
                 c.append("Work", message(f"new{n}"))
 
-        await imap(imap_server.port, user, password, recreate)
+        await imap(dovecot.port, user, password, recreate)
         await eventually(lambda: len(queue.jobs) == 5 and listener.state == "idle", 10, "the rescan of the new folder")
         status = listener.status()
         assert status.uidvalidity != first_validity
@@ -242,7 +240,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(imap_ser
         # Nothing lost, nothing pointed at twice.
         identities = [j.identity() for j in queue.jobs]
         assert len(set(identities)) == len(identities) == 5
-        [later] = await append(imap_server.port, user, password, folder="Work", start=9)
+        [later] = await append(dovecot.port, user, password, folder="Work", start=9)
         await eventually(lambda: len(queue.jobs) == 6, 5, "new mail in the new folder")
         assert queue.jobs[-1].pointer.uid == later == 4
         nursery.cancel_scope.cancel()
@@ -275,7 +273,7 @@ async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dov
 
 
 async def test_polling_when_the_server_has_no_idle(tmp_path):
-    class NoIdleDovecot(ImapTestServer):
+    class NoIdleDovecot(DovecotServer):
         def _config_text(self) -> str:
             return super()._config_text() + (
                 "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT UNSELECT "
@@ -308,10 +306,10 @@ def auth_failures_in_log(server, user: str) -> int:
     return len(re.findall(rf"auth failed.*user=<{re.escape(user)}>", text))
 
 
-async def test_wrong_password_reports_auth_failed_and_other_account_keeps_working(imap_server, tmp_path):
-    good = imap_server.take()
-    bad_user, _ = imap_server.take()
-    accounts = make_accounts(tmp_path, imap_server.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
+async def test_wrong_password_reports_auth_failed_and_other_account_keeps_working(dovecot, tmp_path):
+    good = dovecot.take()
+    bad_user, _ = dovecot.take()
+    accounts = make_accounts(tmp_path, dovecot.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
                              auth_retry_interval=600)
     queue = Recorder()
     group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore())
@@ -322,27 +320,27 @@ async def test_wrong_password_reports_auth_failed_and_other_account_keeps_workin
         bad = {s.account: s for s in group.status()}["acct0"]
         assert "AUTHENTICATIONFAILED" in bad.last_error or "Authentication failed" in bad.last_error
         assert bad.retry_at is not None and bad.retry_at - time.time() > 500   # slow retry, not a loop
-        failures = await eventually(lambda: auth_failures_in_log(imap_server, bad_user), 5, "failures in the log")
+        failures = await eventually(lambda: auth_failures_in_log(dovecot, bad_user), 5, "failures in the log")
         assert failures == 2
 
-        [uid] = await append(imap_server.port, *good)
+        [uid] = await append(dovecot.port, *good)
         await eventually(lambda: queue.uids("acct1") == [uid], 5, "the healthy account's mail")
         assert queue.uids("acct0") == []
         # Watching the server for a few seconds: no further login attempt from the failed account.
         await trio.sleep(3)
-        assert auth_failures_in_log(imap_server, bad_user) == 2
+        assert auth_failures_in_log(dovecot, bad_user) == 2
         assert {s.account: s.state for s in group.status()} == {"acct0": "auth_failed", "acct1": "idle"}
 
         # SIGHUP (kick) retries at once; still wrong, so straight back to auth_failed after one attempt.
         group.kick()
-        await eventually(lambda: auth_failures_in_log(imap_server, bad_user) == 3, 10, "the kicked attempt")
+        await eventually(lambda: auth_failures_in_log(dovecot, bad_user) == 3, 10, "the kicked attempt")
         await eventually(lambda: group.summary().get("auth_failed") == 1, 10, "auth_failed again")
         nursery.cancel_scope.cancel()
 
 
-async def test_missing_folder_fails_alone(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox], folders=["INBOX", "Nope"])
+async def test_missing_folder_fails_alone(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], folders=["INBOX", "Nope"])
     queue = Recorder()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
@@ -350,7 +348,7 @@ async def test_missing_folder_fails_alone(imap_server, mailbox, tmp_path):
         states = {s.folder: s for s in group.status()}
         assert states["INBOX"].state == "idle"
         assert states["Nope"].state == "backoff" and "Nope" in states["Nope"].last_error
-        [uid] = await append(imap_server.port, user, password)
+        [uid] = await append(dovecot.port, user, password)
         await eventually(lambda: queue.uids() == [uid], 5, "INBOX mail")
         nursery.cancel_scope.cancel()
 
@@ -358,9 +356,9 @@ async def test_missing_folder_fails_alone(imap_server, mailbox, tmp_path):
 # ---------------------------------------------------------------------------- ownership
 
 
-async def test_two_groups_one_owner_and_takeover(imap_server, mailbox, tmp_path, redis_url):
-    user, password = mailbox
-    accounts = make_accounts(tmp_path, imap_server.port, [mailbox], lease=2)
+async def test_two_groups_one_owner_and_takeover(dovecot, imap_user, tmp_path, redis_url):
+    user, password = imap_user
+    accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=2)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
     queue, cursors = Recorder(), MemoryCursorStore()
     a = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="a")
@@ -376,7 +374,7 @@ async def test_two_groups_one_owner_and_takeover(imap_server, mailbox, tmp_path,
         await nursery.start(b.run)
         assert a.status()[0].state == "idle" and a.status()[0].lease_token == 1
         assert b.status()[0].state == "standby"
-        first = await append(imap_server.port, user, password, count=3)
+        first = await append(dovecot.port, user, password, count=3)
         await eventually(lambda: queue.uids() == first, 5, "mail through the owner")
         # Stays that way across several lease renewals.
         await trio.sleep(2.5)
@@ -385,7 +383,7 @@ async def test_two_groups_one_owner_and_takeover(imap_server, mailbox, tmp_path,
         a_scope.cancel()     # owner stops (drain / shutdown): releases its lease
         await eventually(lambda: b.status()[0].state == "idle", 5, "b to take over")
         assert b.status()[0].lease_token == 2
-        more = await append(imap_server.port, user, password, count=2, start=3)
+        more = await append(dovecot.port, user, password, count=2, start=3)
         await eventually(lambda: queue.uids() == first + more, 5, "mail through the new owner")
         nursery.cancel_scope.cancel()
     await rio.close()
@@ -394,11 +392,11 @@ async def test_two_groups_one_owner_and_takeover(imap_server, mailbox, tmp_path,
 # ---------------------------------------------------------------------------- shutdown
 
 
-async def test_cancellation_sends_done_and_logout_quickly(imap_server, tmp_path):
-    users = [imap_server.take() for _ in range(3)]
-    accounts = make_accounts(tmp_path, imap_server.port, users)
+async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
+    users = [dovecot.take() for _ in range(3)]
+    accounts = make_accounts(tmp_path, dovecot.port, users)
     group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore())
-    async with trio.open_nursery() as outer:
+    async with trio.open_nursery():
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)
             assert group.summary() == {"idle": 3}
@@ -409,15 +407,15 @@ async def test_cancellation_sends_done_and_logout_quickly(imap_server, tmp_path)
     assert group.status() == []
 
     def logged_out(user):
-        return re.search(rf"imap\({re.escape(user)}\).*Disconnected: Logged out", Path(imap_server.log).read_text())
+        return re.search(rf"imap\({re.escape(user)}\).*Disconnected: Logged out", Path(dovecot.log).read_text())
 
     for user, _ in users:
         await eventually(lambda: logged_out(user), 5, f"LOGOUT of {user} in the server log")
 
 
-async def test_drain_and_resume(imap_server, mailbox, tmp_path):
-    user, password = mailbox
-    [account] = make_accounts(tmp_path, imap_server.port, [mailbox])
+async def test_drain_and_resume(dovecot, imap_user, tmp_path):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     queue = Recorder()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
@@ -425,7 +423,7 @@ async def test_drain_and_resume(imap_server, mailbox, tmp_path):
         with trio.fail_after(3):
             await group.drain()
         assert group.summary() == {"stopped": 1}
-        uids = await append(imap_server.port, user, password, count=2)
+        uids = await append(dovecot.port, user, password, count=2)
         await group.resume()     # caught up before it returns
         assert queue.uids() == uids
         assert group.summary() == {"idle": 1}
@@ -435,60 +433,18 @@ async def test_drain_and_resume(imap_server, mailbox, tmp_path):
 # ---------------------------------------------------------------------------- a connection that dies silently
 
 
-class BlackHoleProxy:
-    """TCP proxy to the server whose existing connections can be made to swallow everything.
-
-    Models a NAT entry or firewall state that vanished: no FIN, no RST, the
-    peer just stops answering. New connections still go through.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.connections: list[trio.Event] = []   # set = frozen
-        #: Everything clients sent (to count commands).
-        self.sent = bytearray()
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        frozen = trio.Event()
-        self.connections.append(frozen)
-
-        async def pump(src, dst, record=None):
-            async for chunk in src:
-                if frozen.is_set():
-                    await trio.sleep_forever()
-                if record is not None:
-                    record += chunk
-                await dst.send_all(chunk)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, downstream, upstream, self.sent)
-            nursery.start_soon(pump, upstream, downstream)
-
-    def freeze_existing(self) -> None:
-        for frozen in self.connections:
-            frozen.set()
-
-
-async def test_a_silently_dead_connection_is_noticed_and_replaced(imap_server, mailbox, tmp_path):
-    user, password = mailbox
+async def test_a_silently_dead_connection_is_noticed_and_replaced(dovecot, imap_user, tmp_path):
+    user, password = imap_user
     queue, cursors = Recorder(), MemoryCursorStore()
     async with trio.open_nursery() as nursery:
-        proxy = BlackHoleProxy(imap_server.port)
+        proxy = BlackHoleProxy(dovecot.port)
         await nursery.start(proxy.run)
-        [account] = make_accounts(tmp_path, proxy.port, [mailbox], noop_interval=0.5, read_timeout=1.0)
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user], noop_interval=0.5, read_timeout=1.0)
         listener = listener_for(account, queue, cursors)
         await nursery.start(listener.run)
         assert listener.state == "idle"
         proxy.freeze_existing()
-        [uid] = await append(imap_server.port, user, password)   # the listener's connection never hears of it
+        [uid] = await append(dovecot.port, user, password)   # the listener's connection never hears of it
         # Found dead by the probe after noop_interval (no answer within read_timeout), then reconnected.
         await eventually(lambda: queue.uids() == [uid], 10, "the message after the reconnect")
         status = listener.status()
@@ -497,19 +453,19 @@ async def test_a_silently_dead_connection_is_noticed_and_replaced(imap_server, m
         nursery.cancel_scope.cancel()
 
 
-async def test_idle_is_reissued_before_idle_refresh(imap_server, mailbox, tmp_path):
-    user, password = mailbox
+async def test_idle_is_reissued_before_idle_refresh(dovecot, imap_user, tmp_path):
+    user, password = imap_user
     queue = Recorder()
     async with trio.open_nursery() as nursery:
-        proxy = BlackHoleProxy(imap_server.port)
+        proxy = BlackHoleProxy(dovecot.port)
         await nursery.start(proxy.run)
-        [account] = make_accounts(tmp_path, proxy.port, [mailbox], idle_refresh=0.3)
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user], idle_refresh=0.3)
         listener = listener_for(account, queue, MemoryCursorStore())
         await nursery.start(listener.run)
         # DONE then IDLE again, on the same connection, every idle_refresh.
         await eventually(lambda: proxy.sent.count(b" IDLE\r\n") >= 4, 5, "four IDLE commands")
         assert proxy.sent.count(b"DONE\r\n") >= 3
         assert len(proxy.connections) == 1 and listener.status().reconnects == 0
-        [uid] = await append(imap_server.port, user, password)
+        [uid] = await append(dovecot.port, user, password)
         await eventually(lambda: queue.uids() == [uid], 5, "mail after several refreshes")
         nursery.cancel_scope.cancel()

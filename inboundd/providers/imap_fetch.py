@@ -99,11 +99,16 @@ class _Pool:
                     await conn.aclose()
 
     async def aclose(self) -> None:
-        """Log out every idle connection (busy ones close when their job ends)."""
+        """Log out every idle connection at once (busy ones close when their job ends).
+
+        Each close is bounded by ``CLOSE_TIMEOUT``, and they run concurrently, so
+        this returns within about that long however many connections there are.
+        """
         self.closed = True
         idle, self.idle = self.idle, []
-        for conn, _ in idle:
-            await conn.aclose()
+        async with trio.open_nursery() as nursery:
+            for conn, _ in idle:
+                nursery.start_soon(conn.aclose)
 
 
 class ImapFetcher:
@@ -134,11 +139,12 @@ class ImapFetcher:
         self._accounts = new
 
     async def aclose(self) -> None:
-        """Log out every pooled connection. Shielded per connection, bounded."""
+        """Log out every pooled connection, all at once; bounded by ``CLOSE_TIMEOUT`` overall."""
         pools = list(self._pools.values()) + self._retired
         self._pools, self._retired = {}, []
-        for pool in pools:
-            await pool.aclose()
+        async with trio.open_nursery() as nursery:
+            for pool in pools:
+                nursery.start_soon(pool.aclose)
 
     def _pool(self, account_id: str) -> _Pool:
         pool = self._pools.get(account_id)
