@@ -393,8 +393,10 @@ class ConsumerPool:
                 log.event(_log, "consumer.heartbeat_failed", level=logging.WARNING, consumer=me.name, error=str(exc))
                 continue
             for entry_id in lost:
-                me.lost.add(entry_id)
                 claimed = me.held.get(entry_id)
-                fields = claimed.job.log_fields() if claimed is not None and claimed.job is not None else {}
+                if claimed is None:
+                    continue  # acked while the heartbeat was on its way: not lost, just done
+                me.lost.add(entry_id)
+                fields = claimed.job.log_fields() if claimed.job is not None else {}
                 log.event(_log, "job.lease_lost", level=logging.WARNING, consumer=me.name, entry_id=entry_id,
                           **fields)
