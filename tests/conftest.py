@@ -71,18 +71,16 @@ def pg_dsn(pg_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[DovecotServer]:
-    server = DovecotServer().start()
+    """The suite's private Dovecot, with mailboxes made up front (see :meth:`DovecotServer.take`)."""
+    server = DovecotServer(users=400).start()
     yield server
     server.cleanup()
 
 
 @pytest.fixture
 def imap_user(dovecot: DovecotServer) -> tuple[str, str]:
-    """A fresh mailbox (user, password) on the private Dovecot."""
-    name = f"u{next(_counter)}-{uuid.uuid4().hex[:6]}"
-    password = uuid.uuid4().hex
-    dovecot.add_user(name, password)
-    return name, password
+    """A fresh mailbox (user, password) on the private Dovecot, usable at once."""
+    return dovecot.take()
 
 
 @pytest.fixture

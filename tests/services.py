@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -223,7 +224,7 @@ class PostgresServer(_Process):
 class DovecotServer(_Process):
     """A private Dovecot (IMAP only, plaintext on loopback), users in a passwd-file."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None, users: int = 0) -> None:
         self.binary = require_binary("dovecot", "dovecot-imapd", ["/usr/sbin"])
         if os.geteuid() != 0:
             pytest.fail("the private Dovecot runs as root (it switches to nobody for mail): run with sudo",
@@ -236,8 +237,12 @@ class DovecotServer(_Process):
         self.port = port or free_port()
         self.log = self.directory / "dovecot.log"
         self.users = self.directory / "users"
-        if not self.users.exists():
-            self.users.write_text("")
+        # Mailboxes made before the start, handed out by take(): a user added to a
+        # running Dovecot is not seen at once (its passwd-file is re-read at most once
+        # a second, and an early refused login costs the auth failure delay).
+        self._unused = [(f"box{n}-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex) for n in range(users)]
+        if not self.users.exists() or self._unused:
+            self.users.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self._unused))
         self.mail = self.directory / "mail"
         self.mail.mkdir(exist_ok=True)
         nobody = pwd.getpwnam("nobody")
@@ -294,6 +299,8 @@ service auth {{
 }}
 default_client_limit = 5000
 default_process_limit = 2000
+# Wrong-password tests count login attempts in the log; they need not wait long.
+auth_failure_delay = 1 secs
 """
 
     def start(self) -> "DovecotServer":
@@ -305,6 +312,12 @@ default_process_limit = 2000
 
         wait_for(ready, 30, "Dovecot to listen")
         return self
+
+    def take(self) -> tuple[str, str]:
+        """A (user, password) made before the start that no one has used yet."""
+        if not self._unused:
+            raise AssertionError("DovecotServer ran out of prepared mailboxes: create it with more users")
+        return self._unused.pop()
 
     def add_user(self, name: str, password: str) -> None:
         """Add a mailbox user; returns once Dovecot accepts its login.

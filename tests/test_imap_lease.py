@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 import trio
 
-from imap_helpers import Recorder, append, eventually, imap_server, mailbox, make_accounts  # noqa: F401
+from imap_helpers import Recorder, append, eventually, make_accounts
 from inboundd.config import RedisConfig
 from inboundd.providers.imap_lease import MailboxLease, lease_keys
 from inboundd.providers.imap_listener import ImapListenerGroup, MemoryCursorStore
@@ -70,8 +70,8 @@ async def eventually_acquired(candidate: MailboxLease, timeout: float) -> int:
             await trio.sleep(min(held, 0.05))
 
 
-async def test_an_owner_that_loses_its_lease_stops_listening(imap_server, mailbox, tmp_path, redis_url):
-    accounts = make_accounts(tmp_path, imap_server.port, [mailbox], lease=1.5)
+async def test_an_owner_that_loses_its_lease_stops_listening(dovecot, imap_user, tmp_path, redis_url):
+    accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=1.5)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
     group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore(), rio=rio, instance_id="a")
     try:
@@ -112,16 +112,16 @@ _OWNER_SCRIPT = textwrap.dedent("""
 """)
 
 
-async def test_owner_killed_the_other_daemon_takes_over_within_the_lease(imap_server, mailbox, tmp_path, redis_url):
-    user, password = mailbox
+async def test_owner_killed_the_other_daemon_takes_over_within_the_lease(dovecot, imap_user, tmp_path, redis_url):
+    user, password = imap_user
     owner = subprocess.Popen(
-        [sys.executable, "-c", _OWNER_SCRIPT, str(ROOT), str(tmp_path), str(imap_server.port), user, password, redis_url],
+        [sys.executable, "-c", _OWNER_SCRIPT, str(ROOT), str(tmp_path), str(dovecot.port), user, password, redis_url],
         stdout=subprocess.PIPE, text=True)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
     try:
         line = await trio.to_thread.run_sync(owner.stdout.readline)
         assert line.strip() == "idle"
-        accounts = make_accounts(tmp_path, imap_server.port, [mailbox], lease=2)
+        accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=2)
         queue = Recorder()
         group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore(), rio=rio, instance_id="b")
         async with trio.open_nursery() as nursery:
@@ -133,7 +133,7 @@ async def test_owner_killed_the_other_daemon_takes_over_within_the_lease(imap_se
             took = trio.current_time() - killed_at
             assert took < 2 + 1.0, took             # within the 2 s lease (plus a standby wake-up)
             assert group.status()[0].lease_token == 2
-            [uid] = await append(imap_server.port, user, password)
+            [uid] = await append(dovecot.port, user, password)
             await eventually(lambda: queue.uids() == [uid], 5, "mail through the new owner")
             nursery.cancel_scope.cancel()
     finally:
