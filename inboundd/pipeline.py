@@ -113,10 +113,23 @@ class Pipeline:
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every worker task in *nursery*; returns once each reported started."""
         self._nursery = nursery
+        await self._warn_if_redis_forgets()
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
         await nursery.start(self.consumers.run)
         await nursery.start(self.listeners.run)
+
+    async def _warn_if_redis_forgets(self) -> None:
+        """Log loudly when Redis keeps no append-only file: an accepted job would not survive its restart."""
+        try:
+            settings = await self.rio.run(lambda client: client.config_get("appendonly"))
+        except Exception as exc:  # CONFIG may be disabled (managed Redis): nothing to tell
+            log.event(_log, "redis.durability_unknown", level=logging.DEBUG, error=str(exc))
+            return
+        if settings.get("appendonly") != "yes":
+            log.event(_log, "redis.not_durable", level=logging.WARNING, appendonly=settings.get("appendonly"),
+                      note="jobs accepted since the last snapshot are lost if Redis restarts; "
+                           "set appendonly yes (appendfsync everysec or always)")
 
     # ------------------------------------------------------------------ intake
 

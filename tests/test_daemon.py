@@ -25,6 +25,14 @@ def test_ready_health_and_readiness(daemon_factory, redis_url: str, pg_dsn: str)
     assert os.stat(daemon.control_socket).st_mode & 0o777 == 0o660
 
 
+def test_a_redis_without_append_only_file_is_reported(daemon_factory, redis_url: str, make_redis, pg_dsn: str) -> None:
+    volatile = daemon_factory(redis_url, pg_dsn, name="volatile").start()
+    [warning] = volatile.events("redis.not_durable")
+    assert warning["level"] == "warning" and warning["appendonly"] == "no"
+    durable = daemon_factory(make_redis(persist=True).url, pg_dsn, name="durable").start()
+    assert not durable.events("redis.not_durable")
+
+
 def test_abstract_notify_socket(daemon_factory, redis_url: str, pg_dsn: str) -> None:
     daemon = daemon_factory(redis_url, pg_dsn, abstract_notify=True).start()
     assert daemon.notify.address.startswith("@")
