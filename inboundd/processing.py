@@ -138,8 +138,10 @@ class Processor:
     async def handle(self, job: Job) -> Outcome:
         """Process *job* once; see the module docstring for outcomes and exceptions.
 
-        Cancellation: honored everywhere; a cancelled claim is recorded as
-        ``failed`` (shielded, bounded) so the retry need not wait for the lease.
+        Cancellation: honored everywhere; a job cancelled after its claim is
+        recorded as ``failed`` (shielded, bounded) so the retry need not wait
+        for the lease. A cancel racing the claim's own commit can leave the row
+        ``processing`` until ``processing.lease`` ends; the retry then takes over.
         """
         cfg = self.cfg
         key = ledger.Key(job.tenant, job.account, job.identity())
