@@ -295,7 +295,12 @@ class ConsumerPool:
     async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> None:
         acks: list[Claimed] = []
         first_ack_at = 0.0
-        for claimed in batch:
+        for index, claimed in enumerate(batch):
+            if self._draining or me.stopping:
+                # Only the job in hand is finished on drain; the rest go back at once instead of
+                # waiting out their lease in a stopped consumer's name (and costing an attempt).
+                await self._hand_back(me, [c for c in batch[index:] if c.entry_id not in me.lost])
+                break
             if claimed.entry_id in me.lost:
                 # The heartbeat found the lease gone: another consumer has the job now.
                 me.lost.discard(claimed.entry_id)
@@ -359,6 +364,19 @@ class ConsumerPool:
         finally:
             me.held.pop(claimed.entry_id, None)
             me.lost.discard(claimed.entry_id)
+            self._notify()
+
+    async def _hand_back(self, me: _Consumer, entries: list[Claimed]) -> None:
+        try:
+            await self.queue.hand_back(me.name, entries)
+        except (redis.RedisError, OSError) as exc:
+            # They stay pending: the reclaim timer hands them out again after the lease.
+            log.event(_log, "consumer.hand_back_failed", level=logging.WARNING, consumer=me.name,
+                      jobs=len(entries), error=str(exc))
+        finally:
+            for claimed in entries:
+                me.held.pop(claimed.entry_id, None)
+                me.lost.discard(claimed.entry_id)
             self._notify()
 
     async def _flush_acks(self, me: _Consumer, acks: list[Claimed]) -> None:

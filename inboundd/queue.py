@@ -447,17 +447,43 @@ class Queue:
                 await self.dead_letter(consumer, claimed, reason="worker_lost",
                                        error=f"worker lost while holding the job ({why})", attempts=job.attempt)
                 continue
-            new_id = await self.rio.run(lambda client: self.scripts.requeue(
-                keys=[self.keys.stream], args=[GROUP, consumer, claimed.entry_id, jobs_mod.encode(job)],
-                client=client))
+            new_id = await self._requeue(consumer, claimed, job)
             if new_id is None:
-                self._stale("requeue", consumer, claimed.entry_id, job)
                 continue
             requeued += 1
             metrics.jobs_reclaimed.inc()
             log.event(_log, "job.reclaim", level=logging.WARNING, why=why, entry_id=claimed.entry_id,
-                      new_entry_id=_s(new_id), consumer=consumer, **job.log_fields())
+                      new_entry_id=new_id, consumer=consumer, **job.log_fields())
         return requeued
+
+    async def hand_back(self, consumer: str, entries: Iterable[Claimed]) -> int:
+        """Return claimed entries this consumer will not start (drain, stop) to the stream at once.
+
+        Unlike :meth:`recover` no attempt is counted: the job never ran. Other
+        consumers (or this daemon after a restart) take them without waiting
+        for the lease. Undecodable entries stay pending for the reclaimer to
+        dead-letter. Returns how many went back.
+        """
+        returned = 0
+        for claimed in entries:
+            if claimed.job is None:
+                continue
+            new_id = await self._requeue(consumer, claimed, claimed.job)
+            if new_id is not None:
+                returned += 1
+                log.event(_log, "job.hand_back", entry_id=claimed.entry_id, new_entry_id=new_id,
+                          consumer=consumer, **claimed.job.log_fields())
+        return returned
+
+    async def _requeue(self, consumer: str, claimed: Claimed, job: Job) -> str | None:
+        """Atomically re-add *job* at the tail and drop *claimed* (fenced); None if the lease moved."""
+        new_id = await self.rio.run(lambda client: self.scripts.requeue(
+            keys=[self.keys.stream], args=[GROUP, consumer, claimed.entry_id, jobs_mod.encode(job)],
+            client=client))
+        if new_id is None:
+            self._stale("requeue", consumer, claimed.entry_id, job)
+            return None
+        return _s(new_id)
 
     # ------------------------------------------------------------------ timer work
 

@@ -328,6 +328,36 @@ async def test_drain_finishes_in_flight_jobs_and_claims_nothing_new(rio: RedisIO
         nursery.cancel_scope.cancel()
 
 
+async def test_drain_hands_back_the_rest_of_a_claimed_batch_at_once(rio: RedisIO) -> None:
+    queue = make_queue(rio)
+    release = trio.Event()
+
+    async def first_waits(job: Job, nth: int) -> Outcome:
+        if job.pointer.uid == 1:  # type: ignore[union-attr]
+            await release.wait()
+        return Outcome("processed")
+
+    handler = Recorder(first_waits)
+    pool = ConsumerPool(queue, handler, queue.cfg, "i", count=1)
+    await queue.enqueue_many([imap_job(uid) for uid in range(1, 6)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        await eventually(lambda: handler.calls, 10, "the first job to start")
+        assert (await queue.stats()).in_flight == 5  # one claim took the whole batch (claim_batch = 5)
+        pool.drain()
+        release.set()
+        with trio.fail_after(5):
+            await pool.wait_drained()
+        stats = await queue.stats()
+        # Back in the stream at once, not pending under a stopped consumer until the lease ends.
+        assert (stats.ready, stats.in_flight) == (4, 0)
+        assert handler.uids() == [1]
+        pool.resume()
+        await eventually(lambda: handler.uids() == [1, 2, 3, 4, 5], 10, "the handed-back jobs")
+        assert all(job.attempt == 0 for job in handler.calls)  # handing back costs no attempt
+        nursery.cancel_scope.cancel()
+
+
 async def test_resize_changes_the_number_of_consumers(rio: RedisIO) -> None:
     cfg = load_text('[queue]\nlease = "1s"\nbackoff_base = "10ms"\nblock = "100ms"\n').queue
     queue = make_queue(rio, cfg)
