@@ -223,20 +223,26 @@ def enqueue(redis_url: str, jobs: list[Any], prefix: str = "inboundd") -> None:
     trio.run(go)
 
 
-class StalledLedger:
-    """Holds an exclusive lock on ``inbound_ledger``: every job's ledger claim waits (PostgreSQL stalls)."""
+class TableLock:
+    """Holds a lock on a table from a test connection, so the daemon's statements on it wait.
 
-    def __init__(self, pg_dsn: str) -> None:
+    ``ACCESS EXCLUSIVE`` on ``inbound_ledger`` stalls every ledger claim (a job
+    in flight that cannot finish); ``SHARE`` on ``inbound_messages`` lets the
+    claim through and stalls the store transaction inside it.
+    """
+
+    def __init__(self, pg_dsn: str, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
         import psycopg
 
+        self.dsn = pg_dsn
         self.conn = psycopg.connect(pg_dsn)
-        self.conn.execute("LOCK TABLE inbound_ledger IN ACCESS EXCLUSIVE MODE")
+        self.conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
 
-    def waiting_claims(self) -> int:
-        """Sessions waiting for our lock (a consumer blocked in its ledger claim)."""
+    def waiters(self) -> int:
+        """Sessions of this database waiting for a lock (a daemon statement stalled on ours)."""
         import psycopg
 
-        with psycopg.connect(self.conn.info.dsn, autocommit=True) as probe:
+        with psycopg.connect(self.dsn, autocommit=True) as probe:
             return probe.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
             ).fetchone()[0]

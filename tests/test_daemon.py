@@ -8,7 +8,7 @@ import statistics
 import time
 
 
-from daemon_harness import DaemonProcess, StalledLedger, enqueue
+from daemon_harness import DaemonProcess, TableLock, enqueue
 from services import wait_for
 
 
@@ -72,11 +72,11 @@ def _imap_job(uid: int):
     return jobs.new_job(jobs.ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
 
 
-def _stall_one_job(daemon: DaemonProcess, redis_url: str, pg_dsn: str) -> StalledLedger:
+def _stall_one_job(daemon: DaemonProcess, redis_url: str, pg_dsn: str) -> TableLock:
     """A job in flight that cannot finish: its ledger claim waits on a lock the test holds."""
-    stalled = StalledLedger(pg_dsn)
+    stalled = TableLock(pg_dsn, "inbound_ledger")
     enqueue(redis_url, [_imap_job(1)])
-    wait_for(lambda: stalled.waiting_claims() >= 1, 20, what="a consumer blocked in its ledger claim")
+    wait_for(lambda: stalled.waiters() >= 1, 20, what="a consumer blocked in its ledger claim")
     return stalled
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from daemon_harness import DaemonProcess, imap_section
+from daemon_harness import DaemonProcess, TableLock, imap_section
 from services import wait_for
 from test_e2e_imap import append, wait_idle
 
@@ -27,29 +27,6 @@ backoff_base = "100ms"
 fetch_timeout = "1s"
 lease = "2s"
 """
-
-
-class StalledStore:
-    """A SHARE lock on ``inbound_messages``: its inserts wait, so a store transaction stalls inside it.
-
-    The ledger claim (another table) goes through, so the job is claimed first.
-    """
-
-    def __init__(self, pg_dsn: str) -> None:
-        self.dsn = pg_dsn
-        self.conn = psycopg.connect(pg_dsn)
-        self.conn.execute("LOCK TABLE inbound_messages IN SHARE MODE")
-
-    def waiters(self) -> int:
-        with psycopg.connect(self.dsn, autocommit=True) as probe:
-            return probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ).fetchone()[0]
-
-    def release(self) -> None:
-        if not self.conn.closed:
-            self.conn.rollback()
-            self.conn.close()
 
 
 def rows(pg_dsn: str, subject: str) -> list[tuple[str, int]]:
@@ -81,7 +58,7 @@ def test_sigkill_before_commit_and_before_ack_stores_each_message_once(
     wait_idle(daemon)
 
     # Window 1: claimed in the ledger, store transaction not committed.
-    stalled = StalledStore(pg_dsn)
+    stalled = TableLock(pg_dsn, "inbound_messages", "SHARE")
     try:
         append(dovecot.port, user, password, ["killed before commit"])
         wait_for(lambda: stalled.waiters() >= 1, 30, what="the store transaction waiting inside the lock")
@@ -96,7 +73,7 @@ def test_sigkill_before_commit_and_before_ack_stores_each_message_once(
 
     # Window 2: committed, queue ack not yet done.
     with redis.Redis.from_url(redis_url) as client:
-        stalled = StalledStore(pg_dsn)
+        stalled = TableLock(pg_dsn, "inbound_messages", "SHARE")
         try:
             append(dovecot.port, user, password, ["killed before ack"])
             wait_for(lambda: stalled.waiters() >= 1, 30, what="the second store transaction waiting")
