@@ -49,16 +49,16 @@ class Pipeline:
         self.rio = rio
         self.db = db
         instance = cfg.daemon.instance_id
+        accounts = accounts_from_config(cfg)
         self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
         self.sources = SourceRegistry()
-        self.imap_fetcher = ImapFetcher(accounts_from_config(cfg))
+        self.imap_fetcher = ImapFetcher(accounts)
         self.sources.register("imap", self.imap_fetcher)
         self.processor = Processor(db, self.sources, cfg, instance)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
         self.listeners = ImapListenerGroup(
-            accounts_from_config(cfg), queue=self.queue, cursors=DbCursorStore(db), rio=rio,
-            key_prefix=cfg.redis.key_prefix,
+            accounts, queue=self.queue, cursors=DbCursorStore(db), rio=rio, key_prefix=cfg.redis.key_prefix,
             instance_id=instance,
         )
         self._nursery: trio.Nursery | None = None
