@@ -16,6 +16,7 @@ wrapped in :class:`Secret`, whose ``repr`` never shows the value.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import socket
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "Secret",
     "default_config_path",
+    "default_instance_id",
     "load",
     "load_text",
     "parse_duration",
@@ -151,10 +153,6 @@ class DaemonConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     instance_id: str = ""
-
-    def check(self, path: str, problems: list[str]) -> None:
-        if not self.instance_id:
-            self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class RedisConfig(_Section):
@@ -512,6 +510,20 @@ def _load_secrets(config: Config, base: Path, problems: list[str]) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
+def default_instance_id(control_socket: str) -> str:
+    """``<hostname>:<hash of the control socket path>``, or ``<hostname>:<pid>`` without a socket.
+
+    Stable across restarts, so a restarted daemon takes back the jobs its
+    consumers held (they are named after it) instead of leaving them to the
+    reclaim timer; unique per host, because only one daemon can serve a given
+    control socket (a second one refuses to start).
+    """
+    host = socket.gethostname()
+    if not control_socket:
+        return f"{host}:{os.getpid()}"
+    return f"{host}:{hashlib.sha1(control_socket.encode()).hexdigest()[:8]}"
+
+
 def default_config_path() -> str:
     """``$INBOUNDD_CONFIG`` if set, else ``/etc/inboundd.toml``."""
     return os.environ.get("INBOUNDD_CONFIG") or DEFAULT_PATH
@@ -535,6 +547,8 @@ def load_text(text: str, source: str = "<string>", base: Path | None = None) -> 
         if config.control.socket and not os.path.isabs(config.control.socket):
             # Like secret files, a relative socket path is relative to the config file.
             config.control.socket = str(base / config.control.socket)
+        if not config.daemon.instance_id:
+            config.daemon.instance_id = default_instance_id(config.control.socket)
         _load_secrets(config, base, problems)
     if problems or config is None:
         raise ConfigError(source, problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -57,7 +58,16 @@ def test_defaults_without_a_file() -> None:
     assert cfg.queue.lease == 300.0
     assert cfg.processing.max_message_size == 50 * 1024**2
     assert cfg.http.listen == ["127.0.0.1:8025"]
-    assert cfg.daemon.instance_id  # derived from host and pid when empty
+    assert cfg.daemon.instance_id == config.default_instance_id("/run/inboundd/control.sock")
+
+
+def test_default_instance_id_is_stable_and_differs_per_control_socket() -> None:
+    first = config.load_text('[control]\nsocket = "/run/a.sock"\n').daemon.instance_id
+    assert first == config.load_text('[control]\nsocket = "/run/a.sock"\n').daemon.instance_id
+    assert first != config.load_text('[control]\nsocket = "/run/b.sock"\n').daemon.instance_id
+    assert config.load_text('[daemon]\ninstance_id = "node-7"\n').daemon.instance_id == "node-7"
+    without_socket = config.load_text('[control]\nsocket = ""\n').daemon.instance_id
+    assert without_socket.endswith(f":{os.getpid()}")
 
 
 def test_every_problem_is_reported_with_its_key_path() -> None:

@@ -174,3 +174,19 @@ def test_sigterm_while_waiting_for_postgresql_at_start(daemon_factory, redis_url
     assert daemon.wait_exit(timeout=15) == 0, daemon.log_text()[-3000:]
     assert time.monotonic() - begin < 5
     assert not daemon.notify.seen("READY", "1")
+
+
+def test_a_killed_daemon_takes_its_jobs_back_at_restart(daemon_factory, redis_url: str, pg_dsn: str) -> None:
+    # The lease is long: only the restarted daemon itself can bring the job back this fast.
+    daemon = daemon_factory(redis_url, pg_dsn, daemon_section="consumers = 1",
+                            extra_config='[queue]\nlease = "10m"\n').start()
+    stalled = _stall_one_job(daemon, redis_url, pg_dsn)
+    daemon.kill()
+    stalled.release()
+    daemon.start(wait_ready=False)
+    daemon.wait_ready(after=1)
+    [take_back] = daemon.wait_event("consumer.take_back", timeout=10)
+    assert take_back["jobs"] == 1
+    # Handled again by the new incarnation, one attempt counted for the worker it lost.
+    handled = daemon.wait_event("job.failed", timeout=30)[0]
+    assert handled["attempt"] == 1 and "not configured" in handled["error"]
