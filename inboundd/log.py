@@ -43,7 +43,7 @@ class TextFormatter(logging.Formatter):
         stamp = self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
         fields = getattr(record, "event_fields", {})
         parts = [stamp, record.levelname, record.name, record.getMessage()]
-        parts += [f"{key}={_format_value(value)}" for key, value in fields.items()]
+        parts += [f"{key}={_format_value(value)}" for key, value in fields.items() if value is not None]
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
