@@ -246,6 +246,41 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
         nursery.cancel_scope.cancel()
 
 
+async def test_a_replaced_folder_is_noticed_even_when_the_server_sends_keepalives(tmp_path):
+    """Keepalives (``* OK Still here``) prove the connection, not the folder: re-EXAMINE still happens."""
+
+    class ChattyDovecot(DovecotServer):
+        def _config_text(self) -> str:
+            return super()._config_text().replace("imap_idle_notify_interval = 2 mins",
+                                                  "imap_idle_notify_interval = 1 secs")
+
+    server = ChattyDovecot(users=1).start()
+    try:
+        user, password = server.take()
+        await imap(server.port, user, password, lambda c: c.create_folder("Work"))
+        [account] = make_accounts(tmp_path, server.port, [(user, password)], folders=["Work"], start_from="all",
+                                  noop_interval=3.0)
+        queue = Recorder()
+        listener = listener_for(account, queue, MemoryCursorStore(), folder="Work")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listener.run)
+            old = await append(server.port, user, password, count=2, folder="Work")
+            await eventually(lambda: queue.uids() == old, 5, "the first two")
+
+            def replace(c):
+                c.rename_folder("Work", "Work-old")  # announced to nobody during IDLE
+                c.create_folder("Work")
+                for n in range(3):
+                    c.append("Work", message(f"new{n}"))
+
+            await imap(server.port, user, password, replace)
+            await eventually(lambda: len(queue.jobs) == 5, 15, "the rescan despite a keepalive every second")
+            assert [j.pointer.uid for j in queue.jobs[2:]] == [1, 2, 3]
+            nursery.cancel_scope.cancel()
+    finally:
+        server.cleanup()
+
+
 # ---------------------------------------------------------------------------- reconnects
 
 

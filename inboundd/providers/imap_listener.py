@@ -452,21 +452,23 @@ class ImapListener:
         cfg = self.account.config
         poll_every = cfg.poll_interval if cfg.poll_with_idle else math.inf
         next_poll = trio.current_time() + poll_every
+        # Keepalives ("* OK Still here") prove the connection, not the folder: the folder is
+        # opened again every noop_interval whatever the server says in between.
+        next_reselect = trio.current_time() + cfg.noop_interval
         while True:
             events = proto.classify_untagged(await conn.idle_start())
             self._set_state("idle")
             self._report_started()
-            began = heard = trio.current_time()
+            began = trio.current_time()
             probe = False
             while not events.new_mail and events.bye is None and events.trouble is None:
-                deadline = min(began + cfg.idle_refresh, heard + cfg.noop_interval, next_poll)
+                deadline = min(began + cfg.idle_refresh, next_reselect, next_poll)
                 now = trio.current_time()
                 if now >= deadline:
-                    probe = now >= heard + cfg.noop_interval
+                    probe = now >= next_reselect
                     break
                 lines = await conn.idle_wait(deadline - now)
                 if lines:
-                    heard = trio.current_time()
                     self._last_event_at = clock.wall()
                     events = _merge(events, proto.classify_untagged(lines))
             # DONE must be answered within read_timeout: a dead connection fails here.
@@ -477,11 +479,12 @@ class ImapListener:
                 if events.trouble is not None:
                     log.event(_log, "imap.listener.server_trouble", level=logging.WARNING,
                               account=self.account.id, folder=self.folder, message=events.trouble)
-                # Silence for noop_interval, a complaint about the mailbox, or the safety-net
-                # poll: open the folder again (also our liveness probe) and catch up from it.
+                # noop_interval passed, a complaint about the mailbox, or the safety-net poll:
+                # open the folder again (also our liveness probe) and catch up from it.
                 selected = await self._reselect(conn)
                 await self._catch_up(conn, selected, fresh=True)
                 next_poll = trio.current_time() + poll_every
+                next_reselect = trio.current_time() + cfg.noop_interval
             elif events.new_mail:
                 await self._catch_up(conn, selected, fresh=False)
 
