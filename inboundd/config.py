@@ -165,7 +165,11 @@ class RedisConfig(_Section):
 
     def check(self, path: str, problems: list[str]) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(f"{path}.url: expected a redis://, rediss:// or unix:// URL, got {self.url!r}")
+            scheme = self.url.split(":", 1)[0] if ":" in self.url else self.url[:20]
+            # Not the whole URL: it may carry a password.
+            problems.append(f"{path}.url: expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+        if self.socket_timeout <= 0:
+            problems.append(f"{path}.socket_timeout: must be greater than 0")
 
 
 class PostgresConfig(_Section):
@@ -262,9 +266,10 @@ class ImapAccountConfig(_Section):
     reconnect_cap: Duration = 300.0
     post_action: str = "none"
     fetch_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
-    #: While idling with no word from the server this long, end IDLE and EXAMINE the folder
-    #: again: a dead connection (NAT timeout, silent failover) is then noticed within
-    #: read_timeout, and a folder replaced under the listener by its new UIDVALIDITY.
+    #: Every this long while idling, end IDLE and EXAMINE the folder again, whatever the server
+    #: said meanwhile (keepalives prove the connection, not the folder): a dead connection is
+    #: then noticed within read_timeout, and a folder replaced under the listener by its new
+    #: UIDVALIDITY.
     noop_interval: Duration = 300.0
     #: Mailbox ownership across daemons sharing Redis: the owner renews a lease this long;
     #: after a crash another daemon takes over within it. 0 disables ownership.
@@ -281,6 +286,9 @@ class ImapAccountConfig(_Section):
             )
         if self.idle_refresh > 29 * 60:
             problems.append(f"{path}.idle_refresh: must be at most 29m (RFC 2177)")
+        for name in ("idle_refresh", "noop_interval", "poll_interval", "read_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{path}.{name}: must be greater than 0 (0 would be a busy loop)")
         if not re.fullmatch(r"none|seen|delete|move:.+", self.post_action):
             problems.append(
                 f"{path}.post_action: expected \"none\", \"seen\", \"delete\" or \"move:FOLDER\", "

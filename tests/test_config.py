@@ -127,6 +127,29 @@ pool_max = 2
     assert starts == ["postgres.pool_min", "queue.backoff_cap", "queue.block"]
 
 
+def test_zero_intervals_and_a_bad_redis_url_are_refused_without_showing_the_password(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    text = """
+[redis]
+url = "http://user:hunter2@cache:6379/0"
+socket_timeout = 0
+[[imap]]
+id = "support"
+host = "imap.example.com"
+username = "u"
+password_file = "pw"
+noop_interval = 0
+idle_refresh = "0s"
+"""
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text(text, base=tmp_path)
+    problems = caught.value.problems
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "imap[0].idle_refresh", "imap[0].noop_interval", "redis.socket_timeout", "redis.url"]
+    assert "hunter2" not in "\n".join(problems)
+    assert "got scheme 'http'" in next(p for p in problems if p.startswith("redis.url"))
+
+
 def test_a_move_into_a_watched_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
     text = """
