@@ -127,7 +127,9 @@ def classify_control_error(path: str, exc: BaseException, group: str = "") -> Ct
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
-        return DaemonNotRunning(f"daemon is not answering on {path} (no reply within {CONTROL_TIMEOUT:g}s)")
+        # Not "not running" (exit 3): a hung daemon must not look like a stopped one.
+        return CtlError(f"daemon is not answering on {path} (no reply within {CONTROL_TIMEOUT:g}s)",
+                        EXIT_UNAVAILABLE)
     detail = os_error.strerror if os_error is not None else str(exc) or type(exc).__name__
     return CtlError(f"control socket {path}: {detail}", EXIT_UNAVAILABLE)
 
@@ -159,7 +161,7 @@ class Services:
 
     # ---------------------------------------------------------------- control socket
 
-    def control(self, method: str, path: str, timeout: float = CONTROL_TIMEOUT) -> dict[str, Any]:
+    def control(self, method: str, path: str, timeout: float | None = None) -> dict[str, Any]:
         """One request to the daemon's control socket (blocking); the decoded JSON reply."""
         import httpx
 
@@ -168,7 +170,8 @@ class Services:
             raise DaemonNotRunning(f"{self.cfg.source}: control.socket is \"\" (the control socket is disabled)")
         transport = httpx.HTTPTransport(uds=control.socket)
         try:
-            with httpx.Client(transport=transport, base_url="http://inboundd", timeout=timeout) as client:
+            with httpx.Client(transport=transport, base_url="http://inboundd",
+                              timeout=timeout if timeout is not None else CONTROL_TIMEOUT) as client:
                 response = client.request(method, path)
         except httpx.HTTPError as exc:
             raise classify_control_error(control.socket, exc, control.group) from None
@@ -279,12 +282,15 @@ async def gather_status(services: Services) -> dict[str, Any]:
     """
     parts: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    fatal: list[CtlError] = []
 
     async def daemon_part() -> None:
         try:
             parts["daemon"] = await trio.to_thread.run_sync(services.control, "GET", "/status")
         except DaemonNotRunning as exc:
             parts["daemon_error"] = str(exc)
+        except CtlError as exc:  # permission denied, no answer: raised below, outside the nursery
+            fatal.append(exc)
 
     async def queue_part() -> None:
         try:
@@ -312,6 +318,8 @@ async def gather_status(services: Services) -> dict[str, Any]:
         nursery.start_soon(daemon_part)
         nursery.start_soon(queue_part)
         nursery.start_soon(ledger_part)
+    if fatal:
+        raise fatal[0]
     return health.build_status(
         parts.get("daemon"), parts.get("daemon_error"), parts.get("queue"), parts.get("ledger"),
         parts.get("throughput"), errors, now=clock.wall(),

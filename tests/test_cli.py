@@ -206,6 +206,21 @@ def test_socket_permission_denied_names_socket_and_group(tmp_path: Path, redis_u
     )
 
 
+def test_a_daemon_that_does_not_answer_is_not_reported_as_stopped(capsys, tmp_path: Path, redis_url: str,
+                                                                  pg_dsn: str, monkeypatch) -> None:
+    path = write_config(tmp_path, redis_url, pg_dsn)
+    monkeypatch.setattr(cli, "CONTROL_TIMEOUT", 0.5)
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # listens, never answers
+    try:
+        hung.bind(str(tmp_path / "control.sock"))
+        hung.listen()
+        code, out, err = run(capsys, "-c", str(path), "status")
+    finally:
+        hung.close()
+    assert code == cli.EXIT_UNAVAILABLE  # not 3: monitoring must not take a hung daemon for a stopped one
+    assert err.strip().endswith(f"daemon is not answering on {tmp_path / 'control.sock'} (no reply within 0.5s)")
+
+
 def test_redact_and_describe_never_show_passwords() -> None:
     assert cli.redact_url("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
     assert cli.redact_url("redis://h:6379/0") == "redis://h:6379/0"
