@@ -474,7 +474,7 @@ def cmd_migrate(services: Services, args: argparse.Namespace) -> int:
 
 _EPILOG = """\
 exit status: 0 success or healthy, 1 failed or degraded, 2 usage or configuration error,
-3 daemon not running, 4 control socket, Redis or PostgreSQL unreachable or access denied.
+3 daemon not running, 4 control socket, Redis or PostgreSQL unreachable, access denied, or the daemon not answering.
 
 examples:
   inboundctl status
