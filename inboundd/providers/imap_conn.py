@@ -301,8 +301,16 @@ class Connection:
             raise RuntimeError("IMAP connection used by two tasks at once")
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
+        # Whether the thread began fn, decided under a lock against a cancellation that
+        # arrives first (while waiting for a thread slot): then fn never runs at all.
+        gate = threading.Lock()
+        state = {"started": False, "abandoned": False}
 
         def work() -> T:
+            with gate:
+                if state["abandoned"]:
+                    return None  # type: ignore[return-value]  # nobody waits for it
+                state["started"] = True
             try:
                 return fn(*args)
             finally:
@@ -315,6 +323,10 @@ class Connection:
         try:
             result = await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
         except trio.Cancelled:
+            with gate:
+                if not state["started"]:
+                    state["abandoned"] = True
+                    self._busy = None  # fn never touched the connection: it is free again
             raise
         except BaseException:
             self._broken = True
@@ -421,11 +433,14 @@ class Connection:
         worker thread read the complete responses. Raises
         :class:`ConnectionLost` if the server ended IDLE or the connection.
         """
-        with trio.move_on_after(timeout):
-            if not self._buffered():
+        if not self._buffered():
+            with trio.move_on_after(timeout) as waited:
                 await trio.lowlevel.wait_readable(self.client.socket())
-            return await self.call(self._idle_read_blocking)
-        return []
+            if waited.cancelled_caught:
+                return []
+        # Not under the timeout: the data is there, and a read cut short would leave the
+        # connection busy with an abandoned thread. The socket's read_timeout bounds it.
+        return await self.call(self._idle_read_blocking)
 
     def _buffered(self) -> bool:
         """Whether response bytes already sit in imaplib's or the TLS layer's buffer.
