@@ -363,12 +363,15 @@ class Connection:
         self.selected = selected
         return selected
 
-    async def search_uids(self, criteria: Sequence[str]) -> list[int]:
-        """``UID SEARCH criteria`` in the selected folder."""
+    async def search_uids(self, criteria: Sequence[str]) -> tuple[list[int], bool]:
+        """``UID SEARCH criteria`` in the selected folder: the UIDs, and whether new mail was
+        announced (EXISTS) while it ran — such mail may be missing from the result, and the
+        server will not announce it again."""
 
-        def work() -> list[int]:
+        def work() -> tuple[list[int], bool]:
             try:
-                return [int(uid) for uid in self.client.search(list(criteria))]
+                uids = [int(uid) for uid in self.client.search(list(criteria))]
+                return uids, "EXISTS" in self.client._imap.untagged_responses
             finally:
                 self.client._imap.untagged_responses.clear()
 

@@ -404,19 +404,24 @@ class ImapListener:
                       account=self.account.id, folder=self.folder, reason=plan.reason,
                       cursor=_fmt_cursor(self._cursor), uidvalidity=selected.uidvalidity,
                       uidnext=selected.uidnext, start_from=self.account.config.start_from)
-        found = await conn.search_uids(plan.criteria) if plan.criteria else []
-        result = proto.plan_catch_up(plan, found)
-        for uids, cursor in proto.batches(result, ENQUEUE_BATCH):
-            if uids:
-                jobs = [self._job(selected.uidvalidity, uid) for uid in uids]
-                await self.queue.enqueue_many(jobs)
-                self._enqueued += len(uids)
-                metrics.imap_pointers_enqueued.labels(self.account.id, self.folder).inc(len(uids))
-            if cursor != self._cursor:
-                await self._save_cursor(cursor)
-        if result.uids:
-            log.event(_log, "imap.catch_up.enqueued", level=logging.DEBUG, account=self.account.id,
-                      folder=self.folder, count=len(result.uids), first=result.uids[0], last=result.uids[-1])
+        while True:
+            found, announced = await conn.search_uids(plan.criteria) if plan.criteria else ([], False)
+            result = proto.plan_catch_up(plan, found)
+            for uids, cursor in proto.batches(result, ENQUEUE_BATCH):
+                if uids:
+                    jobs = [self._job(selected.uidvalidity, uid) for uid in uids]
+                    await self.queue.enqueue_many(jobs)
+                    self._enqueued += len(uids)
+                    metrics.imap_pointers_enqueued.labels(self.account.id, self.folder).inc(len(uids))
+                if cursor != self._cursor:
+                    await self._save_cursor(cursor)
+            if result.uids:
+                log.event(_log, "imap.catch_up.enqueued", level=logging.DEBUG, account=self.account.id,
+                          folder=self.folder, count=len(result.uids), first=result.uids[0], last=result.uids[-1])
+            if not announced:
+                break
+            # Mail arrived during the SEARCH: it is not announced again in IDLE, so search on.
+            plan = proto.plan_search(self._cursor, selected.uidvalidity, None, self._start_from)
         self._last_event_at = clock.wall()
         if previous in ("idle", "polling"):
             self._set_state(previous)
