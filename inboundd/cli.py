@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -73,6 +74,8 @@ def redact_url(url: str) -> str:
     authority, slash, tail = rest.partition("/")
     if "@" in authority:
         authority = "***@" + authority.rsplit("@", 1)[1]
+    # redis-py also reads ?password=… from the query string.
+    tail = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", tail)
     return f"{scheme}://{authority}{slash}{tail}"
 
 

@@ -225,6 +225,7 @@ def test_redact_and_describe_never_show_passwords() -> None:
     assert cli.redact_url("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
     assert cli.redact_url("redis://h:6379/0") == "redis://h:6379/0"
     assert cli.redact_url("unix:///run/redis.sock?db=0") == "unix:///run/redis.sock?db=0"
+    assert cli.redact_url("unix:///run/redis.sock?db=0&password=pw") == "unix:///run/redis.sock?db=0&password=***"
     assert cli.describe_dsn("postgresql://u:pw@db.example:5433/mail") == "PostgreSQL at db.example:5433/mail"
     assert "pw" not in cli.describe_dsn("host=db password=pw dbname=mail")
 
