@@ -164,17 +164,21 @@ class BlackHoleProxy:
         frozen = trio.Event()
         self.connections.append(frozen)
 
-        async def pump(src, dst, record=None):
+        async def pump(src, dst, record=None, rewrite=None):
             async for chunk in src:
                 if frozen.is_set():
                     await trio.sleep_forever()
                 if record is not None:
                     record += chunk
-                await dst.send_all(chunk)
+                await dst.send_all(rewrite(chunk) if rewrite else chunk)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, downstream, upstream, self.sent)
-            nursery.start_soon(pump, upstream, downstream)
+            nursery.start_soon(pump, upstream, downstream, None, self.server_says)
+
+    def server_says(self, chunk: bytes) -> bytes:
+        """What the client receives for *chunk* from the server (subclasses rewrite it)."""
+        return chunk
 
     def freeze_existing(self) -> None:
         for frozen in self.connections:

@@ -281,45 +281,23 @@ async def test_a_replaced_folder_is_noticed_even_when_the_server_sends_keepalive
         server.cleanup()
 
 
-class ExistsDuringSearchProxy:
-    """TCP proxy that adds ``* 999 EXISTS`` to the next UID SEARCH answer, as if mail arrived meanwhile."""
+class ExistsDuringSearchProxy(BlackHoleProxy):
+    """Adds ``* 999 EXISTS`` to the next UID SEARCH answer, as if mail arrived meanwhile (one connection)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.sent = bytearray()
+        super().__init__(target_port)
         self.inject = False
+        self._partial = b""
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-
-        async def client_to_server() -> None:
-            async for chunk in downstream:
-                self.sent += chunk
-                await upstream.send_all(chunk)
-
-        async def server_to_client() -> None:
-            pending = b""
-            async for chunk in upstream:
-                pending += chunk
-                *lines, pending = pending.split(b"\r\n")
-                out = b""
-                for line in lines:
-                    if self.inject and re.match(rb"^\S+ OK Search completed", line):
-                        self.inject = False
-                        out += b"* 999 EXISTS\r\n"
-                    out += line + b"\r\n"
-                await downstream.send_all(out)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client_to_server)
-            nursery.start_soon(server_to_client)
+    def server_says(self, chunk: bytes) -> bytes:
+        *lines, self._partial = (self._partial + chunk).split(b"\r\n")
+        out = b""
+        for line in lines:
+            if self.inject and re.match(rb"^\S+ OK Search completed", line):
+                self.inject = False
+                out += b"* 999 EXISTS\r\n"
+            out += line + b"\r\n"
+        return out
 
 
 async def test_new_mail_announced_during_search_is_searched_for_again(dovecot, imap_user, tmp_path):
