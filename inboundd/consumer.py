@@ -154,10 +154,6 @@ class ConsumerPool:
         """Jobs currently held (claimed and not yet acked, retried or dead-lettered)."""
         return sum(len(c.held) for c in self._consumers.values())
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
     def consumer_names(self) -> list[str]:
         return [c.name for _, c in sorted(self._consumers.items())]
 

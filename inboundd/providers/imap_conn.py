@@ -148,7 +148,7 @@ def _set_keepalive(sock: socket.socket) -> None:
             if hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     except OSError:
-        pass  # keepalive is a safety net; the NOOP probe still detects dead peers
+        pass  # keepalive is a safety net; the periodic EXAMINE probe still detects dead peers
 
 
 def _connect_blocking(account: ImapAccount) -> IMAPClient:
@@ -376,15 +376,6 @@ class Connection:
                 self.client._imap.untagged_responses.clear()
 
         return await self.call(work)
-
-    async def noop(self) -> list[bytes]:
-        """NOOP: proves the connection is alive; returns the untagged lines it flushed."""
-        return await self.call(self._simple_blocking, "NOOP")
-
-    def _simple_blocking(self, name: str) -> list[bytes]:
-        imap = self.client._imap
-        tag = imap._command(name)
-        return self._until_tagged(tag, name)
 
     def _until_tagged(self, tag: bytes, name: str) -> list[bytes]:
         imap = self.client._imap

@@ -143,7 +143,7 @@ class ListenerStatus(msgspec.Struct, kw_only=True):
     state: str
     #: Wall time the current state was entered.
     since: float
-    #: Wall time the server last told us something (EXISTS, a catch-up, a NOOP answer).
+    #: Wall time the server last told us something (EXISTS, a keepalive, a catch-up, an EXAMINE answer).
     last_event_at: float | None = None
     uidvalidity: int | None = None
     last_uid: int | None = None
