@@ -7,8 +7,8 @@ serves a generated corpus averaging ~10 KB (plain + HTML bodies, every fifth
 message with a PDF-like attachment, some of the shipped tests/corpus shapes
 mixed in). For each consumer count, ``--messages`` fresh identities are
 handled by that many concurrent trio tasks sharing one Processor, like the
-daemon's consumers. The queue ack is not part of this bench (bench of
-queue.py covers Redis).
+daemon's consumers. The queue ack is not part of this bench
+(``bench/queue_throughput.py`` covers Redis).
 
 Where the time goes: every stage is timed (wall time summed over tasks, so
 with N consumers the stages add up to ~N × elapsed): ledger claim
@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This directory holds scripts named like modules (queue.py, processing.py): never import from it.
+# This directory holds scripts named like modules (imap.py, processing.py): never import from it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
