@@ -46,7 +46,7 @@ import trio  # noqa: E402
 from inboundd import processing as processing_mod  # noqa: E402
 from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig  # noqa: E402
 from inboundd.jobs import ImapPointer, Job, new_job  # noqa: E402
-from inboundd.message import parse_message  # noqa: E402
+from inboundd.mime import parse_message  # noqa: E402
 from inboundd.processing import Processor  # noqa: E402
 from inboundd.providers.base import FetchedMessage, SourceRegistry  # noqa: E402
 from inboundd.store.db import Database  # noqa: E402

@@ -16,7 +16,7 @@ consumer retries or dead-letters; see ``outcomes.py``):
 2. **Fetch** through ``sources.get(job.provider)`` within
    ``processing.fetch_timeout``. :class:`SourceUnavailable`, or more bytes
    than ``processing.max_message_size`` → ledger ``skipped`` with the reason.
-3. **Parse** with :func:`inboundd.message.parse_message` (never raises) in a
+3. **Parse** with :func:`inboundd.mime.parse_message` (never raises) in a
    worker thread.
 4. **Store**, one transaction: lock the ledger row and check the claim is
    still ours (fencing); Message-ID dedupe within the account under an
@@ -44,7 +44,7 @@ import trio
 from . import log, metrics
 from .config import Config
 from .jobs import Job
-from .message import Message, parse_message
+from .mime import Message, parse_message
 from .outcomes import Outcome, PermanentError, TransientError
 from .providers.base import FetchedMessage, SourceRegistry, SourceUnavailable
 from .store import ledger, messages

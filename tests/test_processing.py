@@ -21,7 +21,7 @@ import trio
 from inboundd import metrics
 from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig
 from inboundd.jobs import ImapPointer, Job, new_job
-from inboundd.message import parse_message
+from inboundd.mime import parse_message
 from inboundd.outcomes import Outcome, PermanentError, TransientError
 from inboundd.processing import Processor
 from inboundd.providers.base import FetchedMessage, SourceRegistry, SourceUnavailable

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from psycopg.types.json import Jsonb
 
 from ..jobs import Job
-from ..message import Address, Message
+from ..mime import Address, Message
 from ..providers.base import FetchedMessage
 
 __all__ = [

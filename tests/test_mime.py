@@ -1,4 +1,4 @@
-"""inboundd.message against a corpus of real-world message shapes.
+"""inboundd.mime against a corpus of real-world message shapes.
 
 Every file in ``tests/corpus`` has one entry in ``EXPECT`` stating what
 matters for that case (a file without an entry fails
@@ -20,13 +20,15 @@ import time
 import msgspec
 import pytest
 
-from inboundd.message import (
+from inboundd.mime import (
     DEFAULT_MAX_HEADER_LENGTH,
     Address,
     Message,
     normalize_message_id,
     parse_message,
 )
+from inboundd.mime.classify import classify
+from inboundd.mime.headers import Header
 
 CORPUS = pathlib.Path(__file__).parent / "corpus"
 
@@ -842,6 +844,55 @@ def test_classification_details() -> None:
     oof = parse_message(b"Subject: Automatic reply: hi\nX-Auto-Response-Suppress: OOF\n\nx")
     assert oof.auto_reason == "exchange-oof"
 
+
+
+def _header(name: str, value: str) -> Header:
+    return Header(name=name, key=name.lower(), text=value, value=value)
+
+
+# (headers, top type, report-type, has delivery-status part, has calendar part, From address,
+#  Return-Path, subject) -> (is_auto_reply, is_bounce, auto_reason). The pure verdict alone;
+# the corpus above checks the same rules through parse_message.
+CLASSIFY_TABLE = [
+    ([], "text/plain", None, False, False, "bob@example.com", "bob@example.com", "hi", NOT_AUTO),
+    ([], "multipart/report", "delivery-status", False, False, "x@example.com", None, "", (True, True, "dsn")),
+    ([], "multipart/report", None, True, False, "x@example.com", None, "", (True, True, "dsn")),
+    ([], "message/delivery-status", None, False, False, None, None, "", (True, True, "dsn")),
+    ([], "text/plain", None, False, False, "MAILER-DAEMON@example.com", "x@example.com", "", (True, True, "mailer-daemon")),
+    ([], "text/plain", None, False, False, "postmaster@example.com", "", "", (True, True, "mailer-daemon")),
+    ([], "text/plain", None, False, False, "postmaster@example.com", "p@example.com", "", NOT_AUTO),
+    ([_header("Auto-Submitted", "auto-replied (vacation)")], "text/plain", None, False, False, None, None, "",
+     (True, False, "auto-submitted:auto-replied")),
+    ([_header("Auto-Submitted", "no")], "text/plain", None, False, False, None, None, "", NOT_AUTO),
+    ([_header("X-Autorespond", "yes")], "text/plain", None, False, False, None, None, "", (True, False, "x-autorespond")),
+    ([_header("X-Autoreply", "false")], "text/plain", None, False, False, None, None, "", NOT_AUTO),
+    ([_header("X-Auto-Response-Suppress", "All")], "text/plain", None, False, False, None, None,
+     "Out of Office: back Monday", (True, False, "exchange-oof")),
+    ([_header("X-Auto-Response-Suppress", "All")], "text/plain", None, False, True, None, None,
+     "Out of Office: back Monday", NOT_AUTO),
+    ([_header("X-Auto-Response-Suppress", "All")], "text/plain", None, False, False, None, None, "hello", NOT_AUTO),
+    ([], "text/plain", None, False, False, None, None, "Automatic reply: hi", NOT_AUTO),
+    ([], "multipart/report", "disposition-notification", False, False, None, None, "", (True, False, "mdn")),
+    ([_header("Precedence", "Bulk")], "text/plain", None, False, False, None, None, "", (True, False, "precedence:bulk")),
+    ([_header("Precedence", "first-class")], "text/plain", None, False, False, None, None, "", NOT_AUTO),
+    ([], "text/plain", None, False, False, "a@example.com", "", "", (True, False, "null-return-path")),
+    # The strongest reason wins; the first occurrence of a header counts.
+    ([_header("Precedence", "list"), _header("Auto-Submitted", "auto-generated")], "multipart/report",
+     "delivery-status", False, False, None, "", "", (True, True, "dsn")),
+    ([_header("Precedence", "junk"), _header("Precedence", "first-class")], "text/plain", None, False, False, None,
+     None, "", (True, False, "precedence:junk")),
+]
+
+
+@pytest.mark.parametrize(
+    "headers, top_type, report_type, delivery_status, calendar, sender, return_path, subject, expected",
+    CLASSIFY_TABLE)
+def test_classify_table(headers: list[Header], top_type: str, report_type: str | None, delivery_status: bool,
+                        calendar: bool, sender: str | None, return_path: str | None, subject: str,
+                        expected: tuple[bool, bool, str | None]) -> None:
+    from_ = Address("", sender) if sender is not None else None
+    assert classify(headers, top_type, report_type, has_delivery_status=delivery_status, has_calendar=calendar,
+                    from_=from_, return_path=return_path, subject=subject) == expected
 
 def test_parse_message_rejects_non_bytes() -> None:
     with pytest.raises(TypeError):
