@@ -49,6 +49,7 @@ from inboundd.jobs import ImapPointer, Job, new_job  # noqa: E402
 from inboundd.mime import parse_message  # noqa: E402
 from inboundd.processing import Processor  # noqa: E402
 from inboundd.providers.base import FetchedMessage, SourceRegistry  # noqa: E402
+from inboundd.store import ledger  # noqa: E402
 from inboundd.store.db import Database  # noqa: E402
 from inboundd.store.migrate import migrate  # noqa: E402
 from services import PostgresServer  # noqa: E402
@@ -176,9 +177,7 @@ async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, k
     cpu = (time.process_time() - cpu_started) / elapsed
     processing_mod.parse_message = real_parse  # type: ignore[assignment]
     stage_totals = {k: (sum(v), statistics.mean(v) * 1000) for k, v in stages.items()}
-    counts = dict(await db.run(lambda conn: conn.execute(
-        "SELECT status, count(*) FROM inbound_ledger WHERE account = %s GROUP BY status", (f"bench{run_no}",)
-    ).fetchall()))
+    counts = await db.run(lambda conn: ledger.counts(conn, account=f"bench{run_no}"))
     await db.close()
     latencies.sort()
     return {

@@ -259,21 +259,14 @@ class Services:
 
 
 def _ledger_rows(conn: Any) -> tuple[list[tuple[str, str | None, int]], dict[str, float]] | None:
-    if not conn.execute("SELECT to_regclass('inbound_ledger') IS NOT NULL").fetchone()[0]:
+    from .store import ledger
+
+    if not ledger.exists(conn):
         return None
-    rows = conn.execute(
-        "SELECT status, reason, count(*) FROM inbound_ledger"
-        " WHERE updated_at > now() - interval '1 hour' GROUP BY status, reason"
-    ).fetchall()
-    columns = ", ".join(
-        f"count(*) FILTER (WHERE updated_at > now() - interval '{m} minutes')" for m in THROUGHPUT_WINDOWS
-    )
-    counts = conn.execute(
-        f"SELECT {columns} FROM inbound_ledger WHERE status IN ('processed', 'duplicate', 'skipped')"
-        f" AND updated_at > now() - interval '{max(THROUGHPUT_WINDOWS)} minutes'"
-    ).fetchone()
-    throughput = {f"{m}m": round(n / m, 2) for m, n in zip(THROUGHPUT_WINDOWS, counts)}
-    return [(r[0], r[1], int(r[2])) for r in rows], throughput
+    rows = ledger.recent_outcomes(conn, minutes=60)
+    finished = ledger.finished_within(conn, THROUGHPUT_WINDOWS)
+    throughput = {f"{m}m": round(n / m, 2) for m, n in zip(THROUGHPUT_WINDOWS, finished)}
+    return rows, throughput
 
 
 async def gather_status(services: Services) -> dict[str, Any]:

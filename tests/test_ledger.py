@@ -165,3 +165,37 @@ def test_concurrent_claims_have_exactly_one_winner(pg_dsn: str, conn: psycopg.Co
         thread.join(60)
     assert sorted(verdicts) == ["busy"] * (claimers - 1) + ["claimed"]
     assert ledger.counts(conn) == {"processing": 1}
+
+
+def _insert(conn: psycopg.Connection, account: str, identity: str, status: str, reason: str | None,
+            minutes_ago: float) -> None:
+    conn.execute(
+        "INSERT INTO inbound_ledger (tenant, account, identity, provider, status, reason, job_id, updated_at)"
+        " VALUES ('t1', %s, %s, 'imap', %s, %s, 'j', now() - make_interval(secs => %s))",
+        (account, identity, status, reason, minutes_ago * 60),
+    )
+
+
+def test_reports_count_by_status_account_and_window(conn: psycopg.Connection) -> None:
+    assert ledger.exists(conn)
+    for n, (status, reason, minutes_ago) in enumerate([
+        ("processed", None, 0.1), ("processed", None, 3), ("duplicate", "message_id", 10),
+        ("skipped", "oversize", 30), ("failed", None, 0.1), ("processing", None, 0.1), ("processed", None, 120),
+    ]):
+        _insert(conn, "a", f"id{n}", status, reason, minutes_ago)
+    _insert(conn, "b", "id0", "skipped", "oversize", 0.1)
+
+    assert ledger.counts(conn) == {"processed": 3, "duplicate": 1, "skipped": 2, "failed": 1, "processing": 1}
+    assert ledger.counts(conn, account="b") == {"skipped": 1}
+    assert ledger.counts(conn, account="nobody") == {}
+    assert sorted(ledger.recent_outcomes(conn, minutes=60), key=str) == sorted([
+        ("processed", None, 2), ("duplicate", "message_id", 1), ("skipped", "oversize", 2), ("failed", None, 1),
+        ("processing", None, 1)], key=str)
+    # Terminal rows only (processed, duplicate, skipped), each window counted on its own.
+    assert ledger.finished_within(conn, (1, 5, 15, 60)) == [2, 3, 4, 5]
+    assert ledger.finished_within(conn, ()) == []
+
+
+def test_an_unmigrated_database_has_no_ledger(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as fresh:
+        assert not ledger.exists(fresh)

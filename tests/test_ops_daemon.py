@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_harness import DaemonProcess, imap_section
 from inboundd import cli
+from inboundd.store import ledger
 from services import wait_for
 from test_cli import seed_queue
 
@@ -214,8 +215,7 @@ def post_webhook(daemon: DaemonProcess) -> httpx.Response:
 
 def ledger_counts(pg_dsn: str) -> dict[str, int]:
     with psycopg.connect(pg_dsn) as conn:
-        rows = conn.execute("SELECT status, count(*) FROM inbound_ledger GROUP BY status").fetchall()
-    return dict(rows)
+        return ledger.counts(conn)
 
 
 def test_drain_finishes_in_flight_jobs_and_resume_restores_intake(capsys, daemon_factory, redis_url, pg_dsn,

@@ -20,7 +20,7 @@ whose lease was taken over can no longer change the row.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Sequence
 
 from .migrate import SchemaTooNew
 
@@ -33,10 +33,13 @@ __all__ = [
     "claim",
     "classify",
     "counts",
+    "exists",
     "fail",
     "finish",
+    "finished_within",
     "get",
     "hold",
+    "recent_outcomes",
 ]
 
 #: Statuses that end a message's story: a later job for the identity is a duplicate.
@@ -185,6 +188,46 @@ def get(conn: Any, key: Key) -> LedgerRow | None:
     return LedgerRow(*row) if row else None
 
 
-def counts(conn: Any) -> dict[str, int]:
-    """Rows per status (for status reports)."""
-    return dict(conn.execute("SELECT status, count(*) FROM inbound_ledger GROUP BY status").fetchall())
+# ---------------------------------------------------------------------------- reports
+
+
+def exists(conn: Any) -> bool:
+    """Whether the ledger table exists (a database ``inboundctl migrate`` has not set up has none)."""
+    return bool(conn.execute("SELECT to_regclass('inbound_ledger') IS NOT NULL").fetchone()[0])
+
+
+def counts(conn: Any, *, account: str | None = None) -> dict[str, int]:
+    """Rows per status, of every account or of *account* only (statuses without rows are absent)."""
+    if account is None:
+        rows = conn.execute("SELECT status, count(*) FROM inbound_ledger GROUP BY status").fetchall()
+    else:
+        rows = conn.execute("SELECT status, count(*) FROM inbound_ledger WHERE account = %s GROUP BY status",
+                            (account,)).fetchall()
+    return {status: int(n) for status, n in rows}
+
+
+def recent_outcomes(conn: Any, minutes: int) -> list[tuple[str, str | None, int]]:
+    """``(status, reason, rows)`` of the rows updated within the last *minutes* (by PostgreSQL's clock)."""
+    rows = conn.execute(
+        "SELECT status, reason, count(*) FROM inbound_ledger"
+        " WHERE updated_at > now() - make_interval(mins => %s) GROUP BY status, reason",
+        (minutes,),
+    ).fetchall()
+    return [(status, reason, int(n)) for status, reason, n in rows]
+
+
+def finished_within(conn: Any, windows: Sequence[int]) -> list[int]:
+    """For each window of *windows* minutes: rows that reached a terminal status within it.
+
+    A row counts by its ``updated_at``, so a row finished and then touched
+    again counts at its last change; one scan serves every window.
+    """
+    if not windows:
+        return []
+    columns = ", ".join(["count(*) FILTER (WHERE updated_at > now() - make_interval(mins => %s))"] * len(windows))
+    row = conn.execute(
+        f"SELECT {columns} FROM inbound_ledger WHERE status = ANY(%s)"
+        " AND updated_at > now() - make_interval(mins => %s)",
+        (*windows, sorted(TERMINAL), max(windows)),
+    ).fetchone()
+    return [int(n) for n in row]
