@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import httpx
 
-from services import free_port, wait_for
+from services import free_port
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

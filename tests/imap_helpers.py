@@ -122,17 +122,6 @@ async def imap(port: int, user: str, password: str, fn: Callable[[IMAPClient], A
     return await trio.to_thread.run_sync(work)
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Wait (trio) until *predicate()* is true; fail naming *what* after *timeout* seconds."""
-    with trio.move_on_after(timeout):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            await trio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 if __import__("os").environ.get("INBOUNDD_TEST_LOG"):
     from inboundd import log as _log
 

@@ -19,11 +19,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-__all__ = ["DovecotServer", "PostgresServer", "RedisServer", "free_port", "require_binary", "wait_for"]
+from waiting import wait_for
+
+__all__ = ["DovecotServer", "PostgresServer", "RedisServer", "free_port", "require_binary"]
 
 
 def free_port() -> int:
@@ -31,29 +32,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
-    """Poll *predicate* until it returns a true value; fail naming *what* after *timeout* seconds.
-
-    Exceptions from the predicate count as "not yet" until the deadline, when
-    the last one is reported.
-    """
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except AssertionError:
-            raise
-        except Exception as exc:  # not ready yet
-            last, value = exc, None
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {type(last).__name__}: {last})" if last else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
-        time.sleep(interval)
 
 
 def require_binary(name: str, package: str, extra_dirs: list[str] | None = None) -> str:

@@ -26,7 +26,8 @@ from inboundd.outcomes import Outcome, PermanentError, TransientError
 from inboundd.queue import Queue, ReclaimTimer
 from inboundd.redisio import RedisIO
 
-from test_queue import counter, eventually
+from test_queue import counter
+from waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = QueueConfig(lease=0.5, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1, claim_batch=5,

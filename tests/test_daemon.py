@@ -9,7 +9,7 @@ import time
 
 
 from daemon_harness import DaemonProcess, TableLock, enqueue
-from services import wait_for
+from waiting import wait_for
 
 
 def test_ready_health_and_readiness(daemon_factory, redis_url: str, pg_dsn: str) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import redis
 
 from daemon_harness import DaemonProcess, TableLock, imap_section
-from services import wait_for
+from waiting import wait_for
 from test_e2e_imap import append, wait_idle
 
 FAST_RECOVERY = """

@@ -18,7 +18,7 @@ from imapclient import IMAPClient
 from inboundd.store import ledger
 
 from daemon_harness import DaemonProcess, imap_section
-from services import wait_for
+from waiting import wait_for
 
 
 def message(subject: str, *, sender: str = "Ada Customer <ada@example.com>") -> bytes:

@@ -12,11 +12,12 @@ from pathlib import Path
 import redis
 import trio
 
-from imap_helpers import Recorder, append, eventually, make_accounts
+from imap_helpers import Recorder, append, make_accounts
 from inboundd.config import RedisConfig
 from inboundd.providers.imap_lease import MailboxLease, lease_keys
 from inboundd.providers.imap_listener import ImapListenerGroup, MemoryCursorStore
 from inboundd.redisio import RedisIO
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 

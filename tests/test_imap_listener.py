@@ -20,7 +20,6 @@ from imap_helpers import (
     BlackHoleProxy,
     Recorder,
     append,
-    eventually,
     imap,
     make_accounts,
     message,
@@ -38,6 +37,7 @@ from inboundd.redisio import RedisIO
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
 from services import DovecotServer
+from waiting import eventually
 
 
 def listener_for(account, queue, cursors, folder="INBOX", **kw):

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inboundd import metrics
-from services import wait_for
+from waiting import wait_for
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 #: Units a histogram or a unit-suffixed gauge may end with (base units only).

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon_harness import DaemonProcess, imap_section
 from inboundd import cli
 from inboundd.store import ledger
-from services import wait_for
+from waiting import wait_for
 from test_cli import seed_queue
 
 

@@ -28,6 +28,7 @@ from inboundd.providers.base import FetchedMessage, SourceRegistry, SourceUnavai
 from inboundd.store import ledger, messages
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -137,16 +138,6 @@ async def ledger_row(db: Database, job: Job) -> ledger.LedgerRow | None:
 
 async def message_count(db: Database) -> int:
     return (await query(db, "SELECT count(*) FROM inbound_messages"))[0][0]
-
-
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    with trio.move_on_after(timeout):
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await trio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def lease_expired(db: Database, job: Job) -> bool:
@@ -453,7 +444,7 @@ async def test_a_holder_whose_lease_was_taken_over_cannot_commit(db: Database, s
 
         nursery.start_soon(slow_holder)
         await slow_fetching.wait()
-        await wait_until(lambda: lease_expired(db, job), 10, "the slow holder's lease to expire")
+        await eventually(lambda: lease_expired(db, job), 10, "the slow holder's lease to expire")
         source.put(job, mime(1, body="from the second holder"))
         taken = await processor(db, source).handle(job)
         assert taken.status == "processed"
@@ -578,7 +569,7 @@ async def test_sigkill_between_claim_and_commit_leads_to_a_retry_that_stores(
     assert await proc.handle(job_for(1, job_id="other-pointer")) == Outcome("duplicate", "in_flight", None)
     assert await message_count(db) == 0
 
-    await wait_until(lambda: lease_expired(db, job), 10, "the killed holder's lease to expire")
+    await eventually(lambda: lease_expired(db, job), 10, "the killed holder's lease to expire")
     outcome = await proc.handle(job)
     assert outcome.status == "processed"  # never "duplicate"
     row = await ledger_row(db, job)

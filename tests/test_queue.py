@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,6 +17,8 @@ from inboundd.jobs import ImapPointer, Job, MicrosoftPointer
 from inboundd.queue import GROUP, Keys, Queue, QueueStopped, ReclaimTimer
 from inboundd.redisio import RedisIO
 
+from waiting import eventually
+
 CFG = QueueConfig(lease=0.3, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1,
                   reclaim_interval=0.05)
 
@@ -27,19 +29,6 @@ def imap_job(uid: int, account: str = "support") -> Job:
 
 def counter(metric: Any, *labels: str) -> float:
     return (metric.labels(*labels) if labels else metric)._value.get()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll an async or sync *predicate* until true; fail naming *what* after *timeout* seconds."""
-    with trio.move_on_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return value
-            await trio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_queue(rio: RedisIO, **overrides: Any) -> Queue:

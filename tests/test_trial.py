@@ -14,7 +14,7 @@ import httpx
 import psycopg
 
 from inboundd import config as config_mod
-from services import wait_for
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
