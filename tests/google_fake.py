@@ -147,6 +147,8 @@ class StoredMessage:
     labels: list[str]
     internal_ms: int
     history_id: int
+    #: What Gmail says the size is, when a test wants it to differ from the real one.
+    size_estimate: int | None = None
 
 
 @dataclass
@@ -217,7 +219,8 @@ class FakeGoogle:
         Handler.fake = fake
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-google", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       name="fake-google", daemon=True)
         self.thread.start()
         return self
 
@@ -468,7 +471,8 @@ class FakeGoogle:
     def _resource(message: StoredMessage, fmt: str) -> dict[str, Any]:
         resource: dict[str, Any] = {
             "id": message.id, "threadId": message.id, "labelIds": list(message.labels),
-            "snippet": "", "sizeEstimate": len(message.raw), "historyId": str(message.history_id),
+            "snippet": "",
+            "sizeEstimate": message.size_estimate if message.size_estimate is not None else len(message.raw), "historyId": str(message.history_id),
             "internalDate": str(message.internal_ms),
         }
         if fmt == "raw":
