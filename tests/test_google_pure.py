@@ -69,13 +69,15 @@ def test_push_token_is_rejected(header, status, reason):
 
 
 @pytest.mark.parametrize("overrides", [
-    {},
-    {"iss": "accounts.google.com"},
-    {"iat": int(time.time()) + 50, "exp": int(time.time()) + 3650},  # within the 60 s skew
-    {"iat": int(time.time()) - 3700, "exp": int(time.time()) - 50},
+    lambda now: {},
+    lambda now: {"iss": "accounts.google.com"},
+    lambda now: {"iat": now + 50, "exp": now + 3650},  # within the 60 s skew
+    lambda now: {"iat": now - 3700, "exp": now - 50},
 ], ids=["pubsub token", "issuer without scheme", "iat 50s ahead", "expired 50s ago"])
 def test_push_token_is_accepted(overrides):
-    claims = push.check_token(push.bearer_token("Bearer " + KEY.token(**overrides)), CERTS, ALLOWED, _now())
+    now = int(_now())
+    token = KEY.token(**overrides(now))
+    claims = push.check_token(push.bearer_token("Bearer " + token), CERTS, ALLOWED, now)
     assert (claims.audience, claims.email) == (PUSH_AUDIENCE, PUSH_SERVICE_ACCOUNT)
 
 
