@@ -20,9 +20,11 @@ from urllib.parse import quote
 import httpx
 
 from ... import clock
+from ...outcomes import TransientError
 from . import gmail_proto as proto
+from .tokens import AuthFailure
 
-__all__ = ["GmailApi", "GmailError", "TokenSource"]
+__all__ = ["GmailApi", "GmailError", "TokenSource", "raise_for", "raw_answer_cap"]
 
 #: Answer of a raw message beyond its MIME size: the JSON envelope (ids, labels, snippet).
 RAW_ENVELOPE_SLACK = 64 * 1024
@@ -40,6 +42,21 @@ class GmailError(Exception):
     @property
     def kind(self) -> str:
         return self.failure.kind
+
+
+def raise_for(exc: GmailError, account: str) -> None:
+    """Re-raise a Gmail failure as what the consumer acts on; call it for every kind but the caller's own.
+
+    ``rate_limited``/``unavailable`` → :class:`~inboundd.outcomes.TransientError`
+    (with Gmail's ``Retry-After``), ``auth`` → :class:`~.tokens.AuthFailure`,
+    anything else → *exc* itself (a job error).
+    """
+    failure = exc.failure
+    if failure.kind in ("rate_limited", "unavailable"):
+        raise TransientError(f"Gmail of {account!r}: {exc}", retry_after=failure.retry_after) from exc
+    if failure.kind == "auth":
+        raise AuthFailure(failure.reason, failure.message) from exc
+    raise exc
 
 
 class TokenSource(Protocol):

@@ -28,21 +28,12 @@ from ...outcomes import TransientError
 from ..base import FetchedMessage, SourceUnavailable
 from . import gmail_proto as proto
 from .accounts import GoogleAccount
-from .gmail_api import GmailError, raw_answer_cap
+from .gmail_api import GmailError, raise_for, raw_answer_cap
 from .tokens import AuthFailure
 
 __all__ = ["GmailSource"]
 
 _log = log.get_logger("google.fetch")
-
-
-def _raise_for(exc: GmailError, account: str) -> None:
-    failure = exc.failure
-    if failure.kind in ("rate_limited", "unavailable"):
-        raise TransientError(f"Gmail of {account!r}: {exc}", retry_after=failure.retry_after) from exc
-    if failure.kind == "auth":
-        raise AuthFailure(failure.reason, failure.message) from exc
-    raise exc
 
 
 class GmailSource:
@@ -78,7 +69,7 @@ class GmailSource:
         except GmailError as exc:
             if exc.kind == "not_found":
                 return SourceUnavailable("source_deleted", f"Gmail message {message_id} no longer exists")
-            _raise_for(exc, account.id)
+            raise_for(exc, account.id)
             raise
         if answer is None:
             return SourceUnavailable("oversize", f"raw answer larger than {raw_answer_cap(max_size)} bytes "
