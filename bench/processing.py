@@ -47,8 +47,9 @@ from inboundd import processing as processing_mod  # noqa: E402
 from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig  # noqa: E402
 from inboundd.jobs import ImapPointer, Job, new_job  # noqa: E402
 from inboundd.mime import parse_message  # noqa: E402
+from inboundd.outcomes import Outcome  # noqa: E402
 from inboundd.processing import Processor  # noqa: E402
-from inboundd.providers.base import FetchedMessage, SourceRegistry  # noqa: E402
+from inboundd.source import FetchedMessage, SourceRegistry  # noqa: E402
 from inboundd.store import ledger  # noqa: E402
 from inboundd.store.db import Database  # noqa: E402
 from inboundd.store.migrate import migrate  # noqa: E402
@@ -126,7 +127,7 @@ class CorpusSource:
         self.stages["fetch"].append(time.perf_counter() - started)
         return FetchedMessage(raw=raw, provider_message_id=job.identity(), folder="INBOX", size=len(raw))
 
-    async def after_commit(self, job: Job, stored: Any = True) -> None:
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
         return None
 
 

@@ -19,7 +19,7 @@ import trio
 from . import config as config_mod, log
 from .consumer import ConsumerPool
 from .processing import Processor
-from .providers.base import SourceRegistry
+from .source import SourceRegistry
 from .providers.imap_conn import accounts_from_config
 from .providers.imap_fetch import ImapFetcher
 from .providers.imap_listener import DbCursorStore, ImapListenerGroup

@@ -46,7 +46,7 @@ from .config import Config
 from .jobs import Job
 from .mime import Message, parse_message
 from .outcomes import Outcome, PermanentError, TransientError
-from .providers.base import FetchedMessage, SourceRegistry, SourceUnavailable
+from .source import FetchedMessage, Source, SourceRegistry, SourceUnavailable
 from .store import ledger, messages
 from .store.db import Database
 
@@ -224,7 +224,7 @@ class Processor:
         await self._after_commit(source, job, outcome, cfg)
         return outcome
 
-    async def _after_commit(self, source: Any, job: Job, outcome: Outcome, cfg: Config) -> None:
+    async def _after_commit(self, source: Source, job: Job, outcome: Outcome, cfg: Config) -> None:
         try:
             with trio.move_on_after(cfg.processing.fetch_timeout):
                 await source.after_commit(job, outcome)

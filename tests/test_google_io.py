@@ -20,7 +20,7 @@ from google_fake import service_account_file
 from inboundd.config import PostgresConfig
 from inboundd.jobs import GooglePointer, new_job
 from inboundd.outcomes import Outcome, TransientError
-from inboundd.providers.base import FetchedMessage, SourceUnavailable
+from inboundd.source import FetchedMessage, SourceUnavailable
 from inboundd.providers.google import push
 from inboundd.providers.google.accounts import HttpClients, build_account
 from inboundd.providers.google.config import GoogleAccountConfig

@@ -11,10 +11,13 @@ import trio
 from imap_helpers import BlackHoleProxy, append, imap, make_accounts, message
 from services import DovecotServer, free_port
 from inboundd.jobs import ImapPointer, new_job
-from inboundd.outcomes import TransientError
-from inboundd.providers.base import FetchedMessage, SourceUnavailable
+from inboundd.outcomes import Outcome, TransientError
+from inboundd.source import FetchedMessage, SourceUnavailable
 from inboundd.providers.imap_conn import CLOSE_TIMEOUT
 from inboundd.providers.imap_fetch import ImapFetcher
+
+#: What processing hands ``after_commit``: this job stored the message.
+STORED = Outcome("processed", None, 1)
 
 
 def job_for(account_id: str, uidvalidity: int, uid: int, folder: str = "INBOX"):
@@ -218,7 +221,7 @@ async def test_post_action_seen_only_after_commit(dovecot, imap_user, tmp_path, 
     job = job_for(account.id, validity, 1)
     assert isinstance(await fetcher.fetch(job, max_size=0), FetchedMessage)
     assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)   # fetched, not yet committed
-    await fetcher.after_commit(job)
+    await fetcher.after_commit(job, STORED)
     assert b"\\Seen" in await flags(dovecot.port, user, password, 1)
 
 
@@ -232,7 +235,7 @@ async def test_post_action_move_creates_the_folder_and_moves(dovecot, imap_user,
         job = job_for(account.id, validity, uid)
         fetched = await fetcher.fetch(job, max_size=0)
         assert isinstance(fetched, FetchedMessage)
-        await fetcher.after_commit(job)
+        await fetcher.after_commit(job, STORED)
 
     def where(c):
         inbox = c.select_folder("INBOX", readonly=True)[b"EXISTS"]
@@ -254,8 +257,8 @@ async def test_post_action_delete_and_uidvalidity_guard(dovecot, imap_user, tmp_
     await append(dovecot.port, user, password, count=2)
     validity = await uidvalidity(dovecot.port, user, password)
     fetcher = fetcher_factory([account])
-    await fetcher.after_commit(job_for(account.id, validity + 1, 1))   # another folder generation: untouched
-    await fetcher.after_commit(job_for(account.id, validity, 2))
+    await fetcher.after_commit(job_for(account.id, validity + 1, 1), STORED)   # another folder generation: untouched
+    await fetcher.after_commit(job_for(account.id, validity, 2), STORED)
 
     def uids(c):
         c.select_folder("INBOX", readonly=True)
@@ -271,7 +274,7 @@ async def test_post_action_none_touches_nothing(dovecot, imap_user, tmp_path, fe
     validity = await uidvalidity(dovecot.port, user, password)
     before = logins(dovecot, user)
     fetcher = fetcher_factory([account])
-    await fetcher.after_commit(job_for(account.id, validity, 1))
+    await fetcher.after_commit(job_for(account.id, validity, 1), STORED)
     assert logins(dovecot, user) == before
     assert await flags(dovecot.port, user, password, 1) - {b"\\Recent"} == set()
 
@@ -282,7 +285,7 @@ async def test_post_action_none_touches_nothing(dovecot, imap_user, tmp_path, fe
 async def test_post_action_runs_only_after_the_message_is_committed(dovecot, imap_user, tmp_path, pg_dsn):
     """Processor + ImapFetcher + PostgreSQL: a failed store leaves the message where it was."""
     from inboundd.processing import Processor
-    from inboundd.providers.base import SourceRegistry
+    from inboundd.source import SourceRegistry
     from inboundd.providers.imap_conn import accounts_from_config
     from inboundd.store.db import Database
     from inboundd.store.migrate import migrate

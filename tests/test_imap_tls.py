@@ -14,7 +14,7 @@ from imapclient import IMAPClient
 from imap_helpers import append, make_accounts
 from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import TransientError
-from inboundd.providers.base import FetchedMessage
+from inboundd.source import FetchedMessage
 from inboundd.providers.imap_fetch import ImapFetcher
 from services import DovecotServer, free_port
 

@@ -1,7 +1,7 @@
 """Processor.handle against real PostgreSQL: stored exactly once, or recorded why not.
 
 The message source is an in-process implementation of the provider fetch
-interface (``providers.base.Source``); PostgreSQL is a real private server.
+interface (``source.Source``); PostgreSQL is a real private server.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from inboundd.jobs import ImapPointer, Job, new_job
 from inboundd.mime import parse_message
 from inboundd.outcomes import Outcome, PermanentError, TransientError
 from inboundd.processing import Processor
-from inboundd.providers.base import FetchedMessage, SourceRegistry, SourceUnavailable
+from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
 from inboundd.store import ledger, messages
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
@@ -92,8 +92,8 @@ class FakeSource:
         return FetchedMessage(raw=item, provider_message_id=f"{pointer.uidvalidity}:{pointer.uid}",
                               folder=pointer.folder, size=len(item))
 
-    async def after_commit(self, job: Job, stored: Any = True) -> None:
-        self.committed.append((job.id, stored))
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
+        self.committed.append((job.id, outcome))
 
 
 @pytest.fixture
@@ -506,7 +506,7 @@ sys.path.insert(0, sys.argv[1] + "/tests")
 from inboundd.config import PostgresConfig
 from inboundd.jobs import decode
 from inboundd.processing import Processor
-from inboundd.providers.base import FetchedMessage, SourceRegistry
+from inboundd.source import FetchedMessage, SourceRegistry
 from inboundd.store.db import Database
 from test_processing import make_config
 
@@ -518,7 +518,7 @@ class Source:
             print("fetching", flush=True)
             await trio.sleep_forever()
         return FetchedMessage(raw=raw, provider_message_id="x")
-    async def after_commit(self, job, stored):
+    async def after_commit(self, job, outcome):
         print("committed", flush=True)
         await trio.sleep_forever()  # killed here: before the queue ack
 

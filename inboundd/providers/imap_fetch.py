@@ -31,9 +31,9 @@ from imapclient.response_parser import parse_fetch_response
 
 from .. import log, metrics
 from ..jobs import ImapPointer, Job
-from ..outcomes import TransientError
+from ..outcomes import Outcome, TransientError
 from . import imap_proto as proto
-from .base import FetchedMessage, SourceUnavailable
+from ..source import FetchedMessage, SourceUnavailable
 from .imap_conn import (
     AuthError,
     Connection,
@@ -228,17 +228,18 @@ class ImapFetcher:
 
     # ------------------------------------------------------------------ post-actions
 
-    async def after_commit(self, job: Job, stored: Any = True) -> None:
-        """Apply the account's ``post_action`` to the committed message.
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
+        """Apply the account's ``post_action`` to the message *job* stored (*outcome* ``processed``).
 
-        Called only after the message's transaction committed. Best effort by
+        Called only after the message's transaction committed; any other
+        outcome (a duplicate, a skip) touches nothing. Best effort by
         design: the message is safely stored, so a failure is logged and
         counted (``inboundd_imap_post_actions_total{outcome="error"}``), never
         raised into the consumer. Never touches a message whose folder
         changed UIDVALIDITY since the pointer was taken.
         """
         pointer = job.pointer
-        if not isinstance(pointer, ImapPointer):
+        if not isinstance(pointer, ImapPointer) or outcome.status != "processed":
             return
         account = self._accounts.get(pointer.account)
         if account is None:

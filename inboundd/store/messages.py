@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from ..jobs import Job
 from ..mime import Address, Message
-from ..providers.base import FetchedMessage
+from ..source import FetchedMessage
 
 __all__ = [
     "MESSAGE_ID_LOCK_CLASS",

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from ... import log
 from ...jobs import GooglePointer, Job
-from ...outcomes import TransientError
-from ..base import FetchedMessage, SourceUnavailable
+from ...outcomes import Outcome, TransientError
+from ...source import FetchedMessage, SourceUnavailable
 from . import gmail_proto as proto
 from .accounts import GoogleAccount
 from .gmail_api import GmailError, raise_for, raw_answer_cap
@@ -85,7 +84,7 @@ class GmailSource:
             labels=labels,
         )
 
-    async def after_commit(self, job: Job, stored: Any = True) -> None:
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
         """Apply the account's ``post_action`` to the message this job stored.
 
         Best effort: the message is committed, so a failure is logged, never raised.
@@ -93,7 +92,7 @@ class GmailSource:
         pointer = job.pointer
         if not isinstance(pointer, GooglePointer) or not pointer.message_id:
             return
-        if getattr(stored, "status", "processed") != "processed":
+        if outcome.status != "processed":
             return
         account = self._accounts.get(pointer.account)
         if account is None or account.post_action.kind == "none":

@@ -1,23 +1,29 @@
-"""The provider fetch interface: a pointer in, raw MIME (or why not) out.
+"""What processing needs from a provider: a pointer in, raw MIME (or why not) out.
 
-Every provider module's consume-time half implements :class:`Source`.
+The contract sits one floor below ``providers/`` (the implementations), so
+processing and the store depend on it without knowing any provider. Every
+provider's consume-time half implements :class:`Source`.
 ``fetch`` returns a :class:`FetchedMessage`, or a :class:`SourceUnavailable`
 with a deterministic reason (``source_deleted``, ``source_moved``,
 ``uidvalidity_changed``, ``oversize``) that the processing layer records as a
 *skipped* outcome; it raises for anything worth a retry (server unreachable,
 throttled), wrapping infrastructure failures in
 :class:`~inboundd.outcomes.TransientError`. ``after_commit`` runs
-provider-side post-actions once the message is stored.
+provider-side post-actions once the message is stored, given the
+:class:`~inboundd.outcomes.Outcome` that was committed.
+
+Pure module: no I/O.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
-from ..jobs import Job
+from .jobs import Job
+from .outcomes import Outcome
 
 __all__ = ["FetchedMessage", "Source", "SourceRegistry", "SourceUnavailable"]
 
@@ -43,9 +49,13 @@ class SourceUnavailable(msgspec.Struct):
 
 
 class Source(Protocol):
-    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable: ...
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
+        """The raw message *job* points at, or why it cannot be had; raises for anything worth a retry."""
+        ...
 
-    async def after_commit(self, job: Job, stored: Any = True) -> None: ...
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
+        """Post-actions for the message *job* stored (*outcome* is ``processed``); best effort, never raises."""
+        ...
 
 
 class SourceRegistry:
