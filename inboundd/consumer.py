@@ -13,8 +13,8 @@ function (tested directly): an :class:`~inboundd.outcomes.Outcome` → ack;
 :class:`~inboundd.outcomes.TransientError` → retry without burning an attempt
 (up to ``transient_attempts``); :class:`~inboundd.outcomes.PermanentError` →
 dead-letter now; any other exception → retry counting an attempt, dead-letter
-after ``max_attempts``. Delays follow :func:`retry_delay` (exponential,
-capped, full jitter).
+after ``max_attempts``. Delays follow :func:`inboundd.backoff.delay`
+(exponential, capped, full jitter).
 
 Drain (:meth:`ConsumerPool.drain`) stops claiming; jobs already claimed are
 finished; :meth:`ConsumerPool.wait_drained` returns once none is held.
@@ -31,20 +31,24 @@ import msgspec
 import redis
 import trio
 
-from . import clock, log, metrics
+from . import backoff, clock, log, metrics
 from .config import QueueConfig
 from .jobs import Job
 from .outcomes import Outcome, PermanentError, TransientError
 from .queue import Claimed, Queue
 
-__all__ = ["ConsumerPool", "Decision", "Handler", "decide", "retry_delay"]
+__all__ = ["ConsumerPool", "Decision", "Handler", "decide"]
 
 _log = log.get_logger("consumer")
 
 #: Buffered acks are flushed before the next job once the oldest waited this long.
 ACK_FLUSH_AFTER = 0.05
-#: Backoff after a failed Redis call in the claim loop (seconds, doubling up to the cap).
+#: Backoff after a failed Redis call in the claim loop (seconds, doubling up to the cap, no jitter).
 REDIS_RETRY_BASE, REDIS_RETRY_CAP = 0.1, 5.0
+
+
+def _redis_backoff() -> backoff.Backoff:
+    return backoff.Backoff(REDIS_RETRY_BASE, REDIS_RETRY_CAP, jitter="none")
 
 
 class Handler(Protocol):
@@ -52,21 +56,6 @@ class Handler(Protocol):
 
 
 # --------------------------------------------------------------------------- pure decisions
-
-
-def retry_delay(attempt: int, base: float, cap: float, *, retry_after: float | None = None,
-                rand: Callable[[], float] = random.random) -> float:
-    """Seconds before retry number *attempt* (1 = first retry): full jitter over an exponential ceiling.
-
-    ``uniform(0, min(cap, base · 2^(attempt-1)))``; a provider's *retry_after*
-    is a floor (never retry sooner than it asked).
-    """
-    exponent = min(max(attempt, 1) - 1, 63)
-    ceiling = min(cap, base * (2.0 ** exponent))
-    delay = ceiling * rand()
-    if retry_after is not None and retry_after > delay:
-        delay = retry_after
-    return delay
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -100,13 +89,14 @@ def decide(job: Job, result: Outcome | BaseException, cfg: QueueConfig, *,
         if transient >= cfg.transient_attempts:
             return Decision("dead_letter", job, reason="transient_exhausted", error=error,
                             attempts=job.attempt + 1)
-        delay = retry_delay(transient, cfg.backoff_base, cfg.backoff_cap, retry_after=result.retry_after, rand=rand)
+        delay = backoff.delay(transient, cfg.backoff_base, cfg.backoff_cap, retry_after=result.retry_after,
+                              rand=rand)
         return Decision("retry", msgspec.structs.replace(job, transient=transient), delay=delay, kind="transient",
                         error=error, attempts=job.attempt)
     attempt = job.attempt + 1
     if attempt >= cfg.max_attempts:
         return Decision("dead_letter", job, reason="max_attempts", error=error, attempts=attempt)
-    delay = retry_delay(attempt, cfg.backoff_base, cfg.backoff_cap, rand=rand)
+    delay = backoff.delay(attempt, cfg.backoff_base, cfg.backoff_cap, rand=rand)
     return Decision("retry", msgspec.structs.replace(job, attempt=attempt), delay=delay, kind="error",
                     error=error, attempts=attempt)
 
@@ -242,7 +232,7 @@ class ConsumerPool:
         If Redis is unreachable, report started anyway and keep trying: the
         daemon must come up (and say it is degraded) without Redis.
         """
-        delay, started = REDIS_RETRY_BASE, False
+        retry, started = _redis_backoff(), False
         while True:
             try:
                 while True:
@@ -254,16 +244,16 @@ class ConsumerPool:
                     log.event(_log, "consumer.take_back", level=logging.WARNING, consumer=me.name, jobs=len(own))
                     await self.queue.recover(me.name, own, why="consumer restarted")
             except (redis.RedisError, OSError) as exc:
+                delay = retry.failed()
                 log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
                           retry_in=delay)
                 if not started:
                     task_status.started()
                     started = True
                 await trio.sleep(delay)
-                delay = min(delay * 2, REDIS_RETRY_CAP)
 
     async def _loop(self, me: _Consumer) -> None:
-        delay = REDIS_RETRY_BASE
+        retry = _redis_backoff()
         while not me.stopping:
             if self._draining:
                 await self._changed.wait()  # resume() or resize() wakes us
@@ -271,15 +261,15 @@ class ConsumerPool:
             me.claiming = True
             try:
                 batch = await self.queue.claim(me.name, self.cfg.claim_batch)
-                delay = REDIS_RETRY_BASE
+                retry.reset()
             except (redis.RedisError, OSError) as exc:
+                delay = retry.failed()
                 log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
                           retry_in=delay)
                 batch = []
                 me.claiming = False
                 self._notify()
                 await trio.sleep(delay)
-                delay = min(delay * 2, REDIS_RETRY_CAP)
                 continue
             for claimed in batch:
                 me.held[claimed.entry_id] = claimed

@@ -17,12 +17,14 @@ import msgspec
 import trio
 
 from . import config as config_mod, log
+from .backoff import Backoff
 from .consumer import ConsumerPool
 from .processing import Processor
 from .source import SourceRegistry
 from .providers.imap_conn import accounts_from_config
 from .providers.imap_fetch import ImapFetcher
-from .providers.imap_listener import DbCursorStore, ImapListenerGroup
+from .ingress.cursors import DbCursorStore
+from .providers.imap_listener import ImapListenerGroup
 from .queue import Queue, ReclaimTimer
 from .redisio import RedisIO
 from .store.db import Database
@@ -32,8 +34,8 @@ __all__ = ["Pipeline"]
 
 _log = log.get_logger("pipeline")
 
-#: Start-up waits for PostgreSQL (migrations) with this backoff, bounded.
-STARTUP_RETRY_CAP = 10.0
+#: Start-up waits for PostgreSQL (migrations) with this backoff (doubling, no jitter), bounded.
+STARTUP_RETRY_BASE, STARTUP_RETRY_CAP = 0.5, 10.0
 
 
 def _secret(cfg: config_mod.Config, key: str) -> str | None:
@@ -94,17 +96,17 @@ class Pipeline:
 
     @staticmethod
     async def _migrate_when_reachable(daemon: Any, db: Database) -> None:
-        delay = 0.5
+        retry = Backoff(STARTUP_RETRY_BASE, STARTUP_RETRY_CAP, jitter="none")
         while True:
             try:
                 applied = await db.run(migrate)
             except SchemaTooNew:
                 raise
             except Exception as exc:  # PostgreSQL not up yet: wait rather than crash-loop
+                delay = retry.failed()
                 log.event(_log, "postgres.unavailable", level=logging.WARNING, error=str(exc), retry_in=delay)
                 daemon.notifier.status(f"waiting for PostgreSQL: {exc}")
                 await trio.sleep(delay)
-                delay = min(delay * 2, STARTUP_RETRY_CAP)
                 continue
             if applied:
                 log.event(_log, "migrations.applied", versions=",".join(str(v) for v in applied))

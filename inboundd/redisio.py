@@ -19,9 +19,18 @@ import trio
 
 from .config import RedisConfig
 
-__all__ = ["RedisIO"]
+__all__ = ["RedisIO", "tagged_key"]
 
 T = TypeVar("T")
+
+
+def tagged_key(prefix: str, *parts: str) -> str:
+    """The one builder of inboundd's Redis keys: ``{prefix}:part:part…``.
+
+    Every key of a prefix carries the same hash tag, so all of them live in
+    one Redis Cluster slot and any script may touch several at once.
+    """
+    return ":".join(("{" + prefix + "}", *parts))
 
 
 class RedisIO:

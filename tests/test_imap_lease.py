@@ -1,4 +1,4 @@
-"""One owner per mailbox across daemons: the Redis lease, alone and under listeners."""
+"""One owner per mailbox across daemons: the Redis lease under IMAP listeners (alone: test_lease.py)."""
 
 from __future__ import annotations
 
@@ -14,61 +14,13 @@ import trio
 
 from imap_helpers import Recorder, append, make_accounts
 from inboundd.config import RedisConfig
-from inboundd.providers.imap_lease import MailboxLease, lease_keys
-from inboundd.providers.imap_listener import ImapListenerGroup, MemoryCursorStore
+from inboundd.ingress.cursors import MemoryCursorStore
+from inboundd.ingress.lease import lease_keys
+from inboundd.providers.imap_listener import ImapListenerGroup
 from inboundd.redisio import RedisIO
 from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def lease(rio, owner, ttl=1.0, account="acct", folder="INBOX"):
-    return MailboxLease(rio, "t", account, folder, owner=owner, ttl=ttl)
-
-
-async def test_lease_acquire_renew_release_and_fencing(redis_url):
-    rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    try:
-        a, b = lease(rio, "a", ttl=2.0), lease(rio, "b", ttl=2.0)
-        assert await a.try_acquire() is None and a.token == 1
-        held = await b.try_acquire()
-        assert held is not None and 1.0 < held <= 2.0 and b.token is None
-        assert await a.try_acquire() is None and a.token == 1     # re-acquire by the holder keeps the token
-        assert await a.renew() and await a.still_owner()
-        assert not await b.renew() and not await b.still_owner()
-        await b.release()                                          # not the owner: no effect
-        assert await a.still_owner()
-        await a.release()
-        assert a.token is None
-        assert await b.try_acquire() is None and b.token == 2     # the fence only grows
-        assert not await a.renew()
-    finally:
-        await rio.close()
-
-
-async def test_lease_expires_and_the_newer_token_wins(redis_url):
-    rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    try:
-        a, b = lease(rio, "a", ttl=1.0), lease(rio, "b", ttl=1.0)
-        assert await a.try_acquire() is None
-        # a stops renewing (paused, crashed): b gets it once the ttl ran out, never before.
-        assert await b.try_acquire() is not None
-        token = await eventually_acquired(b, 3)
-        assert token == 2
-        assert not await a.still_owner() and not await a.renew()
-        lease_key, fence_key = lease_keys("t", "acct", "INBOX")
-        assert lease_key.startswith("{t}:") and fence_key.startswith("{t}:")   # one cluster slot
-    finally:
-        await rio.close()
-
-
-async def eventually_acquired(candidate: MailboxLease, timeout: float) -> int:
-    with trio.fail_after(timeout):
-        while True:
-            held = await candidate.try_acquire()
-            if held is None:
-                return candidate.token
-            await trio.sleep(min(held, 0.05))
 
 
 async def test_an_owner_that_loses_its_lease_stops_listening(dovecot, imap_user, tmp_path, redis_url):
@@ -80,7 +32,7 @@ async def test_an_owner_that_loses_its_lease_stops_listening(dovecot, imap_user,
             await nursery.start(group.run)
             assert group.status()[0].state == "idle"
             # Someone else now holds it (as after a partition longer than the ttl).
-            lease_key, _ = lease_keys("inboundd", "acct0", "INBOX")
+            lease_key, _ = lease_keys("inboundd", "imap", "acct0", "INBOX")
             with redis.Redis.from_url(redis_url) as client:
                 client.set(lease_key, "intruder|99", px=60_000)
             await eventually(lambda: group.status()[0].state == "standby", 3, "the old owner to stand by")
@@ -96,7 +48,8 @@ _OWNER_SCRIPT = textwrap.dedent("""
     from imap_helpers import Recorder, make_accounts
     from pathlib import Path
     from inboundd.config import RedisConfig
-    from inboundd.providers.imap_listener import ImapListenerGroup, MemoryCursorStore
+    from inboundd.ingress.cursors import MemoryCursorStore
+    from inboundd.providers.imap_listener import ImapListenerGroup
     from inboundd.redisio import RedisIO
 
     async def main():

@@ -25,14 +25,9 @@ from imap_helpers import (
     message,
 )
 from inboundd.config import RedisConfig
-from inboundd.providers import imap_proto as proto
+from inboundd.ingress.cursors import DbCursorStore, MemoryCursorStore, StoredCursor
 from inboundd.providers.imap_conn import CLOSE_TIMEOUT, default_limiter
-from inboundd.providers.imap_listener import (
-    DbCursorStore,
-    ImapListener,
-    ImapListenerGroup,
-    MemoryCursorStore,
-)
+from inboundd.providers.imap_listener import ImapListener, ImapListenerGroup
 from inboundd.redisio import RedisIO
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
@@ -76,7 +71,7 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(do
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     queue, cursors = Recorder(), MemoryCursorStore()
-    seen_at_ack: list[proto.Cursor | None] = []
+    seen_at_ack: list[StoredCursor | None] = []
 
     async def after_ack(batch):
         # The moment Redis acknowledged: the stored cursor must not be past this batch yet.
@@ -93,7 +88,7 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(do
         await eventually(lambda: listener.status().last_uid == uid, 5, "the cursor to reach the new UID")
         assert queue.uids() == [uid]
         assert seen_at_ack == [start_cursor]
-        assert (await cursors.load(account.id, "INBOX")) == proto.Cursor(start_cursor.uidvalidity, uid)
+        assert (await cursors.load(account.id, "INBOX")) == StoredCursor(uidvalidity=start_cursor.uidvalidity, last_uid=uid)
         await eventually(lambda: listener.state == "idle", 5, "back to idle")
         [uid2] = await append(dovecot.port, user, password, start=1)
         await eventually(lambda: queue.uids() == [uid, uid2], 5, "the second pointer")
@@ -236,7 +231,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
         assert [p.uid for p in rescanned] == [1, 2, 3]
         assert {p.uidvalidity for p in rescanned} == {status.uidvalidity}
         assert status.last_uid == 3
-        assert (await cursors.load(account.id, "Work")) == proto.Cursor(status.uidvalidity, 3)
+        assert (await cursors.load(account.id, "Work")) == StoredCursor(uidvalidity=status.uidvalidity, last_uid=3)
         # Nothing lost, nothing pointed at twice.
         identities = [j.identity() for j in queue.jobs]
         assert len(set(identities)) == len(identities) == 5

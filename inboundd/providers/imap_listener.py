@@ -22,8 +22,8 @@ A listener's life::
   even a bug) end the session and are retried with backoff — per listener,
   so one failing account or folder never affects the others.
 * **Ownership**: with a lease configured, a listener first takes the
-  mailbox's Redis lease (``imap_lease``) and stops listening the moment it
-  cannot prove it still holds it.
+  mailbox's Redis lease and stops listening the moment it cannot prove it
+  still holds it (``ingress.ownership``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import imaplib
 import logging
 import math
-import random
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +38,12 @@ import msgspec
 import trio
 
 from .. import clock, log, metrics
+from ..backoff import Backoff
+from ..ingress.auth import AuthPolicy
+from ..ingress.cursors import CursorStore, StoredCursor
+from ..ingress.lease import Lease, lease_keys
+from ..ingress.ownership import Ownership
+from ..ingress.supervisor import Supervisor
 from ..jobs import ImapPointer, Job, new_job
 from . import imap_proto as proto
 from .imap_conn import (
@@ -51,16 +56,8 @@ from .imap_conn import (
     default_limiter,
     describe,
 )
-from .imap_lease import MailboxLease
 
-__all__ = [
-    "CursorStore",
-    "DbCursorStore",
-    "ImapListener",
-    "ImapListenerGroup",
-    "ListenerStatus",
-    "MemoryCursorStore",
-]
+__all__ = ["ImapListener", "ImapListenerGroup", "ListenerStatus"]
 
 _log = log.get_logger("imap")
 
@@ -68,8 +65,6 @@ _log = log.get_logger("imap")
 ENQUEUE_BATCH = 500
 #: A connection that stayed up this long resets the reconnect backoff.
 HEALTHY_AFTER = 60.0
-#: Standby re-checks a held lease at least this often (plus its remaining time).
-STANDBY_MAX_WAIT = 5.0
 #: A listener still connecting after this long reports started anyway (state ``connecting``):
 #: a black-holed server must not hold up the daemon's start-up.
 STARTUP_REPORT_AFTER = 10.0
@@ -82,56 +77,10 @@ class Enqueuer(Protocol):
     async def enqueue_many(self, jobs: Sequence[Job]) -> Any: ...
 
 
-class CursorStore(Protocol):
-    """Where listeners persist their resume points."""
-
-    async def load(self, account: str, folder: str) -> proto.Cursor | None: ...
-
-    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None: ...
-
-
-class DbCursorStore:
-    """Cursors in PostgreSQL (``inbound_cursors``), through ``store.cursors``."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    async def load(self, account: str, folder: str) -> proto.Cursor | None:
-        from ..store import cursors
-
-        row = await cursors.get_cursor(self.db, account, folder)
-        if row is None:
-            return None
-        uidvalidity, last_uid = _cursor_fields(row)
-        if uidvalidity is None or last_uid is None:
-            return None
-        return proto.Cursor(int(uidvalidity), int(last_uid))
-
-    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None:
-        from ..store import cursors
-
-        await cursors.set_cursor(self.db, account, folder, cursor.uidvalidity, cursor.last_uid)
-
-
-def _cursor_fields(row: Any) -> tuple[Any, Any]:
-    if isinstance(row, tuple):
-        return row[0], row[1]
-    if isinstance(row, dict):
-        return row.get("uidvalidity"), row.get("last_uid")
-    return getattr(row, "uidvalidity", None), getattr(row, "last_uid", None)
-
-
-class MemoryCursorStore:
-    """Cursors in a dict: for benches and tests that do not exercise persistence."""
-
-    def __init__(self) -> None:
-        self.cursors: dict[tuple[str, str], proto.Cursor] = {}
-
-    async def load(self, account: str, folder: str) -> proto.Cursor | None:
-        return self.cursors.get((account, folder))
-
-    async def save(self, account: str, folder: str, cursor: proto.Cursor) -> None:
-        self.cursors[(account, folder)] = cursor
+def _imap_cursor(stored: StoredCursor | None) -> proto.Cursor | None:
+    if stored is None or stored.uidvalidity is None or stored.last_uid is None:
+        return None
+    return proto.Cursor(stored.uidvalidity, stored.last_uid)
 
 
 class ListenerStatus(msgspec.Struct, kw_only=True):
@@ -173,7 +122,7 @@ class ImapListener:
         queue: Enqueuer,
         cursors: CursorStore,
         limiter: trio.CapacityLimiter,
-        lease: MailboxLease | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.account = account
         self.folder = folder
@@ -183,9 +132,9 @@ class ImapListener:
         self.lease = lease
         cfg = account.config
         self._start_from = proto.parse_start_from(cfg.start_from)
-        self._policy = proto.AuthPolicy(
+        self._policy = AuthPolicy(
             cfg.auth_failure_limit, cfg.auth_retry_interval,
-            proto.Backoff(cfg.reconnect_base, cfg.reconnect_cap, healthy_after=HEALTHY_AFTER),
+            Backoff(cfg.reconnect_base, cfg.reconnect_cap, healthy_after=HEALTHY_AFTER),
         )
         self._state = "stopped"
         self._since = clock.wall()
@@ -198,8 +147,11 @@ class ImapListener:
         self._mode: str | None = None
         self._kick = trio.Event()
         self._ready = trio.Event()
-        self._listening = trio.CancelScope()
-        self._lease_clock = proto.LeaseClock(max(lease.ttl, 1.0) if lease else 1.0)
+        self._ownership = None if lease is None else Ownership(
+            lease, event="imap.lease", fields={"account": account.id, "folder": folder},
+            count=lambda event: metrics.imap_lease_events.labels(event).inc(),
+            on_standby=self._standby, on_error=self._lease_error, describe=describe, logger=_log,
+        )
         metrics.listeners.labels(self._state).inc()
 
     # ------------------------------------------------------------------ public
@@ -253,86 +205,23 @@ class ImapListener:
                     await self._ready.wait()
                 task_status.started()
         finally:
-            if self.lease is not None and self.lease.value is not None:
-                await self.lease.release()
-                metrics.imap_lease_events.labels("released").inc()
+            if self._ownership is not None:
+                await self._ownership.release()
             self._retry_at = None
             self._mode = None
             self._set_state("stopped")
 
     async def _main(self) -> None:
-        if self.lease is None:
+        if self._ownership is None:
             return await self._connect_loop()
-        while True:
-            await self._acquire_lease()
-            async with trio.open_nursery() as nursery:
-                self._listening = nursery.cancel_scope
-                nursery.start_soon(self._keep_lease)
-                await self._connect_loop()
+        await self._ownership.run(self._connect_loop)
 
-    # ------------------------------------------------------------------ lease
+    def _standby(self) -> None:
+        self._set_state("standby")
+        self._report_started()
 
-    async def _acquire_lease(self) -> None:
-        assert self.lease is not None
-        backoff = proto.Backoff(0.5, STANDBY_MAX_WAIT)
-        while True:
-            sent_at = trio.current_time()
-            try:
-                held_for = await self.lease.try_acquire()
-            except Exception as exc:  # Redis unreachable: ownership unknown, so do not listen
-                self._last_error = f"lease: {describe(exc)}"
-                wait = backoff.failed(trio.current_time())
-            else:
-                if held_for is None:
-                    self._lease_clock = proto.LeaseClock(self.lease.ttl)
-                    # Trust counts from before the request was sent (conservative).
-                    self._lease_clock.confirmed(sent_at)
-                    metrics.imap_lease_events.labels("acquired").inc()
-                    log.event(_log, "imap.lease.acquired", account=self.account.id, folder=self.folder,
-                              token=self.lease.token)
-                    return
-                # Wake just after it can expire (jitter spreads competing standbys).
-                wait = min(held_for + 0.01 + 0.05 * random.random(), STANDBY_MAX_WAIT, self.lease.ttl / 3)
-            self._set_state("standby")
-            self._report_started()
-            await trio.sleep(wait)
-
-    async def _keep_lease(self) -> None:
-        """Renew every ttl/3; stop listening as soon as ownership cannot be proven."""
-        assert self.lease is not None
-        lease_clock: proto.LeaseClock = self._lease_clock
-        reason = "lost"
-        while True:
-            next_at = trio.current_time() + lease_clock.renew_every
-            # Wake early enough to stop listening before the lease could have expired.
-            await trio.sleep_until(min(next_at, lease_clock.valid_until))
-            now = trio.current_time()
-            if not lease_clock.valid(now):
-                reason = "expired"
-                break
-            try:
-                with trio.move_on_at(lease_clock.valid_until):
-                    if await self.lease.renew():
-                        lease_clock.confirmed(now)
-                        continue
-                    break
-                reason = "expired"
-                break
-            except Exception as exc:
-                self._last_error = f"lease renewal: {describe(exc)}"
-                log.event(_log, "imap.lease.renew_failed", level=logging.WARNING, account=self.account.id,
-                          folder=self.folder, error=self._last_error)
-        self._drop_lease(reason)
-
-    def _drop_lease(self, reason: str) -> None:
-        """Stop listening at once: the lease is lost (``lost``) or can no longer be trusted (``expired``)."""
-        assert self.lease is not None
-        metrics.imap_lease_events.labels(reason).inc()
-        log.event(_log, "imap.lease.lost", level=logging.WARNING, account=self.account.id, folder=self.folder,
-                  reason=reason, token=self.lease.token, note="stopped listening; another daemon may own it now")
-        self.lease.token = None
-        self.lease.value = None
-        self._listening.cancel()
+    def _lease_error(self, message: str) -> None:
+        self._last_error = message
 
     # ------------------------------------------------------------------ connection loop
 
@@ -376,7 +265,7 @@ class ImapListener:
             self._policy.logged_in(trio.current_time())
             selected = await conn.select(self.folder, readonly=True)
             # The database is the truth on every (re)connect: another daemon may have moved it.
-            self._cursor = await self.cursors.load(self.account.id, self.folder)
+            self._cursor = _imap_cursor(await self.cursors.load(self.account.id, self.folder))
             self._set_state("catching_up")
             await self._catch_up(conn, selected, fresh=True)
             if self.account.config.idle and conn.has_idle:
@@ -431,13 +320,13 @@ class ImapListener:
         return new_job(pointer, tenant=self.account.config.tenant)
 
     async def _save_cursor(self, cursor: proto.Cursor) -> None:
-        if self.lease is not None and not await self.lease.still_owner():
+        if self._ownership is not None:
             # Fencing: a paused owner whose lease moved on must not write the
             # new owner's cursor back (the jobs it enqueued are harmless
             # duplicates the ledger absorbs; a cursor write is not).
-            self._drop_lease("lost")
-            await trio.lowlevel.checkpoint()  # delivers the cancellation
-        await self.cursors.save(self.account.id, self.folder, cursor)
+            await self._ownership.confirm()
+        stored = StoredCursor(uidvalidity=cursor.uidvalidity, last_uid=cursor.last_uid)
+        await self.cursors.save(self.account.id, self.folder, stored)
         self._cursor = cursor
 
     async def _reselect(self, conn: Connection) -> Selected:
@@ -537,21 +426,14 @@ def _is_imap_error(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------- the group
 
 
-class _Slot:
-    def __init__(self, listener: ImapListener) -> None:
-        self.listener = listener
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
-        self.running = False
-
-
 class ImapListenerGroup:
     """Owns every IMAP listener of a daemon: start, reload, drain, resume, status.
 
     Construct with the accounts (``accounts_from_config(cfg)``), a queue
-    with ``enqueue_many``, a :class:`CursorStore`, and — for mailbox
-    ownership across daemons — a ``RedisIO`` plus the key prefix and this
-    daemon's instance id. Then ``await nursery.start(group.run)``.
+    with ``enqueue_many``, a :class:`~inboundd.ingress.cursors.CursorStore`,
+    and — for mailbox ownership across daemons — a ``RedisIO`` plus the key
+    prefix and this daemon's instance id. Then ``await nursery.start(group.run)``.
+    One listener per (account, folder), kept by the ingress supervisor.
     """
 
     def __init__(
@@ -573,10 +455,9 @@ class ImapListenerGroup:
         #: Shared by every listener: bounds threads, not mailboxes (IDLE holds no thread).
         self.limiter = limiter or default_limiter()
         self._accounts: dict[str, ImapAccount] = {a.id: a for a in accounts}
-        self._slots: dict[tuple[str, str], _Slot] = {}
-        self._nursery: trio.Nursery | None = None
-        self._draining = False
-        self._lock = trio.Lock()
+        self._listeners: Supervisor[tuple[str, str], ImapAccount, ImapListener] = Supervisor(
+            _wanted(self._accounts.values()), make=self._make_listener, fingerprint=_listener_fingerprint,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -588,53 +469,33 @@ class ImapListenerGroup:
         listener logs out and releases its lease (shielded, bounded) before
         this returns.
         """
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                async with self._lock:
-                    await self._start(self._wanted())
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            for slot in self._slots.values():
-                slot.listener.close()
-            self._slots.clear()
+        await self._listeners.run(task_status=task_status)
 
     def status(self) -> list[ListenerStatus]:
         """Every listener's status, sorted by (account, folder)."""
-        return [self._slots[key].listener.status() for key in sorted(self._slots)]
+        return [listener.status() for _, listener in self._listeners.tasks()]
 
     def summary(self) -> dict[str, int]:
         """Listener count per state."""
         counts: dict[str, int] = {}
-        for slot in self._slots.values():
-            counts[slot.listener.state] = counts.get(slot.listener.state, 0) + 1
+        for _, listener in self._listeners.tasks():
+            counts[listener.state] = counts.get(listener.state, 0) + 1
         return counts
 
     def kick(self) -> None:
         """Retry every listener in backoff/auth_failed now, and poll the polling ones (SIGHUP)."""
-        for slot in self._slots.values():
-            slot.listener.kick()
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
+        self._listeners.kick()
 
     async def drain(self) -> None:
         """Stop intake: every listener logs out and releases its lease; returns when all stopped.
 
         Listeners stay listed (state ``stopped``) until :meth:`resume`.
         """
-        async with self._lock:
-            self._draining = True
-            await self._stop([key for key, slot in self._slots.items() if slot.running])
+        await self._listeners.drain()
 
     async def resume(self) -> None:
         """Start every listener again after :meth:`drain`; returns once all reported started."""
-        async with self._lock:
-            self._draining = False
-            await self._start(self._wanted())
+        await self._listeners.resume()
 
     async def update(self, accounts: Iterable[ImapAccount]) -> None:
         """Apply a reloaded configuration (SIGHUP).
@@ -644,82 +505,33 @@ class ImapListenerGroup:
         unchanged ones are kicked, so an ``auth_failed`` account retries at
         once. Returns once new listeners reported started.
         """
-        async with self._lock:
-            new = {a.id: a for a in accounts}
-            old = self._accounts
-            self._accounts = new
-            wanted = self._wanted()
-            stale = [key for key, slot in self._slots.items()
-                     if key not in wanted or _listener_fingerprint(slot.listener.account)
-                     != _listener_fingerprint(wanted[key])]
-            await self._stop(stale, forget=True)
-            if not self._draining:
-                await self._start(wanted)
-            for key, slot in self._slots.items():
-                if key not in stale:
-                    slot.listener.kick()
-            log.event(_log, "imap.group.updated", accounts=len(new), removed=len(set(old) - set(new)),
-                      added=len(set(new) - set(old)), restarted=len([k for k in stale if k in wanted]),
-                      listeners=len(self._slots))
+        new = {a.id: a for a in accounts}
+        old = self._accounts
+        self._accounts = new
+        wanted = _wanted(new.values())
+        stale = await self._listeners.update(wanted)
+        log.event(_log, "imap.group.updated", accounts=len(new), removed=len(set(old) - set(new)),
+                  added=len(set(new) - set(old)), restarted=len([k for k in stale if k in wanted]),
+                  listeners=len(self._listeners))
 
     # ------------------------------------------------------------------ internals
 
-    def _wanted(self) -> dict[tuple[str, str], ImapAccount]:
-        wanted: dict[tuple[str, str], ImapAccount] = {}
-        for account in self._accounts.values():
-            for folder in dict.fromkeys(account.config.folders):
-                wanted[(account.id, folder)] = account
-        return wanted
-
-    def _make_listener(self, account: ImapAccount, folder: str) -> ImapListener:
+    def _make_listener(self, key: tuple[str, str], account: ImapAccount) -> ImapListener:
+        folder = key[1]
         lease = None
         if self.rio is not None and account.config.lease > 0:
-            lease = MailboxLease(self.rio, self.key_prefix, account.id, folder,
-                                 owner=self.instance_id, ttl=account.config.lease)
+            lease = Lease(self.rio, lease_keys(self.key_prefix, "imap", account.id, folder),
+                          instance=self.instance_id, ttl=account.config.lease)
         return ImapListener(account, folder, queue=self.queue, cursors=self.cursors,
                             limiter=self.limiter, lease=lease)
 
-    async def _start(self, wanted: dict[tuple[str, str], ImapAccount]) -> None:
-        """Start every wanted listener not running, concurrently; return once all reported started."""
-        assert self._nursery is not None, "ImapListenerGroup.run is not running"
-        to_start = []
-        for key, account in wanted.items():
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = _Slot(self._make_listener(account, key[1]))
-            if not slot.running:
-                to_start.append(slot)
-        async with trio.open_nursery() as starter:
-            for slot in to_start:
-                starter.start_soon(self._start_slot, slot)
 
-    async def _start_slot(self, slot: _Slot) -> None:
-        assert self._nursery is not None
-        slot.scope = trio.CancelScope()
-        slot.done = trio.Event()
-        slot.running = True
-        await self._nursery.start(self._run_slot, slot)
-
-    async def _run_slot(self, slot: _Slot, *, task_status: trio.TaskStatus[None]) -> None:
-        try:
-            with slot.scope:
-                await slot.listener.run(task_status=task_status)
-        finally:
-            slot.running = False
-            slot.done.set()
-
-    async def _stop(self, keys: Sequence[tuple[str, str]], *, forget: bool = False) -> None:
-        slots = [self._slots[key] for key in keys if key in self._slots]
-        for slot in slots:
-            slot.scope.cancel()
-        for slot in slots:
-            if slot.running:
-                await slot.done.wait()
-        if forget:
-            for key in keys:
-                slot = self._slots.pop(key, None)
-                if slot is not None:
-                    slot.listener.close()
+def _wanted(accounts: Iterable[ImapAccount]) -> dict[tuple[str, str], ImapAccount]:
+    wanted: dict[tuple[str, str], ImapAccount] = {}
+    for account in accounts:
+        for folder in dict.fromkeys(account.config.folders):
+            wanted[(account.id, folder)] = account
+    return wanted
 
 
 def _listener_fingerprint(account: ImapAccount) -> tuple[Any, ...]:

@@ -1,9 +1,10 @@
-"""IMAP decisions without I/O: what to search, what to enqueue, when to retry.
+"""IMAP decisions without I/O: what to search, what to enqueue, what to skip.
 
-Everything here is a plain function or a small state machine fed with values
-and time; the listener and the fetcher (``imap_listener``, ``imap_fetch``)
-only move bytes and wait, and ask this module what to do. Tests drive these
-decisions directly, table by table (``tests/test_imap_pure.py``).
+Everything here is a plain function fed with values; the listener and the
+fetcher (``imap_listener``, ``imap_fetch``) only move bytes and wait, and ask
+this module what to do. Tests drive these decisions directly, table by table
+(``tests/test_imap_pure.py``). Retry timing and the auth-failure policy are
+shared by every provider: ``inboundd.backoff`` and ``inboundd.ingress.auth``.
 
 Vocabulary:
 
@@ -17,23 +18,18 @@ Vocabulary:
 
 from __future__ import annotations
 
-import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import msgspec
 
 __all__ = [
     "LISTENER_STATES",
-    "AuthPolicy",
-    "Backoff",
     "CatchUp",
     "Cursor",
     "IdleEvents",
-    "LeaseClock",
     "PostAction",
-    "Retry",
     "SearchPlan",
     "StartFrom",
     "batches",
@@ -218,125 +214,6 @@ def classify_untagged(lines: Iterable[bytes]) -> IdleEvents:
         elif len(parts) >= 3 and parts[1].isdigit() and parts[2].upper() in (b"EXISTS", b"RECENT"):
             new_mail = True
     return IdleEvents(new_mail=new_mail, bye=bye, trouble=trouble)
-
-
-# --------------------------------------------------------------------------- reconnects
-
-
-class Backoff:
-    """Exponential reconnect delays with jitter, reset after a healthy period.
-
-    The n-th consecutive delay is drawn uniformly from ``[d/2, d]`` with
-    ``d = min(cap, base * 2**(n-1))``: never zero (no hot loop), never in
-    lock-step with other listeners that failed at the same moment (a server
-    restart). A connection that stayed up for ``healthy_after`` seconds
-    resets the sequence, so a daemon that has run for days does not wait
-    the cap after one blip.
-    """
-
-    def __init__(self, base: float, cap: float, *, healthy_after: float = 60.0,
-                 rng: Callable[[], float] = random.random) -> None:
-        self.base = max(base, 0.001)
-        self.cap = max(cap, self.base)
-        self.healthy_after = healthy_after
-        self.failures = 0
-        self._rng = rng
-        self._connected_at: float | None = None
-
-    def connected(self, now: float) -> None:
-        """A connection (TCP, TLS, login, SELECT) succeeded at *now*."""
-        self._connected_at = now
-
-    def failed(self, now: float) -> float:
-        """An attempt or a connection failed at *now*: the delay before the next attempt."""
-        if self._connected_at is not None and now - self._connected_at >= self.healthy_after:
-            self.failures = 0
-        self._connected_at = None
-        self.failures += 1
-        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 62))
-        return ceiling / 2 + self._rng() * ceiling / 2
-
-
-class Retry(msgspec.Struct, frozen=True):
-    """What a listener does after a failure: which state to report and how long to wait."""
-
-    state: Literal["backoff", "auth_failed"]
-    delay: float
-    error: str
-
-
-class AuthPolicy:
-    """Login failures: normal backoff first, then ``auth_failed`` with slow retries.
-
-    After ``limit`` consecutive login failures (a success resets the count,
-    other failures leave it alone) the listener reports ``auth_failed`` with
-    the server's message and retries only every ``retry_interval`` — a wrong
-    password must not hammer the server, nor lock the account through the
-    server's own brute-force protection. An operator's ``kick`` (SIGHUP)
-    retries at once; it does not reset the count, so a still-wrong password
-    goes straight back to ``auth_failed``.
-    """
-
-    def __init__(self, limit: int, retry_interval: float, backoff: Backoff) -> None:
-        self.limit = max(limit, 1)
-        self.retry_interval = retry_interval
-        self.backoff = backoff
-        self.consecutive = 0
-
-    def logged_in(self, now: float) -> None:
-        """Login succeeded: forget earlier auth failures."""
-        self.consecutive = 0
-        self.backoff.connected(now)
-
-    def auth_failed(self, message: str, now: float) -> Retry:
-        """The server rejected the credentials at *now* with *message*."""
-        self.consecutive += 1
-        delay = self.backoff.failed(now)
-        if self.consecutive >= self.limit:
-            return Retry("auth_failed", self.retry_interval, message)
-        return Retry("backoff", delay, message)
-
-    def failed(self, message: str, now: float) -> Retry:
-        """Any other failure (network, TLS, protocol, queue, database) at *now*."""
-        delay = self.backoff.failed(now)
-        if self.consecutive >= self.limit:
-            # Still locked out: a network blip must not turn slow retries into fast ones.
-            return Retry("auth_failed", max(delay, self.retry_interval), message)
-        return Retry("backoff", delay, message)
-
-
-# --------------------------------------------------------------------------- mailbox lease
-
-
-class LeaseClock:
-    """When a mailbox lease holder must renew, and until when it may trust its lease.
-
-    A renewal is sent every ``ttl / 3``. The lease is trusted until ``ttl``
-    after the *send* time of the last successful acquire or renewal, minus a
-    margin for clock-rate differences — measured from before the request, so
-    a slow reply never extends it. Past that deadline the holder must stop
-    listening even if Redis is unreachable: another daemon may own the
-    mailbox by then.
-    """
-
-    MARGIN = 0.1
-
-    def __init__(self, ttl: float) -> None:
-        if ttl <= 0:
-            raise ValueError(f"lease ttl must be positive, got {ttl}")
-        self.ttl = ttl
-        self.renew_every = ttl / 3
-        self.valid_until = float("-inf")
-
-    def confirmed(self, sent_at: float) -> None:
-        """The acquire or renewal sent at *sent_at* succeeded."""
-        self.valid_until = max(self.valid_until, sent_at + self.ttl * (1 - self.MARGIN))
-
-    def valid(self, now: float) -> bool:
-        return now < self.valid_until
-
-    def next_renewal(self, last_sent_at: float) -> float:
-        return last_sent_at + self.renew_every
 
 
 # --------------------------------------------------------------------------- post-actions and fetch

@@ -11,7 +11,7 @@ import redis
 from .. import jobs as jobs_mod, log
 from ..config import QueueConfig
 from ..jobs import Job, JobDecodeError
-from ..redisio import RedisIO
+from ..redisio import RedisIO, tagged_key
 from .scripts import Scripts
 
 __all__ = ["GROUP", "PAGE", "Claimed", "Keys", "QueueBase"]
@@ -33,8 +33,8 @@ class Keys(msgspec.Struct, frozen=True):
 
     @classmethod
     def for_prefix(cls, prefix: str) -> "Keys":
-        tag = "{" + prefix + "}"
-        return cls(stream=f"{tag}:stream", delayed=f"{tag}:delayed", dlq=f"{tag}:dlq")
+        return cls(stream=tagged_key(prefix, "stream"), delayed=tagged_key(prefix, "delayed"),
+                   dlq=tagged_key(prefix, "dlq"))
 
     def all(self) -> list[str]:
         return [self.stream, self.delayed, self.dlq]

@@ -1,0 +1,13 @@
+"""What every provider's ingress shares, in one home.
+
+* :mod:`.auth` — the auth-failure policy (back off, then ``auth_failed`` with
+  slow retries), pure;
+* :mod:`.lease` — the single-owner Redis lease with a fencing token, and
+  :mod:`.lease_clock` (pure) + :mod:`.ownership`, which run work only while
+  the lease is held;
+* :mod:`.cursors` — resume points over a provider-neutral cursor;
+* :mod:`.supervisor` — the keyed supervisor of long-lived tasks (listeners,
+  renewers): start, reload, drain, resume.
+
+The backoff every one of them uses is :mod:`inboundd.backoff`.
+"""

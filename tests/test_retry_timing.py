@@ -1,0 +1,110 @@
+"""When the daemon's own retry loops try again (``inboundd.backoff``), on trio's mock clock.
+
+A consumer whose Redis calls fail, and the start-up wait for PostgreSQL,
+against fakes that fail on cue: with ``MockClock`` (autojump) the times of
+the attempts are exact, whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import trio
+import trio.testing
+
+from inboundd.config import QueueConfig
+from inboundd.consumer import REDIS_RETRY_CAP, ConsumerPool
+from inboundd.outcomes import Outcome
+from inboundd.pipeline import STARTUP_RETRY_CAP, Pipeline
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class FailingQueue:
+    """The consumer's side of the queue; each call fails while its script says so."""
+
+    def __init__(self, own_pending_failures: int, claim_script: list[bool]) -> None:
+        self.own_pending_failures = own_pending_failures
+        #: One entry per claim: True fails it, False answers an empty batch after the 1 s block.
+        self.claim_script = claim_script
+        self.calls: dict[str, list[float]] = {"own_pending": [], "claim": []}
+
+    async def try_ensure_group(self) -> bool:
+        return False
+
+    async def own_pending(self, consumer: str) -> list[Any]:
+        self.calls["own_pending"].append(trio.current_time())
+        if len(self.calls["own_pending"]) <= self.own_pending_failures:
+            raise redis.ConnectionError("Connection refused")
+        return []
+
+    async def claim(self, consumer: str, count: int) -> list[Any]:
+        self.calls["claim"].append(trio.current_time())
+        fail = self.claim_script.pop(0) if self.claim_script else False
+        if fail:
+            raise redis.ConnectionError("Connection refused")
+        await trio.sleep(1.0)  # XREADGROUP … BLOCK 1000 with nothing to read
+        return []
+
+    async def heartbeat(self, consumer: str, entry_ids: list[str]) -> list[str]:
+        return []
+
+
+class NoHandler:
+    async def handle(self, job: Any) -> Outcome:
+        raise AssertionError("nothing is claimed")
+
+
+async def test_a_consumer_retries_redis_with_doubling_delays_reset_by_a_success(autojump_clock):
+    queue = FailingQueue(own_pending_failures=3, claim_script=[True] * 4 + [False, False] + [True] * 8)
+    pool = ConsumerPool(queue, NoHandler(), QueueConfig(), "test", count=1)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        started_at = trio.current_time()
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert started_at == 0.0                    # started at the first failure: the daemon comes up degraded
+    assert queue.calls["own_pending"] == pytest.approx([0.0, 0.1, 0.3, 0.7])
+    claims = [t - 0.7 for t in queue.calls["claim"]]
+    assert claims[:7] == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5])  # two good claims block 1 s each
+    gaps = [b - a for a, b in zip(claims[6:], claims[7:])]
+    assert gaps[:7] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, REDIS_RETRY_CAP])  # reset, then doubling
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def status(self, line: str) -> None:
+        self.lines.append(line)
+
+
+class Daemon:
+    def __init__(self) -> None:
+        self.notifier = Notifier()
+
+
+class UnreachableDb:
+    """PostgreSQL that comes up after *failures* connection attempts."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+
+    async def run(self, fn: Any) -> list[int]:
+        self.calls.append(trio.current_time())
+        if len(self.calls) <= self.failures:
+            raise OSError("connection refused")
+        return []
+
+
+async def test_start_up_waits_for_postgresql_with_doubling_delays_up_to_the_cap(autojump_clock):
+    daemon, db = Daemon(), UnreachableDb(failures=7)
+    await Pipeline._migrate_when_reachable(daemon, db)  # type: ignore[arg-type]
+    assert db.calls == pytest.approx([0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 15.5 + STARTUP_RETRY_CAP, 25.5 + STARTUP_RETRY_CAP])
+    assert daemon.notifier.lines[0] == "waiting for PostgreSQL: connection refused"
