@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from inboundd import log  # noqa: E402
 from inboundd.config import ImapAccountConfig, Secret  # noqa: E402
-from inboundd.providers.imap_conn import ImapAccount  # noqa: E402
+from inboundd.providers.imap.conn import ImapAccount  # noqa: E402
 from inboundd.ingress.cursors import MemoryCursorStore  # noqa: E402
-from inboundd.providers.imap_listener import ImapListenerGroup  # noqa: E402
+from inboundd.providers.imap.listener import ImapListenerGroup  # noqa: E402
 from services import DovecotServer, RedisServer  # noqa: E402
 
 PASSWORD = "bench-secret"

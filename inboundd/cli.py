@@ -31,6 +31,7 @@ import msgspec
 import trio
 
 from . import __version__, clock, config as config_mod, health
+from .providers import REGISTRY
 
 __all__ = ["main", "build_parser", "CtlError"]
 
@@ -318,7 +319,7 @@ async def gather_status(services: Services) -> dict[str, Any]:
         raise fatal[0]
     return health.build_status(
         parts.get("daemon"), parts.get("daemon_error"), parts.get("queue"), parts.get("ledger"),
-        parts.get("throughput"), errors, now=clock.wall(),
+        parts.get("throughput"), errors, now=clock.wall(), views=REGISTRY.status_views(),
     )
 
 
@@ -330,13 +331,14 @@ def cmd_status(services: Services, args: argparse.Namespace) -> int:
             await services.close()
 
     status = trio.run(run)
-    code, problems = health.assess(status, services.cfg.queue.oldest_ready_alert)
+    views = REGISTRY.status_views()
+    code, problems = health.assess(status, services.cfg.queue.oldest_ready_alert, views)
     if args.json:
         status["health"] = {"status": {0: "healthy", 1: "degraded", 3: "not_running"}.get(code, "unknown"),
                             "exit_status": code, "problems": problems}
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
     else:
-        sys.stdout.write(health.render(status, problems))
+        sys.stdout.write(health.render(status, problems, views))
     return code
 
 

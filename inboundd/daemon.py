@@ -5,10 +5,11 @@ Task tree (every task has an owner nursery and a way to stop)::
     Daemon.run
      └─ root nursery: signal handler, watchdog
          └─ http nursery: public server, control server (stopped by trigger)
-             └─ worker nursery: enqueue batcher, reclaim timer, consumers, IMAP listeners
+             └─ worker nursery: enqueue batcher, reclaim timer, consumers, every provider's tasks
+                                (IMAP listeners …)
 
 Shutdown (SIGTERM/SIGINT) is a deadline, not a kill: intake stops first
-(listeners log out, webhooks answer 503), consumers finish in-flight jobs
+(providers stop: listeners log out, webhooks answer 503), consumers finish in-flight jobs
 until ``daemon.shutdown_grace``, then the worker nursery is cancelled and the
 HTTP servers are stopped through their shutdown trigger. A second signal
 cancels everything at once. SIGHUP reloads the configuration.
@@ -29,6 +30,9 @@ import trio
 
 from . import __version__, clock, config as config_mod, log, systemd
 from .control import create_control_app, prepare_socket_path, secure_socket
+from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .provider import ReadinessCheck
+from .providers import REGISTRY, Registry
 from .web import create_app, serve_app
 
 __all__ = ["Daemon", "main"]
@@ -50,15 +54,17 @@ class Daemon:
     ``stopping``.
     """
 
-    def __init__(self, cfg: config_mod.Config, config_path: str, notifier: systemd.Notifier | None = None) -> None:
+    def __init__(self, cfg: config_mod.Config, config_path: str, notifier: systemd.Notifier | None = None,
+                 *, registry: Registry = REGISTRY) -> None:
         self.cfg = cfg
+        self.registry = registry
         self.config_path = config_path
         self.notifier = notifier or systemd.Notifier()
         self.state = "starting"
         self.started_at = clock.wall()
         self.http_binds: list[str] = []
         self.exit_status = 0
-        self.components: Any = None  # the pipeline (queue, consumers, listeners), see pipeline.py
+        self.components: Any = None  # the pipeline (queue, consumers, provider runtimes), see pipeline.py
         self._stop_requested = trio.Event()
         self._http_shutdown = trio.Event()
         self._root_scope: trio.CancelScope | None = None
@@ -82,7 +88,7 @@ class Daemon:
             await root.start(self._handle_signals)
             self.notifier.status("starting")
             try:
-                async with Pipeline.open(self) as pipeline:
+                async with Pipeline.open(self, registry=self.registry) as pipeline:
                     self.components = pipeline
                     await self._serve(pipeline, task_status)
             finally:
@@ -95,7 +101,7 @@ class Daemon:
         async with trio.open_nursery() as http:
             self.http_binds = await http.start(
                 partial(
-                    serve_app, create_app(self), cfg.http.listen,
+                    serve_app, create_app(self, self.registry), cfg.http.listen,
                     shutdown_trigger=self._http_shutdown.wait,
                     graceful_timeout=cfg.http.graceful_timeout, name="public",
                 )
@@ -229,7 +235,8 @@ class Daemon:
             new.daemon.instance_id = self.cfg.daemon.instance_id
             self.cfg = new
             log.event(_log, "config.reloaded", file=self.config_path, consumers=new.daemon.consumers,
-                      imap_accounts=len(new.imap), log_level=new.daemon.log_level)
+                      **{f"{provider.name}_accounts": len(provider.accounts(new)) for provider in self.registry},
+                      log_level=new.daemon.log_level)
             return True
         finally:
             self.notifier.ready(self._status_line())
@@ -287,11 +294,14 @@ class Daemon:
     async def refresh_queue_gauges(self) -> None:
         await self.components.refresh_gauges()
 
-    def webhook_handler(self, provider: str) -> Any:
-        return self.components.webhook_handler(provider) if self.components is not None else None
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        return self.components.readiness_checks() if self.components is not None else {}
+
+    async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply:
+        return await self.components.handle_webhook(provider, route, request)
 
     async def status(self) -> dict[str, Any]:
-        """The daemon's view for ``inboundctl status`` (queue and listener parts included)."""
+        """The daemon's view for ``inboundctl status`` (queue and every provider's part included)."""
         daemon = {
             "state": self.state,
             "pid": os.getpid(),
@@ -366,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"{path}: configuration is valid ({len(cfg.imap)} imap account(s), {cfg.daemon.consumers} consumers)")
+        accounts = "".join(f"{len(provider.accounts(cfg))} {provider.name} account(s), " for provider in REGISTRY)
+        print(f"{path}: configuration is valid ({accounts}{cfg.daemon.consumers} consumers)")
         return 0
     log.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     daemon = Daemon(cfg, path)

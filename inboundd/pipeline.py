@@ -1,10 +1,11 @@
-"""The daemon's work, wired: shared pools, queue, consumers, reclaim timer, IMAP listeners.
+"""The daemon's work, wired: shared pools, queue, consumers, reclaim timer, and every provider's runtime.
 
 :class:`Pipeline` owns the one Redis pool and the one PostgreSQL pool for the
 daemon's lifetime (``async with Pipeline.open(daemon)``), starts every worker
 task in the nursery the daemon gives it, and is the daemon's single handle on
-intake (stop/resume), idleness (for drain and shutdown), live reconfiguration
-and status.
+intake (stop/resume), idleness (for drain and shutdown), live reconfiguration,
+provider routes, readiness and status. Providers come from the registry
+(``inboundd.providers``): one runtime each, built here; none is named.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import trio
 from . import config as config_mod, log
 from .backoff import Backoff
 from .consumer import ConsumerPool
-from .processing import Processor
-from .source import SourceRegistry
-from .providers.imap_conn import accounts_from_config
-from .providers.imap_fetch import ImapFetcher
 from .ingress.cursors import DbCursorStore
-from .providers.imap_listener import ImapListenerGroup
+from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .processing import Processor
+from .provider import Context, ReadinessCheck, Runtime
+from .providers import REGISTRY, Registry
 from .queue import Queue, ReclaimTimer
 from .redisio import RedisIO
+from .source import SourceRegistry
 from .store.db import Database
 from .store.migrate import SchemaTooNew, migrate
 
@@ -46,33 +47,34 @@ def _secret(cfg: config_mod.Config, key: str) -> str | None:
 class Pipeline:
     """Everything the daemon runs besides its HTTP servers."""
 
-    def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database) -> None:
+    def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database, *, registry: Registry = REGISTRY) -> None:
         self.cfg = cfg
         self.rio = rio
         self.db = db
         instance = cfg.daemon.instance_id
-        accounts = accounts_from_config(cfg)
         self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
+        context = Context(cfg=cfg, queue=self.queue, rio=rio, db=db, cursors=DbCursorStore(db),
+                          instance_id=instance, key_prefix=cfg.redis.key_prefix)
+        #: One runtime per registered provider, by provider name (registry order).
+        self.runtimes: dict[str, Runtime] = {provider.name: provider.build(context) for provider in registry}
         self.sources = SourceRegistry()
-        self.imap_fetcher = ImapFetcher(accounts)
-        self.sources.register("imap", self.imap_fetcher)
+        for name, runtime in self.runtimes.items():
+            if runtime.source is not None:
+                self.sources.register(name, runtime.source)
         self.processor = Processor(db, self.sources, cfg, instance)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
-        self.listeners = ImapListenerGroup(
-            accounts, queue=self.queue, cursors=DbCursorStore(db), rio=rio, key_prefix=cfg.redis.key_prefix,
-            instance_id=instance,
-        )
         self._nursery: trio.Nursery | None = None
-        self._listeners_drained = trio.Event()
-        self._listeners_drained.set()  # nothing to drain before stop_intake()
+        self._intake_stopped = trio.Event()
+        self._intake_stopped.set()  # nothing to stop before stop_intake()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, daemon: Any) -> AsyncIterator["Pipeline"]:
+    async def open(cls, daemon: Any, *, registry: Registry = REGISTRY) -> AsyncIterator["Pipeline"]:
         """Open the pools, apply migrations (waiting for PostgreSQL), yield, close the pools.
 
-        The pools are closed on every exit path, cancellation included.
+        The pools (and every provider runtime's own, ``Runtime.aclose``) are
+        closed on every exit path, cancellation included.
         """
         cfg = daemon.cfg
         rio = RedisIO.from_config(cfg.redis, _secret(cfg, "redis.password"))
@@ -81,12 +83,13 @@ class Pipeline:
             try:
                 await db.open()
                 await cls._migrate_when_reachable(daemon, db)
-                pipeline = cls(cfg, rio, db)
+                pipeline = cls(cfg, rio, db, registry=registry)
                 try:
                     yield pipeline
                 finally:
                     with trio.CancelScope(shield=True):
-                        await pipeline.imap_fetcher.aclose()
+                        for runtime in pipeline.runtimes.values():
+                            await runtime.aclose()
             finally:
                 with trio.CancelScope(shield=True):
                     await db.close()
@@ -119,7 +122,8 @@ class Pipeline:
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
         await nursery.start(self.consumers.run)
-        await nursery.start(self.listeners.run)
+        for runtime in self.runtimes.values():
+            await nursery.start(runtime.run)
 
     async def _warn_if_redis_forgets(self) -> None:
         """Log loudly when Redis keeps no append-only file: an accepted job would not survive its restart."""
@@ -136,25 +140,28 @@ class Pipeline:
     # ------------------------------------------------------------------ intake
 
     def stop_intake(self) -> None:
-        """Consumers stop claiming, listeners log out (in the background); in-flight jobs go on."""
+        """Consumers stop claiming, every provider stops intake (in the background); in-flight jobs go on."""
         self.consumers.drain()
-        self._listeners_drained = trio.Event()
-        self._worker_nursery().start_soon(self._drain_listeners, self._listeners_drained)
+        self._intake_stopped = trio.Event()
+        self._worker_nursery().start_soon(self._stop_providers, self._intake_stopped)
 
-    async def _drain_listeners(self, done: trio.Event) -> None:
+    async def _stop_providers(self, done: trio.Event) -> None:
         try:
-            await self.listeners.drain()
+            async with trio.open_nursery() as nursery:
+                for runtime in self.runtimes.values():
+                    nursery.start_soon(runtime.stop_intake)
         finally:
             done.set()
 
     def resume_intake(self) -> None:
         self.consumers.resume()
-        self._worker_nursery().start_soon(self.listeners.resume)
+        for runtime in self.runtimes.values():
+            self._worker_nursery().start_soon(runtime.resume_intake)
 
     async def wait_idle(self) -> None:
-        """Return once no job is in flight and every listener has logged out."""
+        """Return once no job is in flight and every provider stopped its intake (listeners logged out)."""
         await self.consumers.wait_drained()
-        await self._listeners_drained.wait()
+        await self._intake_stopped.wait()
 
     def _worker_nursery(self) -> trio.Nursery:
         assert self._nursery is not None, "Pipeline.start() has not run"
@@ -163,33 +170,38 @@ class Pipeline:
     # ------------------------------------------------------------------ reload
 
     async def apply_config(self, new: config_mod.Config) -> None:
-        """Apply what can change live: consumer count and IMAP accounts."""
+        """Apply what can change live: consumer count and every provider's accounts."""
         if new.daemon.consumers != self.consumers.count:
             log.event(_log, "consumers.resize", before=self.consumers.count, after=new.daemon.consumers)
             self.consumers.resize(new.daemon.consumers)
-        accounts = accounts_from_config(new)
-        self.imap_fetcher.update(accounts)
-        await self.listeners.update(accounts)
-        self.listeners.kick()  # an auth_failed listener retries at once after a reload
+        for runtime in self.runtimes.values():
+            await runtime.apply_config(new)
 
     # ------------------------------------------------------------------ reporting
 
     def summary(self) -> str:
-        states = self.listeners.summary()
-        listeners = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
-        return f"{self.consumers.count} consumers; listeners: {listeners}"
+        parts = [f"{self.consumers.count} consumers"]
+        parts += [text for runtime in self.runtimes.values() if (text := runtime.summary())]
+        return "; ".join(parts)
 
     async def refresh_gauges(self) -> None:
         await self.queue.refresh_gauges()
 
-    def webhook_handler(self, provider: str) -> Any:
-        return None  # no webhook provider is implemented by this build
+    async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply:
+        """*provider*'s answer to *request* on its *route*."""
+        return await self.runtimes[provider].handle(route, request)
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        """Every provider's part of ``/readyz``: check name → check."""
+        checks: dict[str, ReadinessCheck] = {}
+        for runtime in self.runtimes.values():
+            checks.update(runtime.readiness())
+        return checks
 
     async def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "consumers": {"count": self.consumers.count, "busy": self.consumers.busy},
-            "listeners": [msgspec.to_builtins(listener) for listener in self.listeners.status()],
-        }
+        body: dict[str, Any] = {"consumers": {"count": self.consumers.count, "busy": self.consumers.busy}}
+        for runtime in self.runtimes.values():
+            body.update(await runtime.status())
         try:
             body["queue"] = msgspec.to_builtins(await self.queue.stats())
         except Exception as exc:  # status must answer while Redis is down, naming why

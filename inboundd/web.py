@@ -1,8 +1,15 @@
 """The public HTTP app (quart-trio) and the one way inboundd serves HTTP (hypercorn).
 
-Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (Redis and
-PostgreSQL reachable and not draining), ``GET /metrics`` (Prometheus), and the
-provider webhooks ``POST /webhooks/microsoft`` and ``POST /webhooks/google``.
+Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (Redis,
+PostgreSQL and every provider's checks pass, and not draining), ``GET
+/metrics`` (Prometheus), and every route of every registered provider
+(``inboundd.providers``; webhooks live under ``/webhooks/``).
+
+A provider's route never sees Quart: this module turns the request into a
+frozen :class:`~inboundd.ingress.webhook.WebhookRequest` and the provider's
+:class:`~inboundd.ingress.webhook.WebhookReply` back into a response. While
+intake is stopped (starting, draining) every webhook answers 503 with
+``Retry-After``; a ``/webhooks/…`` path no provider serves answers 404.
 
 The app reads everything it reports from a :class:`Runtime`-like object
 (duck-typed: the daemon), so it holds no state of its own.
@@ -11,6 +18,8 @@ The app reads everything it reports from a :class:`Runtime`-like object
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -19,7 +28,9 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from . import log, metrics
+from . import clock, log, metrics
+from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .provider import Provider, ReadinessCheck
 
 __all__ = ["create_app", "serve_app", "Runtime"]
 
@@ -45,11 +56,16 @@ class Runtime(Protocol):
 
     async def refresh_queue_gauges(self) -> None: ...
 
-    def webhook_handler(self, provider: str) -> Any: ...
+    def readiness_checks(self) -> Mapping[str, ReadinessCheck]: ...
+
+    async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply: ...
 
 
 async def readiness(runtime: Runtime) -> tuple[bool, dict[str, str]]:
-    """Run every readiness check concurrently; return (ready, {check: "ok" | problem})."""
+    """Run every readiness check concurrently (Redis, PostgreSQL, each provider's).
+
+    Returns (ready, {check: "ok" | problem}).
+    """
     checks: dict[str, str] = {}
 
     async def probe(name: str, check: Any) -> None:
@@ -66,12 +82,14 @@ async def readiness(runtime: Runtime) -> tuple[bool, dict[str, str]]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(probe, "redis", runtime.check_redis)
         nursery.start_soon(probe, "postgres", runtime.check_postgres)
+        for name, check in runtime.readiness_checks().items():
+            nursery.start_soon(probe, name, check)
     checks["intake"] = "ok" if runtime.intake_open else f"error: daemon is {runtime.state}"
     return all(value == "ok" for value in checks.values()), dict(sorted(checks.items()))
 
 
-def create_app(runtime: Runtime) -> QuartTrio:
-    """The public app bound to *runtime*."""
+def create_app(runtime: Runtime, providers: Iterable[Provider] = ()) -> QuartTrio:
+    """The public app bound to *runtime*, serving the routes of *providers* (the registry)."""
     app = QuartTrio("inboundd")
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # webhooks carry pointers, never mail
 
@@ -97,23 +115,40 @@ def create_app(runtime: Runtime) -> QuartTrio:
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 
-    async def webhook(provider: str) -> Any:
+    def closed() -> Any:
+        return {"error": f"daemon is {runtime.state}; retry later"}, 503, {"Retry-After": str(RETRY_AFTER)}
+
+    async def provider_route(provider: str, route: Route, **_: Any) -> Any:
         if not runtime.intake_open:
-            return {"error": f"daemon is {runtime.state}; retry later"}, 503, {"Retry-After": str(RETRY_AFTER)}
-        handler = runtime.webhook_handler(provider)
-        if handler is None:
-            return {"error": f"no [[{provider}]] account is configured on this daemon"}, 404
-        return await handler(request)
+            return closed()
+        reply = await runtime.handle_webhook(provider, route, await _request_value())
+        return Response(reply.body, status=reply.status, headers=list(reply.headers))
 
-    @app.post("/webhooks/microsoft")
-    async def webhook_microsoft() -> Any:
-        return await webhook("microsoft")
+    for provider in providers:
+        for route in provider.routes:
+            app.add_url_rule(route.path, endpoint=f"{provider.name} {route.method} {route.path}",
+                             view_func=partial(provider_route, provider.name, route), methods=[route.method])
 
-    @app.post("/webhooks/google")
-    async def webhook_google() -> Any:
-        return await webhook("google")
+    @app.route("/webhooks/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unserved_webhook(rest: str) -> Any:
+        if not runtime.intake_open:
+            return closed()
+        return {"error": f"no provider of this daemon serves {request.method} /webhooks/{rest}"}, 404
 
     return app
+
+
+async def _request_value() -> WebhookRequest:
+    """The current Quart request as the frozen value providers see (body read in full, within the size cap)."""
+    received_at = clock.wall()
+    return WebhookRequest(
+        method=request.method,
+        path=request.path,
+        query=tuple(request.args.items(multi=True)),
+        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
+        body=await request.get_data(cache=False),
+        received_at=received_at,
+    )
 
 
 async def serve_app(

@@ -11,7 +11,7 @@ from imapclient import IMAPClient
 
 from inboundd import config as config_mod
 from inboundd.jobs import Job
-from inboundd.providers.imap_conn import ImapAccount, accounts_from_config
+from inboundd.providers.imap.conn import ImapAccount, accounts_from_config
 
 
 def make_accounts(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], **settings: Any) -> list[ImapAccount]:

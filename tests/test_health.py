@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from inboundd.health import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_NOT_RUNNING, assess, render
+from inboundd.providers import REGISTRY
+
+#: Every provider's part of the status document (the IMAP listeners).
+VIEWS = REGISTRY.status_views()
 
 RUNNING = {"state": "running", "pid": 10, "version": "0.1.0", "uptime": 5.0, "config": "/etc/inboundd.toml"}
 EMPTY_QUEUE = {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0, "oldest_ready_age": None}
@@ -33,7 +37,7 @@ def doc(daemon=RUNNING, queue=EMPTY_QUEUE, listeners=(), errors=None):
     ],
 )
 def test_assess(status, code, fragment) -> None:
-    exit_code, problems = assess(status, oldest_ready_alert=300.0)
+    exit_code, problems = assess(status, oldest_ready_alert=300.0, views=VIEWS)
     assert exit_code == code
     if fragment is None:
         assert problems == []
@@ -49,8 +53,8 @@ def test_render_puts_problems_first_and_aligns() -> None:
             {"account": "sales", "folder": "INBOX", "state": "auth_failed", "error": "AUTHENTICATIONFAILED"},
         ],
     )
-    code, problems = assess(status, 300.0)
-    text = render(status, problems)
+    code, problems = assess(status, 300.0, VIEWS)
+    text = render(status, problems, VIEWS)
     lines = text.splitlines()
     assert lines[0] == "PROBLEMS" and "sales/INBOX is auth_failed" in lines[1]
     assert "7:42" in text and "h:1-0: 2 in flight" in text
@@ -61,8 +65,8 @@ def test_render_puts_problems_first_and_aligns() -> None:
 
 def test_render_not_running_still_shows_queue() -> None:
     status = doc(daemon={"state": "not_running"}, queue={**EMPTY_QUEUE, "ready": 4})
-    code, problems = assess(status, 300.0)
-    text = render(status, problems)
+    code, problems = assess(status, 300.0, VIEWS)
+    text = render(status, problems, VIEWS)
     assert code == EXIT_NOT_RUNNING
     assert "state    not_running" in text
     ready_row = next(line for line in text.splitlines() if line.strip().startswith("ready"))
@@ -83,17 +87,19 @@ def test_build_status_normalizes_the_daemon_view() -> None:
         ],
     }
     status = build_status(daemon_body, None, {"ready": 3, "in_flight": 1, "delayed": 0, "dead": 0},
-                          None, {"1m": 2.0}, {}, now=100.0)
+                          None, {"1m": 2.0}, {}, now=100.0, views=VIEWS)
     assert status["daemon"]["state"] == "running" and status["consumers"] == {"count": 2, "busy": 1}
     first, second = status["listeners"]
     assert (first["account"], first["error"], first["retry_in"], first["cursor"]) == ("a", "connection refused",
                                                                                      4.0, None)
     assert (second["last_event_age"], second["cursor"]) == (5.0, {"uidvalidity": 7, "last_uid": 42})
     assert status["queue"]["throughput"] == {"1m": 2.0} and status["queue"]["in_flight_by_consumer"] == {}
-    code, problems = assess(status, 300.0)
+    code, problems = assess(status, 300.0, VIEWS)
     assert code == EXIT_DEGRADED and problems == ["listener a/INBOX is backoff: connection refused"]
-    assert "consumers  2 (1 busy)" in render(status, problems)
+    assert "consumers  2 (1 busy)" in render(status, problems, VIEWS)
 
-    down = build_status(None, "no control socket at /run/x.sock", None, None, None, {"redis": "refused"}, now=1.0)
+    down = build_status(None, "no control socket at /run/x.sock", None, None, None, {"redis": "refused"}, now=1.0,
+                        views=VIEWS)
     assert down["daemon"] == {"state": "not_running", "error": "no control socket at /run/x.sock"}
-    assert down["queue"] is None and assess(down, 300.0)[0] == EXIT_NOT_RUNNING
+    assert down["listeners"] == []
+    assert down["queue"] is None and assess(down, 300.0, VIEWS)[0] == EXIT_NOT_RUNNING

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from imap_helpers import make_accounts
-from inboundd.providers.imap_conn import Connection
+from inboundd.providers.imap.conn import Connection
 
 
 async def test_a_call_cancelled_before_its_thread_started_leaves_the_connection_usable(dovecot, imap_user,

@@ -13,8 +13,8 @@ from services import DovecotServer, free_port
 from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import Outcome, TransientError
 from inboundd.source import FetchedMessage, SourceUnavailable
-from inboundd.providers.imap_conn import CLOSE_TIMEOUT
-from inboundd.providers.imap_fetch import ImapFetcher
+from inboundd.providers.imap.conn import CLOSE_TIMEOUT
+from inboundd.providers.imap.fetch import ImapFetcher
 
 #: What processing hands ``after_commit``: this job stored the message.
 STORED = Outcome("processed", None, 1)
@@ -286,7 +286,7 @@ async def test_post_action_runs_only_after_the_message_is_committed(dovecot, ima
     """Processor + ImapFetcher + PostgreSQL: a failed store leaves the message where it was."""
     from inboundd.processing import Processor
     from inboundd.source import SourceRegistry
-    from inboundd.providers.imap_conn import accounts_from_config
+    from inboundd.providers.imap.conn import accounts_from_config
     from inboundd.store.db import Database
     from inboundd.store.migrate import migrate
     from imap_helpers import make_config

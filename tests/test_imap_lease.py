@@ -16,7 +16,7 @@ from imap_helpers import Recorder, append, make_accounts
 from inboundd.config import RedisConfig
 from inboundd.ingress.cursors import MemoryCursorStore
 from inboundd.ingress.lease import lease_keys
-from inboundd.providers.imap_listener import ImapListenerGroup
+from inboundd.providers.imap.listener import ImapListenerGroup
 from inboundd.redisio import RedisIO
 from waiting import eventually
 
@@ -49,7 +49,7 @@ _OWNER_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from inboundd.config import RedisConfig
     from inboundd.ingress.cursors import MemoryCursorStore
-    from inboundd.providers.imap_listener import ImapListenerGroup
+    from inboundd.providers.imap.listener import ImapListenerGroup
     from inboundd.redisio import RedisIO
 
     async def main():

@@ -26,8 +26,8 @@ from imap_helpers import (
 )
 from inboundd.config import RedisConfig
 from inboundd.ingress.cursors import DbCursorStore, MemoryCursorStore, StoredCursor
-from inboundd.providers.imap_conn import CLOSE_TIMEOUT, default_limiter
-from inboundd.providers.imap_listener import ImapListener, ImapListenerGroup
+from inboundd.providers.imap.conn import CLOSE_TIMEOUT, default_limiter
+from inboundd.providers.imap.listener import ImapListener, ImapListenerGroup
 from inboundd.redisio import RedisIO
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate

@@ -1,10 +1,10 @@
-"""IMAP decisions without I/O (``inboundd.providers.imap_proto``), table by table."""
+"""IMAP decisions without I/O (``inboundd.providers.imap.proto``), table by table."""
 
 from __future__ import annotations
 
 import pytest
 
-from inboundd.providers.imap_proto import (
+from inboundd.providers.imap.proto import (
     LISTENER_STATES,
     CatchUp,
     Cursor,

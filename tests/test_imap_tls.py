@@ -15,7 +15,7 @@ from imap_helpers import append, make_accounts
 from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import TransientError
 from inboundd.source import FetchedMessage
-from inboundd.providers.imap_fetch import ImapFetcher
+from inboundd.providers.imap.fetch import ImapFetcher
 from services import DovecotServer, free_port
 
 

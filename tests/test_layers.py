@@ -8,7 +8,8 @@ may import its own layer and the layers below it; the layers, lowest first:
 * **foundation** — pure values and decisions, the clock, logs, metrics and the
   configuration machinery: they know nothing above them;
 * **infrastructure** — Redis, PostgreSQL (``store/``), the queue, systemd;
-* **work** — what every provider shares (``ingress/``) and the consume side;
+* **work** — what every provider shares (``ingress/``), the provider contract
+  (``provider.py``) and the consume side;
 * **providers** — one package per provider; a provider never imports another;
 * **registry** — ``providers/__init__.py``, the list of providers;
 * **assembly** — the configuration with every provider's section, and the
@@ -36,7 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",
         "inboundd.queue.*", "inboundd.queue_scripts",
     )),
-    ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer")),
+    ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer",
+              "inboundd.provider")),
     ("providers", ("inboundd.providers.*",)),
     ("registry", ("inboundd.providers",)),
     ("assembly", ("inboundd.pipeline",)),
@@ -48,7 +50,7 @@ PURE = (
     "inboundd.outcomes", "inboundd.jobs", "inboundd.clock", "inboundd.source", "inboundd.health",
     "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.backoff",
     "inboundd.ingress.auth", "inboundd.ingress.webhook", "inboundd.ingress.lease_clock",
-    "inboundd.providers.*.proto", "inboundd.providers.*.status", "inboundd.providers.imap_proto",
+    "inboundd.providers.*.proto", "inboundd.providers.*.status", "inboundd.providers.imap.proto",
 )
 IO_LIBRARIES = {"socket", "ssl", "subprocess", "trio", "redis", "psycopg", "psycopg_pool", "imapclient", "imaplib",
                 "httpx", "quart", "quart_trio", "hypercorn", "msal", "google"}
@@ -148,8 +150,7 @@ def test_a_provider_never_imports_another_provider() -> None:
 
 
 def _provider(parts: list[str]) -> str:
-    # ``providers/imap/…`` is the imap package; a flat ``providers/imap_listener.py`` belongs to imap too.
-    return parts[2].split("_")[0]
+    return parts[2]  # ``inboundd.providers.<name>.…``
 
 
 def test_pure_modules_import_no_io() -> None:

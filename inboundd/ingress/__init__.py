@@ -7,7 +7,9 @@
   the lease is held;
 * :mod:`.cursors` — resume points over a provider-neutral cursor;
 * :mod:`.supervisor` — the keyed supervisor of long-lived tasks (listeners,
-  renewers): start, reload, drain, resume.
+  renewers): start, reload, drain, resume;
+* :mod:`.webhook` — the framework-free request and reply values a provider's
+  HTTP routes work on.
 
 The backoff every one of them uses is :mod:`inboundd.backoff`.
 """

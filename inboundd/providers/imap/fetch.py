@@ -29,12 +29,12 @@ import trio
 from imapclient.imapclient import seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
 
-from .. import log, metrics
-from ..jobs import ImapPointer, Job
-from ..outcomes import Outcome, TransientError
-from . import imap_proto as proto
-from ..source import FetchedMessage, SourceUnavailable
-from .imap_conn import (
+from ... import log, metrics
+from ...jobs import ImapPointer, Job
+from ...outcomes import Outcome, TransientError
+from ...source import FetchedMessage, SourceUnavailable
+from . import proto
+from .conn import (
     AuthError,
     Connection,
     ConnectionLost,

@@ -37,16 +37,16 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from .. import clock, log, metrics
-from ..backoff import Backoff
-from ..ingress.auth import AuthPolicy
-from ..ingress.cursors import CursorStore, StoredCursor
-from ..ingress.lease import Lease, lease_keys
-from ..ingress.ownership import Ownership
-from ..ingress.supervisor import Supervisor
-from ..jobs import ImapPointer, Job, new_job
-from . import imap_proto as proto
-from .imap_conn import (
+from ... import clock, log, metrics
+from ...backoff import Backoff
+from ...ingress.auth import AuthPolicy
+from ...ingress.cursors import CursorStore, StoredCursor
+from ...ingress.lease import Lease, lease_keys
+from ...ingress.ownership import Ownership
+from ...ingress.supervisor import Supervisor
+from ...jobs import ImapPointer, Job, new_job
+from . import proto
+from .conn import (
     AuthError,
     Connection,
     ConnectionLost,

@@ -30,7 +30,7 @@ from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 from imapclient.imapclient import SocketTimeout
 
-from ..config import Config, ImapAccountConfig, Secret
+from ...config import Config, ImapAccountConfig, Secret
 
 __all__ = [
     "CLOSE_TIMEOUT",

@@ -1,7 +1,7 @@
 """IMAP decisions without I/O: what to search, what to enqueue, what to skip.
 
 Everything here is a plain function fed with values; the listener and the
-fetcher (``imap_listener``, ``imap_fetch``) only move bytes and wait, and ask
+fetcher (``listener``, ``fetch``) only move bytes and wait, and ask
 this module what to do. Tests drive these decisions directly, table by table
 (``tests/test_imap_pure.py``). Retry timing and the auth-failure policy are
 shared by every provider: ``inboundd.backoff`` and ``inboundd.ingress.auth``.
