@@ -48,7 +48,8 @@ from imapclient import IMAPClient  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 
 from inboundd import log  # noqa: E402
-from inboundd.config import ImapAccountConfig, Secret  # noqa: E402
+from inboundd.config import Secret  # noqa: E402
+from inboundd.providers.imap.settings import ImapAccountConfig  # noqa: E402
 from inboundd.providers.imap.conn import ImapAccount  # noqa: E402
 from inboundd.ingress.cursors import MemoryCursorStore  # noqa: E402
 from inboundd.providers.imap.listener import ImapListenerGroup  # noqa: E402

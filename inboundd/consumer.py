@@ -32,7 +32,7 @@ import redis
 import trio
 
 from . import backoff, clock, log, metrics
-from .config import QueueConfig
+from .config_schema import QueueConfig
 from .jobs import Job
 from .outcomes import Outcome, PermanentError, TransientError
 from .queue import Claimed, Queue

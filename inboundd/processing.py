@@ -42,7 +42,7 @@ import psycopg
 import trio
 
 from . import log, metrics
-from .config import Config
+from .config_schema import CoreConfig
 from .jobs import Job
 from .mime import Message, parse_message
 from .outcomes import Outcome, PermanentError, TransientError
@@ -122,7 +122,7 @@ class Processor:
     """
 
     def __init__(
-        self, db: Database, sources: SourceRegistry, cfg: Config, instance: str,
+        self, db: Database, sources: SourceRegistry, cfg: CoreConfig, instance: str,
         *, parse_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.db = db
@@ -186,7 +186,7 @@ class Processor:
             raise
         return self._report(job, row.attempts, outcome, identity=key.identity)
 
-    async def _process(self, job: Job, key: ledger.Key, owner: str, cfg: Config) -> Outcome:
+    async def _process(self, job: Job, key: ledger.Key, owner: str, cfg: CoreConfig) -> Outcome:
         try:
             source = self.sources.get(job.provider)
         except LookupError as exc:
@@ -224,7 +224,7 @@ class Processor:
         await self._after_commit(source, job, outcome, cfg)
         return outcome
 
-    async def _after_commit(self, source: Source, job: Job, outcome: Outcome, cfg: Config) -> None:
+    async def _after_commit(self, source: Source, job: Job, outcome: Outcome, cfg: CoreConfig) -> None:
         try:
             with trio.move_on_after(cfg.processing.fetch_timeout):
                 await source.after_commit(job, outcome)

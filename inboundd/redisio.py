@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import redis
 import trio
 
-from .config import RedisConfig
+from .config_schema import RedisConfig
 
 __all__ = ["RedisIO", "tagged_key"]
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from inboundd import config
+from inboundd.config_convert import schema_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "etc" / "inboundd.toml"
@@ -312,13 +312,13 @@ def example_keys() -> dict[str, set[str]]:
 
 def test_example_documents_every_option() -> None:
     written = example_keys()
-    for field in msgspec.structs.fields(config.Config):
-        if field.name in ("source", "secrets"):
-            continue
-        annotation = config.Config.__annotations__[field.name]
-        section_type = getattr(config, annotation.split("[")[-1].rstrip("]"))
-        declared = {f.name for f in msgspec.structs.fields(section_type)}
-        assert written.get(field.name, set()) == declared, f"[{field.name}] differs from config.py"
+    declared: dict[str, set[str]] = {}
+    for key in schema_keys(config.Config):
+        section, _, name = key.path.partition(".")
+        declared.setdefault(section.removesuffix("[]"), set()).update([name] if name else [])
+    assert set(declared) >= {"daemon", "queue", "imap"}
+    for section, keys in declared.items():
+        assert written.get(section, set()) == keys, f"[{section}] differs from the schema"
 
 
 def test_commented_imap_example_is_valid_when_uncommented(tmp_path: Path) -> None:
@@ -331,3 +331,19 @@ def test_commented_imap_example_is_valid_when_uncommented(tmp_path: Path) -> Non
     block = block.replace('"/etc/inboundd/support.password"', '"support.password"')
     cfg = config.load_text(text[:start] + block, base=tmp_path)
     assert cfg.imap[0].id == "support" and cfg.imap[0].port == 993
+
+
+def test_the_schema_describes_each_key_for_generated_documentation() -> None:
+    keys = {key.path: key for key in schema_keys(config.Config)}
+    assert (keys["daemon.consumers"].kind, keys["daemon.consumers"].default) == ("integer", 4)
+    assert (keys["queue.lease"].kind, keys["queue.lease"].default) == ("duration", 300.0)
+    assert keys["processing.max_message_size"].kind == "size"
+    assert keys["daemon.log_level"].kind == 'one of "debug", "info", "warning", "error"'
+    assert keys["http.listen"].kind == "array of strings" and keys["http.listen"].default == ["127.0.0.1:8025"]
+    assert keys["imap"].kind == "array of tables" and not keys["imap"].required
+    assert keys["imap[].id"].required and keys["imap[].id"].default is None
+    assert not keys["imap[].tenant"].required and keys["imap[].tenant"].default == "default"
+    assert (keys["imap[].password_file"].secret, keys["imap[].password_credential"].secret) == ("file", "credential")
+    assert keys["redis.password_file"].secret == "file" and keys["redis.url"].secret is None
+    assert "takes over" in keys["imap[].lease"].doc
+    assert "source" not in keys and "secrets" not in keys      # filled by the loader, not keys of the file

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from google_fake import PUSH_AUDIENCE, PUSH_SERVICE_ACCOUNT, SigningKey, push_body, unsigned_token
-from inboundd import config as config_mod
+from inboundd.config_convert import convert_section
 from inboundd.providers.google import certs as certs_mod
 from inboundd.providers.google import gmail_proto as proto
 from inboundd.providers.google import oauth, push
@@ -584,7 +584,7 @@ SECTION = {
 
 def _convert(data: dict) -> tuple[GoogleAccountConfig | None, list[str]]:
     problems: list[str] = []
-    section = config_mod._convert_section(GoogleAccountConfig, data, "google[0]", problems)
+    section = convert_section(GoogleAccountConfig, data, "google[0]", problems)
     return section, problems
 
 

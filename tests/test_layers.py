@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", (
         "inboundd", "inboundd.clock", "inboundd.log", "inboundd.metrics", "inboundd.outcomes", "inboundd.jobs",
         "inboundd.source", "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.health",
-        "inboundd.backoff", "inboundd.config_convert", "inboundd.config_schema", "inboundd.config",
+        "inboundd.backoff", "inboundd.config_convert", "inboundd.config_schema",
     )),
     ("infrastructure", (
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "inboundd.provider")),
     ("providers", ("inboundd.providers.*",)),
     ("registry", ("inboundd.providers",)),
-    ("assembly", ("inboundd.pipeline",)),
+    ("assembly", ("inboundd.config", "inboundd.pipeline")),
     ("shell", ("inboundd.web", "inboundd.control", "inboundd.daemon", "inboundd.cli", "inboundd.__main__")),
 ]
 

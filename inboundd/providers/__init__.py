@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+from ..config_schema import AccountConfig
 from ..provider import Context, Provider, Runtime, StatusView
 from . import imap
 
@@ -36,9 +37,15 @@ class Registry:
             self.register(provider)
 
     def register(self, provider: Provider) -> Provider:
-        """Add *provider*; ``ValueError`` if its name is taken. Returns it."""
+        """Add *provider*; ``ValueError`` if its name is taken, ``TypeError`` if its section has no account id.
+
+        Returns it.
+        """
         if provider.name in self._providers:
             raise ValueError(f"a provider named {provider.name!r} is already registered")
+        if not (isinstance(provider.account_config, type) and issubclass(provider.account_config, AccountConfig)):
+            # Account ids are unique across every provider: the configuration finds them through this base.
+            raise TypeError(f"provider {provider.name!r}: account_config must extend config_schema.AccountConfig")
         self._providers[provider.name] = provider
         self.planned.pop(provider.name, None)
         return provider
@@ -66,6 +73,12 @@ class Registry:
 
 
 #: The providers of this build: one line each.
-REGISTRY = Registry([
-    imap.PROVIDER,
-])
+REGISTRY = Registry(
+    [
+        imap.PROVIDER,
+    ],
+    planned={
+        "microsoft": "[[microsoft]] accounts (Graph change notifications) are not supported by this build yet",
+        "google": "[[google]] accounts (Gmail Pub/Sub push) are not supported by this build yet",
+    },
+)

@@ -9,7 +9,7 @@ import msgspec
 import redis
 
 from .. import jobs as jobs_mod, log
-from ..config import QueueConfig
+from ..config_schema import QueueConfig
 from ..jobs import Job, JobDecodeError
 from ..redisio import RedisIO, tagged_key
 from .scripts import Scripts

@@ -10,7 +10,7 @@ import redis
 import trio
 
 from .. import jobs as jobs_mod, log, metrics
-from ..config import QueueConfig
+from ..config_schema import QueueConfig
 from ..jobs import Job
 from ..redisio import RedisIO
 from .base import QueueBase, text

@@ -15,7 +15,7 @@ import redis
 import trio
 
 from .. import clock, log, metrics
-from ..config import QueueConfig
+from ..config_schema import QueueConfig
 from .base import GROUP, PAGE, Claimed, decode_entry, text
 from .leases import Leases
 

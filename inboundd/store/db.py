@@ -22,7 +22,7 @@ from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool
 
 from .. import log
-from ..config import PostgresConfig
+from ..config_schema import PostgresConfig
 
 __all__ = ["Database"]
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from ...config import Duration, _Section
+from ...config_convert import Duration, Section
 from .gmail_proto import POST_ACTION_PATTERN
 
 __all__ = ["DEFAULT_CERTS_URL", "DEFAULT_GMAIL_URL", "DEFAULT_SKIP_LABELS", "GoogleAccountConfig"]
@@ -28,7 +28,7 @@ _TOPIC = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 _HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
 
-class GoogleAccountConfig(_Section):
+class GoogleAccountConfig(Section):
     #: Unique among all accounts of every provider.
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]+$")]
     #: The mailbox: the Gmail API's ``userId`` and the push's ``emailAddress``.

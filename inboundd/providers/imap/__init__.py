@@ -1,5 +1,6 @@
 """IMAP: IDLE listeners that enqueue one pointer per new UID, and the consume-time fetcher.
 
+* ``settings`` — the ``[[imap]]`` table;
 * ``proto`` — the pure decisions (catch-up, IDLE responses, post-actions, fetch checks);
 * ``conn`` — one IMAP connection driven from trio (imapclient in threads, IDLE on readability);
 * ``listener`` — one listener task per (account, folder), and the group that owns them;
@@ -10,9 +11,9 @@
 
 from __future__ import annotations
 
-from ...config import ImapAccountConfig
 from ...provider import Provider
 from .runtime import ImapRuntime
+from .settings import ImapAccountConfig
 from .status import VIEW
 
 __all__ = ["PROVIDER"]

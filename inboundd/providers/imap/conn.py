@@ -30,7 +30,9 @@ from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 from imapclient.imapclient import SocketTimeout
 
-from ...config import Config, ImapAccountConfig, Secret
+from ...config_convert import Secret
+from ...config_schema import CoreConfig
+from .settings import ImapAccountConfig
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -86,9 +88,10 @@ class ImapAccount(msgspec.Struct, frozen=True):
         return (msgspec.to_builtins(self.config), self.password)
 
 
-def accounts_from_config(cfg: Config) -> list[ImapAccount]:
+def accounts_from_config(cfg: CoreConfig) -> list[ImapAccount]:
     """The ``[[imap]]`` accounts of *cfg* paired with their passwords."""
-    return [ImapAccount(account, cfg.secret(f"imap[{index}].password")) for index, account in enumerate(cfg.imap)]
+    accounts: list[ImapAccountConfig] = getattr(cfg, "imap", [])
+    return [ImapAccount(account, cfg.secret(f"imap[{index}].password")) for index, account in enumerate(accounts)]
 
 
 def default_limiter(threads: int = 16) -> trio.CapacityLimiter:
