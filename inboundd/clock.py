@@ -9,9 +9,8 @@ use trio's clock (``trio.current_time()``) so tests can drive them with
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
-__all__ = ["wall", "wall_ms", "utcnow"]
+__all__ = ["wall", "wall_ms"]
 
 
 def wall() -> float:
@@ -22,8 +21,3 @@ def wall() -> float:
 def wall_ms() -> int:
     """Milliseconds since the epoch (UTC), as used for Redis sorted-set scores."""
     return time.time_ns() // 1_000_000
-
-
-def utcnow() -> datetime:
-    """The current time as an aware UTC datetime."""
-    return datetime.now(timezone.utc)

@@ -109,17 +109,21 @@ def load_text(text: str, source: str = "<string>", base: Path | None = None, *,
 
     The ``[[name]]`` sections are those of *registry*'s providers; a section
     of a provider the registry plans but this build lacks is named as such.
-    Raises :class:`ConfigError` listing every problem found.
+    Raises :class:`ConfigError` listing every problem found; deprecations
+    (a renamed key used by its old name) are in the result's ``warnings``.
     """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"invalid TOML: {exc}"]) from None
     problems: list[str] = []
-    config = convert_section(config_type(registry), data, "", problems, reserved=registry.planned)
+    warnings: list[str] = []
+    config = convert_section(config_type(registry), data, "", problems, reserved=registry.planned,
+                             warnings=warnings)
     if config is not None:
         assert isinstance(config, CoreConfig)
         config.source = source
+        config.warnings = warnings
         base = base or Path.cwd()
         if config.control.socket and not os.path.isabs(config.control.socket):
             # Like secret files, a relative socket path is relative to the config file.

@@ -18,6 +18,9 @@ no key; it knows how to read any :class:`Section`:
   read from ``$CREDENTIALS_DIRECTORY``. :func:`load_secrets` reads them at
   load time (a missing file is a configuration error) into :class:`Secret`,
   whose ``repr`` never shows the value.
+* **Renamed keys keep working**: a key annotated with :class:`Renamed` is
+  also read under its old name, with a warning (``warnings``) instead of an
+  error, and problems name the key as it was written.
 * **The schema describes itself**: :func:`schema_keys` lists every key with
   its type, default, required-ness, secret-ness and documentation (from
   ``msgspec.Meta(description=...)``), for generated documentation and tests.
@@ -40,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Duration",
     "KeyInfo",
+    "Renamed",
     "Secret",
     "SecretKey",
     "Section",
@@ -184,6 +188,18 @@ class SecretKey:
         return f"SecretKey.{self.via}(required={self.required})"
 
 
+class Renamed:
+    """Annotation marker of a key that had another name: the old one still works, with a deprecation warning."""
+
+    __slots__ = ("old",)
+
+    def __init__(self, old: str) -> None:
+        self.old = old
+
+    def __repr__(self) -> str:
+        return f"Renamed({self.old!r})"
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -222,6 +238,10 @@ def _secret_key(annotation: Any) -> SecretKey | None:
     return next((extra for extra in _extras(annotation) if isinstance(extra, SecretKey)), None)
 
 
+def _renamed(annotation: Any) -> str | None:
+    return next((extra.old for extra in _extras(annotation) if isinstance(extra, Renamed)), None)
+
+
 def _internal(annotation: Any) -> bool:
     return _InternalMarker in _extras(annotation)
 
@@ -254,12 +274,14 @@ def _keys(cls: type[Section]) -> tuple[dict[str, Any], list[msgspec.structs.Fiel
 
 def convert_section(
     cls: type[Section], data: object, path: str, problems: list[str], *, reserved: Mapping[str, str] | None = None,
+    warnings: list[str] | None = None,
 ) -> Section | None:
     """Convert the table *data* at key *path* (``""``: the top level) into *cls*.
 
-    Appends every problem to *problems*; returns None when a key of this
-    section (or of a section inside it) had one. *reserved* maps keys of this
-    table that are known but refused to the line that says why.
+    Appends every problem to *problems* (and every deprecation to
+    *warnings*); returns None when a key of this section (or of a section
+    inside it) had one. *reserved* maps keys of this table that are known
+    but refused to the line that says why.
     """
     where = path or "top level"
     if not isinstance(data, dict):
@@ -269,6 +291,7 @@ def convert_section(
     names = [f.name for f in fields]
     required = {f.name for f in fields if f.required}
     prefix = f"{path}." if path else ""
+    data, written_as = _old_names(hints, names, data, prefix, problems, warnings)
     for key in data:
         if reserved and key in reserved:
             problems.append(f"{key}: {reserved[key]}")
@@ -282,7 +305,7 @@ def convert_section(
         key_path = f"{prefix}{name}"
         if name not in data and _struct_type(hints[name]) is not None:
             # An absent section still gets its defaults validated and derived.
-            values[name] = convert_section(_struct_type(hints[name]), {}, key_path, problems)
+            values[name] = convert_section(_struct_type(hints[name]), {}, key_path, problems, warnings=warnings)
             continue
         if name not in data:
             if name in required:
@@ -290,7 +313,7 @@ def convert_section(
                 ok = False
             continue
         before = len(problems)
-        value = _convert_value(hints[name], data[name], key_path, problems)
+        value = _convert_value(hints[name], data[name], written_as.get(key_path, key_path), problems, warnings)
         if len(problems) > before:
             ok = False
         else:
@@ -298,11 +321,38 @@ def convert_section(
     if not ok:
         return None
     section = cls(**values)
+    before = len(problems)
     section.check(path, problems)
+    for index in range(before, len(problems)):  # name a renamed key as it was written
+        for new, old in written_as.items():
+            if problems[index].startswith(f"{new}:"):
+                problems[index] = old + problems[index][len(new):]
     return section
 
 
-def _convert_value(annotation: Any, value: object, path: str, problems: list[str]) -> Any:
+def _old_names(
+    hints: dict[str, Any], names: list[str], data: dict[str, Any], prefix: str, problems: list[str],
+    warnings: list[str] | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """*data* with renamed keys under their new names, and new key path → old key path for those."""
+    written_as: dict[str, str] = {}
+    for name in names:
+        old = _renamed(hints[name])
+        if old is None or old not in data:
+            continue
+        if name in data:
+            problems.append(f"{prefix}{old}: renamed to {name}, which is given too: keep only {name}")
+            data = {key: value for key, value in data.items() if key != old}
+            continue
+        data = {(name if key == old else key): value for key, value in data.items()}
+        written_as[f"{prefix}{name}"] = f"{prefix}{old}"
+        if warnings is not None:
+            warnings.append(f"{prefix}{old}: renamed to {name}; the old name still works for now")
+    return data, written_as
+
+
+def _convert_value(annotation: Any, value: object, path: str, problems: list[str],
+                   warnings: list[str] | None = None) -> Any:
     marker = _marker(annotation)
     try:
         if marker is _DurationMarker:
@@ -314,13 +364,14 @@ def _convert_value(annotation: Any, value: object, path: str, problems: list[str
         return None
     struct = _struct_type(annotation)
     if struct is not None:
-        return convert_section(struct, value, path, problems)
+        return convert_section(struct, value, path, problems, warnings=warnings)
     item_struct = _list_item_struct(annotation)
     if item_struct is not None:
         if not isinstance(value, list):
             problems.append(f"{path}: expected an array of tables ([[{path}]]), got {_describe(value)}")
             return None
-        return [convert_section(item_struct, item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+        return [convert_section(item_struct, item, f"{path}[{i}]", problems, warnings=warnings)
+                for i, item in enumerate(value)]
     try:
         return msgspec.convert(value, annotation, strict=True)
     except msgspec.ValidationError as exc:
@@ -432,6 +483,8 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     doc: str = ""
     #: ``file`` or ``credential`` for a key naming where a secret comes from.
     secret: str | None = None
+    #: The key's former name, still accepted with a warning.
+    renamed_from: str | None = None
 
 
 def _kind(annotation: Any) -> str:
@@ -469,7 +522,7 @@ def schema_keys(cls: type[Section], path: str = "") -> Iterator[KeyInfo]:
         if not field.required and kind not in ("table", "array of tables"):
             default = field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
         yield KeyInfo(path=key_path, kind=kind, required=field.required, default=default, doc=_doc(annotation),
-                      secret=secret.via if secret else None)
+                      secret=secret.via if secret else None, renamed_from=_renamed(annotation))
         if _struct_type(annotation):
             yield from schema_keys(_struct_type(annotation), key_path)  # type: ignore[arg-type]
         elif _list_item_struct(annotation):

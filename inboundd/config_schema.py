@@ -149,6 +149,8 @@ class CoreConfig(Section):
     source: Annotated[str, INTERNAL] = ""
     #: Secrets read at load time, keyed by the key path that named them.
     secrets: Annotated[dict[str, Secret], INTERNAL] = msgspec.field(default_factory=dict)
+    #: Deprecations found at load time (a renamed key used by its old name), one line each.
+    warnings: Annotated[list[str], INTERNAL] = msgspec.field(default_factory=list)
 
     def check(self, path: str, problems: list[str]) -> None:
         seen: dict[str, str] = {}

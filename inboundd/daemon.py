@@ -218,6 +218,7 @@ class Daemon:
                 log.event(_log, "config.reload_failed", level=logging.ERROR, problems=len(exc.problems),
                           note="keeping the running configuration")
                 return False
+            log_warnings(new)
             for key in restart_required(self.cfg, new):
                 log.event(_log, "config.restart_required", level=logging.WARNING, key=key,
                           note="this change takes effect after a restart")
@@ -317,6 +318,12 @@ class Daemon:
         return body
 
 
+def log_warnings(cfg: config_mod.CoreConfig) -> None:
+    """Log each deprecation the configuration file has (a renamed key used by its old name)."""
+    for warning in cfg.warnings:
+        log.event(_log, "config.deprecated", level=logging.WARNING, file=cfg.source, problem=warning)
+
+
 def restart_required(old: config_mod.Config, new: config_mod.Config) -> list[str]:
     """Key paths whose change only takes effect after a restart."""
     changed: list[str] = []
@@ -376,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 2
     if args.check_config:
+        for warning in cfg.warnings:
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         accounts = "".join(f"{len(provider.accounts(cfg))} {provider.name} account(s), " for provider in REGISTRY)
         print(f"{path}: configuration is valid ({accounts}{cfg.daemon.consumers} consumers)")
         return 0
     log.configure(cfg.daemon.log_level, cfg.daemon.log_format)
+    log_warnings(cfg)
     daemon = Daemon(cfg, path)
     try:
         trio.run(daemon.run)

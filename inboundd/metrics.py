@@ -31,6 +31,10 @@ jobs_retried = Counter("inboundd_jobs_retried_total", "Jobs scheduled for a retr
 jobs_dead_lettered = Counter(
     "inboundd_jobs_dead_lettered_total", "Jobs moved to the dead-letter stream", _JOB + ["reason"], registry=REGISTRY
 )
+jobs_skipped = Counter(
+    "inboundd_skipped_total", "Jobs whose message was deliberately skipped (deleted, moved, UIDVALIDITY changed, "
+    "oversize), by reason", _JOB + ["reason"], registry=REGISTRY,
+)
 jobs_reclaimed = Counter("inboundd_jobs_reclaimed_total", "Expired leases reclaimed", registry=REGISTRY)
 jobs_promoted = Counter("inboundd_jobs_promoted_total", "Delayed retries promoted to the stream", registry=REGISTRY)
 jobs_redriven = Counter("inboundd_jobs_redriven_total", "Dead-lettered jobs moved back to the stream", registry=REGISTRY)
@@ -57,7 +61,6 @@ listeners = Gauge("inboundd_listeners", "IMAP listeners by state", ["state"], re
 listener_reconnects = Counter(
     "inboundd_listener_reconnects_total", "IMAP listener reconnects", ["account", "folder"], registry=REGISTRY
 )
-listener_skips = Counter("inboundd_skipped_total", "Deliberately skipped sources", _JOB + ["reason"], registry=REGISTRY)
 
 # IMAP (providers/imap_*): listener events, consume-time fetches, post-actions.
 _MAILBOX = ["account", "folder"]

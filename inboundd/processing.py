@@ -117,8 +117,9 @@ class _Skip(Exception):
 class Processor:
     """Turns one pointer job into a stored message (or a recorded reason why not).
 
-    ``cfg`` may be replaced on reload (``processor.cfg = new``); a job in
-    flight keeps the settings it started with.
+    ``cfg`` is read once per job, at its start. The sections it reads
+    (``processing``, ``store``) change only with a restart: a reload keeps
+    them as they run (``daemon.RESTART_SECTIONS``).
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class Processor:
             outcome = await self._process(job, key, owner, cfg)
         except _Skip as skip:
             await self._finish_skip(key, owner, skip)
-            metrics.listener_skips.labels(job.provider, job.account, skip.reason).inc()
+            metrics.jobs_skipped.labels(job.provider, job.account, skip.reason).inc()
             return self._report(job, row.attempts, Outcome("skipped", skip.reason),
                                 identity=key.identity, detail=skip.detail)
         except BaseException as exc:

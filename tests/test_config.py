@@ -347,3 +347,32 @@ def test_the_schema_describes_each_key_for_generated_documentation() -> None:
     assert keys["redis.password_file"].secret == "file" and keys["redis.url"].secret is None
     assert "takes over" in keys["imap[].lease"].doc
     assert "source" not in keys and "secrets" not in keys      # filled by the loader, not keys of the file
+
+
+def test_a_renamed_key_still_works_under_its_old_name_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    account = '[[imap]]\nid = "a"\nhost = "h"\nusername = "u"\npassword_file = "pw"\n'
+    cfg = config.load_text(account + 'noop_interval = "2m"\n', base=tmp_path)
+    assert cfg.imap[0].examine_interval == 120.0
+    assert cfg.warnings == ["imap[0].noop_interval: renamed to examine_interval; the old name still works for now"]
+    assert config.load_text(account + 'examine_interval = "2m"\n', base=tmp_path).warnings == []
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text(account + 'noop_interval = "2m"\nexamine_interval = "1m"\n', base=tmp_path)
+    assert caught.value.problems == [
+        "imap[0].noop_interval: renamed to examine_interval, which is given too: keep only examine_interval"]
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text(account + 'noop_interval = "soon"\n', base=tmp_path)
+    [problem] = caught.value.problems                       # named as it was written
+    assert problem.startswith("imap[0].noop_interval: expected a duration")
+    assert next(k for k in schema_keys(config.Config) if k.path == "imap[].examine_interval").renamed_from == (
+        "noop_interval")
+
+
+def test_check_config_warns_about_a_renamed_key_and_still_accepts_it(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    path = tmp_path / "old.toml"
+    path.write_text('[[imap]]\nid = "a"\nhost = "h"\nusername = "u"\npassword_file = "pw"\nnoop_interval = "2m"\n')
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"{path}: warning: imap[0].noop_interval: renamed to examine_interval; " \
+                            "the old name still works for now\n"

@@ -190,3 +190,17 @@ def test_a_killed_daemon_takes_its_jobs_back_at_restart(daemon_factory, redis_ur
     # Handled again by the new incarnation, one attempt counted for the worker it lost.
     handled = daemon.wait_event("job.failed", timeout=30)[0]
     assert handled["attempt"] == 1 and "not configured" in handled["error"]
+
+
+def test_a_renamed_key_is_logged_as_deprecated_at_start_and_reload(daemon_factory, redis_url: str, pg_dsn: str,
+                                                                  tmp_path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    account = (f'[[imap]]\nid = "old"\nhost = "127.0.0.1"\nport = 1\ntls = "none"\nusername = "u"\n'
+               f'password_file = "{tmp_path / "pw"}"\nlease = 0\nnoop_interval = "2m"\n')
+    daemon = daemon_factory(redis_url, pg_dsn, extra_config=account).start()
+    [event] = daemon.wait_event("config.deprecated", timeout=20)
+    assert event["problem"].startswith("imap[0].noop_interval: renamed to examine_interval")
+    assert event["file"] == str(daemon.config_path)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config.reloaded", timeout=20)
+    assert len(daemon.events("config.deprecated")) == 2

@@ -202,9 +202,9 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
     user, password = imap_user
     await imap(dovecot.port, user, password, lambda c: c.create_folder("Work"))
     # Dovecot announces a deleted folder during IDLE (an untagged NO) but not a renamed one:
-    # that is found by the periodic re-EXAMINE after noop_interval of silence.
+    # that is found by the periodic re-EXAMINE every examine_interval.
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], folders=["Work"], start_from="all",
-                              noop_interval=1.0)
+                              examine_interval=1.0)
     queue, cursors = Recorder(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors, folder="Work")
     async with trio.open_nursery() as nursery:
@@ -254,7 +254,7 @@ async def test_a_replaced_folder_is_noticed_even_when_the_server_sends_keepalive
         user, password = server.take()
         await imap(server.port, user, password, lambda c: c.create_folder("Work"))
         [account] = make_accounts(tmp_path, server.port, [(user, password)], folders=["Work"], start_from="all",
-                                  noop_interval=3.0)
+                                  examine_interval=3.0)
         queue = Recorder()
         listener = listener_for(account, queue, MemoryCursorStore(), folder="Work")
         async with trio.open_nursery() as nursery:
@@ -507,13 +507,13 @@ async def test_a_silently_dead_connection_is_noticed_and_replaced(dovecot, imap_
     async with trio.open_nursery() as nursery:
         proxy = BlackHoleProxy(dovecot.port)
         await nursery.start(proxy.run)
-        [account] = make_accounts(tmp_path, proxy.port, [imap_user], noop_interval=0.5, read_timeout=1.0)
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user], examine_interval=0.5, read_timeout=1.0)
         listener = listener_for(account, queue, cursors)
         await nursery.start(listener.run)
         assert listener.state == "idle"
         proxy.freeze_existing()
         [uid] = await append(dovecot.port, user, password)   # the listener's connection never hears of it
-        # Found dead by the probe after noop_interval (no answer within read_timeout), then reconnected.
+        # Found dead by the probe after examine_interval (no answer within read_timeout), then reconnected.
         await eventually(lambda: queue.uids() == [uid], 10, "the message after the reconnect")
         status = listener.status()
         assert status.reconnects == 1

@@ -201,4 +201,4 @@ def test_uid_set(uids, expected):
 
 def test_states_are_the_documented_ones():
     assert LISTENER_STATES == ("connecting", "catching_up", "idle", "polling", "backoff", "auth_failed",
-                               "standby", "stopped")
+                               "standby", "stopped", "closed")

@@ -22,14 +22,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Sequence
 
-from .migrate import SchemaTooNew
-
 __all__ = [
     "TERMINAL",
     "Claim",
     "Key",
     "LedgerRow",
-    "SchemaTooNew",
     "claim",
     "classify",
     "counts",

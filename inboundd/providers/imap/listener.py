@@ -14,9 +14,10 @@ A listener's life::
   Redis acknowledged the batch. A crash anywhere therefore re-enqueues at
   most one batch, which the ledger deduplicates; nothing is skipped.
 * **IDLE** waits on socket readability in trio (no thread per mailbox),
-  re-issues IDLE before ``idle_refresh``, and after ``noop_interval`` of
-  silence (or an untagged NO about the mailbox) ends IDLE and EXAMINEs the
-  folder again, each bounded by ``read_timeout``: a dead connection surfaces
+  re-issues IDLE before ``idle_refresh``, and every ``examine_interval``
+  (whatever the server said meanwhile: keepalives prove the connection, not
+  the folder), or at once after an untagged NO about the mailbox, ends IDLE
+  and EXAMINEs the folder again, each bounded by ``read_timeout``: a dead connection surfaces
   as a failure and a reconnect, a replaced folder as a new UIDVALIDITY.
 * **Failures** of any kind (network, TLS, login, folder, Redis, PostgreSQL,
   even a bug) end the session and are retried with backoff — per listener,
@@ -347,8 +348,8 @@ class ImapListener:
         poll_every = cfg.poll_interval if cfg.poll_with_idle else math.inf
         next_poll = trio.current_time() + poll_every
         # Keepalives ("* OK Still here") prove the connection, not the folder: the folder is
-        # opened again every noop_interval whatever the server says in between.
-        next_reselect = trio.current_time() + cfg.noop_interval
+        # opened again every examine_interval whatever the server says in between.
+        next_reselect = trio.current_time() + cfg.examine_interval
         while True:
             events = proto.classify_untagged(await conn.idle_start())
             self._set_state("idle")
@@ -373,12 +374,12 @@ class ImapListener:
                 if events.trouble is not None:
                     log.event(_log, "imap.listener.server_trouble", level=logging.WARNING,
                               account=self.account.id, folder=self.folder, message=events.trouble)
-                # noop_interval passed, a complaint about the mailbox, or the safety-net poll:
+                # examine_interval passed, a complaint about the mailbox, or the safety-net poll:
                 # open the folder again (also our liveness probe) and catch up from it.
                 selected = await self._reselect(conn)
                 await self._catch_up(conn, selected, fresh=True)
                 next_poll = trio.current_time() + poll_every
-                next_reselect = trio.current_time() + cfg.noop_interval
+                next_reselect = trio.current_time() + cfg.examine_interval
             elif events.new_mail:
                 await self._catch_up(conn, selected, fresh=False)
 

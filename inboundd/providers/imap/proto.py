@@ -51,7 +51,8 @@ LISTENER_STATES = (
     "backoff",      # the last attempt failed; waiting before reconnecting
     "auth_failed",  # auth_failure_limit consecutive login failures; retrying slowly
     "standby",      # another daemon holds this mailbox's lease; waiting to take over
-    "stopped",      # cancelled, drained or removed from the configuration
+    "stopped",      # cancelled or drained (still listed until resumed or removed)
+    "closed",       # removed from the configuration: forgotten, no longer listed
 )
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ...config_convert import Duration, SecretKey
+from ...config_convert import Duration, Renamed, SecretKey
 from ...config_schema import AccountConfig
 
 __all__ = ["ImapAccountConfig"]
@@ -36,7 +36,7 @@ class ImapAccountConfig(AccountConfig, kw_only=True):
     reconnect_cap: Duration = 300.0
     post_action: str = "none"
     fetch_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
-    noop_interval: Annotated[Duration, msgspec.Meta(description=(
+    examine_interval: Annotated[Duration, Renamed("noop_interval"), msgspec.Meta(description=(
         "Every this long while idling, end IDLE and EXAMINE the folder again, whatever the server said "
         "meanwhile (keepalives prove the connection, not the folder): a dead connection is then noticed "
         "within read_timeout, and a folder replaced under the listener by its new UIDVALIDITY."
@@ -57,7 +57,7 @@ class ImapAccountConfig(AccountConfig, kw_only=True):
             )
         if self.idle_refresh > 29 * 60:
             problems.append(f"{path}.idle_refresh: must be at most 29m (RFC 2177)")
-        for name in ("idle_refresh", "noop_interval", "poll_interval", "read_timeout"):
+        for name in ("idle_refresh", "examine_interval", "poll_interval", "read_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{path}.{name}: must be greater than 0 (0 would be a busy loop)")
         if not re.fullmatch(r"none|seen|delete|move:.+", self.post_action):
