@@ -1,7 +1,7 @@
 """inboundd: inbound email ingestion daemon.
 
-Ingress (IMAP IDLE, Microsoft Graph webhooks, Gmail Pub/Sub pushes) emits
-pointer jobs into a Redis Streams queue; consumers fetch the real message at
+Ingress (IMAP IDLE; Microsoft Graph webhooks and Gmail Pub/Sub pushes are in
+development) emits pointer jobs into a Redis Streams queue; consumers fetch the real message at
 consume time, deduplicate it in PostgreSQL and store it exactly once.
 """
 

@@ -342,7 +342,8 @@ def restart_required(old: config_mod.Config, new: config_mod.Config) -> list[str
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundd",
-        description="Ingest inbound email (IMAP IDLE, Microsoft Graph, Gmail push) into PostgreSQL, exactly once.",
+        description=("Ingest inbound email into PostgreSQL, exactly once.\n"
+                     "Providers: IMAP (IDLE); Microsoft 365 and Gmail: in development."),
         epilog=(
             "signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads the configuration.\n"
             "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop.\n"
