@@ -344,13 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inboundd",
         description=("Ingest inbound email into PostgreSQL, exactly once.\n"
                      "Providers: IMAP (IDLE); Microsoft 365 and Gmail: in development."),
+        usage="%(prog)s [-c FILE] [--check-config] [--print-trial-config] [--version]\n"
+              "       %(prog)s trial [--state DIR] [--free-ports]",
         epilog=(
+            "trial: 'inboundd trial' runs the daemon on the embedded trial configuration with a private\n"
+            "  Redis, PostgreSQL and Dovecot under ./state (what scripts/run does; see inboundd trial --help).\n"
             "signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads the configuration.\n"
             "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop.\n"
             "examples:\n"
             "  inboundd -c /etc/inboundd.toml\n"
             "  inboundd --check-config -c /etc/inboundd.toml\n"
-            "  inboundd --print-trial-config > trial.toml"
+            "  inboundd --print-trial-config > trial.toml\n"
+            "  inboundd trial"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -359,22 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit: 0 if valid, 2 with one line per problem")
     parser.add_argument("--print-trial-config", action="store_true",
-                        help="print the embedded trial configuration (used by scripts/run) and exit")
+                        help="print the embedded trial configuration (used by inboundd trial) and exit")
     parser.add_argument("--version", action="version", version=f"inboundd {__version__}")
     return parser
 
 
-def trial_config_text() -> str:
-    """The embedded trial configuration (``inboundd/trial.toml``)."""
-    from importlib.resources import files
-
-    return files("inboundd").joinpath("trial.toml").read_text(encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["trial"]:
+        from inboundd.trial import runner
+
+        return runner.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.print_trial_config:
-        sys.stdout.write(trial_config_text())
+        from inboundd.trial import config_text
+
+        sys.stdout.write(config_text())
         return 0
     path = args.config or config_mod.default_config_path()
     try:

@@ -142,6 +142,21 @@ def test_every_inboundd_option_is_in_its_page() -> None:
         assert f"Fl {option[1:]}" in page, f"inboundd {option} is not in inboundd.8"
 
 
+def test_inboundd_trial_and_its_options_are_in_the_page_and_in_inboundd_help() -> None:
+    from inboundd import daemon
+    from inboundd.trial import runner
+
+    page = (MAN / "inboundd.8").read_text()
+    synopsis = page.split(".Sh SYNOPSIS", 1)[1].split(".Sh DESCRIPTION", 1)[0]
+    assert ".Cm trial\n" in synopsis
+    trial_section = page.split(".Sh TRIAL", 1)[1].split("\n.Sh ", 1)[0]
+    for option in _long_options(runner.build_parser()):
+        assert f"Fl {option[1:]}" in synopsis and f".It Fl {option[1:]}" in trial_section, option
+    for port in runner.TRIAL_PORTS.values():
+        assert str(port) in trial_section
+    assert "inboundd trial" in daemon.build_parser().format_help()
+
+
 def test_metrics_named_in_inboundd_8_exist() -> None:
     from inboundd import metrics
 
