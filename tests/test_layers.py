@@ -7,15 +7,16 @@ may import its own layer and the layers below it; the layers, lowest first:
 
 * **foundation** — pure values and decisions, the clock, logs, metrics and the
   configuration machinery: they know nothing above them;
-* **infrastructure** — Redis, PostgreSQL (``store/``), the queue, systemd;
+* **infrastructure** — Redis, PostgreSQL (``store/``), the queue, systemd, and
+  the private servers ``inboundd trial`` runs (``trial/servers.py``);
 * **work** — what every provider shares (``ingress/``), the provider contract
   (``provider.py``) and the consume side;
 * **providers** — one package per provider; a provider never imports another;
 * **registry** — ``providers/__init__.py``, the list of providers;
 * **assembly** — the configuration with every provider's section, and the
   pipeline that wires the daemon's work;
-* **shell** — HTTP apps, the daemon and ``inboundctl``: nothing imports them
-  from below.
+* **shell** — HTTP apps, the daemon, ``inboundctl`` and ``inboundd trial``:
+  nothing imports them from below.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("infrastructure", (
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",
-        "inboundd.queue.*", "inboundd.queue_scripts",
+        "inboundd.queue.*", "inboundd.queue_scripts", "inboundd.trial.servers",
     )),
     ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer",
               "inboundd.provider")),
     ("providers", ("inboundd.providers.*",)),
     ("registry", ("inboundd.providers",)),
     ("assembly", ("inboundd.config", "inboundd.pipeline")),
-    ("shell", ("inboundd.web", "inboundd.control", "inboundd.daemon", "inboundd.cli", "inboundd.__main__")),
+    ("shell", ("inboundd.web", "inboundd.control", "inboundd.daemon", "inboundd.cli", "inboundd.__main__",
+               "inboundd.trial", "inboundd.trial.*")),
 ]
 
 #: Pure modules: no I/O, so they may import only each other and no I/O library.
