@@ -17,6 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from graph_fakes import FakeAzureAD, FakeGraph, make_ca
+from waiting import eventually
 from inboundd.providers.microsoft import proto, webhook
 from inboundd.providers.microsoft.graph import GraphClient, GraphError, Oversize, http_client
 from inboundd.providers.microsoft.token import MsalTokens, TokenError
@@ -299,13 +300,7 @@ async def test_oversize_streamed_is_abandoned_before_the_end(client, graph):
     result = await client.fetch_mime(message_id, 1024 * 1024)
     assert isinstance(result, Oversize) and result.announced is None
     assert 1024 * 1024 < result.read < 2 * 1024 * 1024
-
-    def server_gave_up():
-        return message_id in graph.bytes_sent
-
-    with trio.fail_after(10):
-        while not server_gave_up():
-            await trio.sleep(0.01)
+    await eventually(lambda: message_id in graph.bytes_sent, 10, "the fake Graph to give up sending")
     assert graph.bytes_sent[message_id] < total // 2
 
 
