@@ -19,7 +19,8 @@ from hypercorn.trio import serve
 from graph_fakes import FakeAzureAD, FakeGraph, make_ca
 from waiting import eventually
 from inboundd.providers.microsoft import proto, webhook
-from inboundd.providers.microsoft.graph import GraphClient, GraphError, Oversize, http_client
+from inboundd.providers.httpio import HttpClients
+from inboundd.providers.microsoft.graph import GraphClient, GraphError, Oversize
 from inboundd.providers.microsoft.token import MsalTokens, TokenError
 
 DIRECTORY = "acme.onmicrosoft.com"
@@ -46,46 +47,44 @@ def graph(aad):
         yield server
 
 
-def tokens_for(aad, graph, ca_file, secret=SECRET, directory=DIRECTORY) -> MsalTokens:
+@pytest.fixture
+async def clients() -> AsyncIterator[HttpClients]:
+    shared = HttpClients()
+    yield shared
+    await shared.aclose()
+
+
+def tokens_for(clients, aad, graph_url, ca_file, secret=SECRET, directory=DIRECTORY) -> MsalTokens:
     return MsalTokens(client_id="app-1", client_secret=secret, directory_id=directory, authority_url=aad.url,
-                      graph_url=graph.url if graph else "https://graph.microsoft.com/v1.0", ca_file=ca_file)
+                      graph_url=graph_url, http=clients.sync_client(ca_file), limiter=clients.token_limiter)
 
 
 @pytest.fixture
-async def client(aad, graph, ca) -> AsyncIterator[GraphClient]:
-    tokens = tokens_for(aad, graph, ca[1])
-    async with http_client() as http:
-        yield GraphClient(http, graph.url, MAILBOX, tokens)
-    await tokens.aclose()
+def client(clients, aad, graph, ca) -> GraphClient:
+    return GraphClient(clients.async_client(), graph.url, MAILBOX, tokens_for(clients, aad, graph.url, ca[1]))
 
 
 # --------------------------------------------------------------------------- tokens (msal)
 
 
-async def test_token_from_the_fake_authority_over_https_and_cached(aad, graph, ca):
-    tokens = tokens_for(aad, graph, ca[1])
-    try:
-        first = await tokens.token()
-        assert aad.valid(first) is not None
-        assert tokens.tenant_id == aad.app.tid  # learned from the token: the domain-named directory's GUID
-        assert await tokens.token() == first
-        assert (aad.token_requests, aad.discoveries, tokens.issued) == (1, 1, 1)
-        fresh = await tokens.refresh(refused=first)
-        assert fresh != first and aad.token_requests == 2
-    finally:
-        await tokens.aclose()
+async def test_token_from_the_fake_authority_over_https_and_cached(clients, aad, graph, ca):
+    tokens = tokens_for(clients, aad, graph.url, ca[1])
+    first = await tokens.token()
+    assert aad.valid(first) is not None
+    assert tokens.tenant_id == aad.app.tid  # learned from the token: the domain-named directory's GUID
+    assert await tokens.token() == first
+    assert (aad.token_requests, aad.discoveries, tokens.issued) == (1, 1, 1)
+    fresh = await tokens.refresh(refused=first)
+    assert fresh != first and aad.token_requests == 2
 
 
-async def test_concurrent_token_requests_share_one_call(aad, graph, ca):
-    tokens = tokens_for(aad, graph, ca[1])
+async def test_concurrent_token_requests_share_one_call(clients, aad, graph, ca):
+    tokens = tokens_for(clients, aad, graph.url, ca[1])
     got: list[str] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            for _ in range(10):
-                nursery.start_soon(lambda: _append(got, tokens.token()))
-        assert len(set(got)) == 1 and aad.token_requests == 1
-    finally:
-        await tokens.aclose()
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(lambda: _append(got, tokens.token()))
+    assert len(set(got)) == 1 and aad.token_requests == 1
 
 
 async def _append(into, awaitable):
@@ -96,42 +95,33 @@ async def _append(into, awaitable):
     ("wrong", DIRECTORY, False, "invalid_client: AADSTS7000215"),
     (SECRET, "nosuch.onmicrosoft.com", False, "nosuch.onmicrosoft.com' refused: Unable to get authority"),
 ])
-async def test_token_refusals_are_not_transient(aad, graph, ca, secret, directory, transient, says):
-    tokens = tokens_for(aad, graph, ca[1], secret=secret, directory=directory)
-    try:
-        with pytest.raises(TokenError, match=says) as caught:
-            await tokens.token()
-        assert caught.value.transient is transient
-        assert secret not in str(caught.value)
-    finally:
-        await tokens.aclose()
+async def test_token_refusals_are_not_transient(clients, aad, graph, ca, secret, directory, transient, says):
+    tokens = tokens_for(clients, aad, graph.url, ca[1], secret=secret, directory=directory)
+    with pytest.raises(TokenError, match=says) as caught:
+        await tokens.token()
+    assert caught.value.transient is transient
+    assert secret not in str(caught.value)
 
 
-async def test_token_endpoint_failing_is_transient_then_recovers(aad, graph, ca):
+async def test_token_endpoint_failing_is_transient_and_not_hammered(clients, aad, graph, ca):
     aad.token_failures.append((503, b"<html>busy</html>"))
-    tokens = tokens_for(aad, graph, ca[1])
-    try:
-        with pytest.raises(TokenError) as caught:
-            await tokens.token()
-        assert caught.value.transient
-        # msal replays a 5xx for Retry-After (default 5 s) from its throttle cache: a retry
-        # before then gets the same refusal without a request.
-        requests = aad.token_requests
-        with pytest.raises(TokenError):
-            await tokens.token()
-        assert aad.token_requests == requests
-    finally:
-        await tokens.aclose()
+    tokens = tokens_for(clients, aad, graph.url, ca[1])
+    with pytest.raises(TokenError) as caught:
+        await tokens.token()
+    assert caught.value.transient
+    # msal replays a 5xx for Retry-After (default 5 s) from its throttle cache: a retry
+    # before then gets the same refusal without a request.
+    requests = aad.token_requests
+    with pytest.raises(TokenError):
+        await tokens.token()
+    assert aad.token_requests == requests
 
 
-async def test_an_untrusted_authority_certificate_is_refused(aad, graph):
-    tokens = tokens_for(aad, graph, ca_file="")  # the fake's CA is not in the system store
-    try:
-        with pytest.raises(TokenError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
-            await tokens.token()
-        assert aad.token_requests == 0
-    finally:
-        await tokens.aclose()
+async def test_an_untrusted_authority_certificate_is_refused(clients, aad, graph):
+    tokens = tokens_for(clients, aad, graph.url, ca_file="")  # the fake's CA is not in the system store
+    with pytest.raises(TokenError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        await tokens.token()
+    assert aad.token_requests == 0
 
 
 # --------------------------------------------------------------------------- subscriptions
@@ -323,25 +313,19 @@ async def test_refused_twice_is_an_auth_failure(client, graph, aad):
     assert caught.value.kind == "auth" and aad.token_requests == 2
 
 
-async def test_a_wrong_secret_surfaces_as_auth_failure(aad, graph, ca):
-    tokens = tokens_for(aad, graph, ca[1], secret="wrong")
-    async with http_client() as http:
-        client = GraphClient(http, graph.url, MAILBOX, tokens)
-        with pytest.raises(GraphError) as caught:
-            await client.fetch_mime("x", 1024)
-    await tokens.aclose()
+async def test_a_wrong_secret_surfaces_as_auth_failure(clients, aad, graph, ca):
+    tokens = tokens_for(clients, aad, graph.url, ca[1], secret="wrong")
+    client = GraphClient(clients.async_client(), graph.url, MAILBOX, tokens)
+    with pytest.raises(GraphError) as caught:
+        await client.fetch_mime("x", 1024)
     assert caught.value.kind == "auth" and graph.calls == []
 
 
-async def test_graph_unreachable_is_unavailable(aad, ca):
-    tokens = MsalTokens(client_id="app-1", client_secret=SECRET, directory_id=DIRECTORY, authority_url=aad.url,
-                        graph_url="http://127.0.0.1:9/v1.0", ca_file=ca[1])
-    aad.register_app(DIRECTORY, "app-1", SECRET, tid=aad.app.tid)
-    async with http_client() as http:
-        client = GraphClient(http, "http://127.0.0.1:9/v1.0", MAILBOX, tokens)
-        with pytest.raises(GraphError) as caught:
-            await client.fetch_mime("x", 1024)
-    await tokens.aclose()
+async def test_graph_unreachable_is_unavailable(clients, aad, ca):
+    nowhere = "http://127.0.0.1:9/v1.0"
+    client = GraphClient(clients.async_client(), nowhere, MAILBOX, tokens_for(clients, aad, nowhere, ca[1]))
+    with pytest.raises(GraphError) as caught:
+        await client.fetch_mime("x", 1024)
     assert (caught.value.kind, caught.value.failure.status) == ("unavailable", 0)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from inboundd.providers.httpwire import RETRY_AFTER_CAP, parse_retry_after
 from inboundd.providers.imap_proto import StartFrom
 from inboundd.providers.microsoft import delta, proto, renewal, webhook
 from inboundd.providers.microsoft.delta import DeltaCursor, DeltaMessage, DeltaStart
@@ -441,12 +442,12 @@ def test_failure_description():
 
 @pytest.mark.parametrize("value, expected", [
     (None, None), ("0", 0.0), ("120", 120.0), ("1.5", 1.5), (" 9 ", 9.0),
-    ("99999", proto.RETRY_AFTER_CAP),
+    ("99999", RETRY_AFTER_CAP),
     ("Sun, 22 Nov 2026 09:59:00 GMT", 0.0),  # in the past
     ("soon", None), ("-5", None),
 ])
 def test_parse_retry_after(value, expected):
-    assert proto.parse_retry_after(value, T0) == expected
+    assert parse_retry_after(value, T0) == expected
 
 
 # --------------------------------------------------------------------------- times, paths, actions

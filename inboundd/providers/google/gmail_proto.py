@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import msgspec
+
+from ..httpwire import parse_retry_after
 
 __all__ = [
     "HISTORY_PAGE_SIZE",
@@ -451,24 +452,6 @@ def classify_error(status: int, body: bytes, retry_after: str | None = None, *, 
     if status in (408, 500, 502, 503, 504):
         return GmailFailure("unavailable", status, reason, message, wait)
     return GmailFailure("invalid", status, reason, message)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or ``None``."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
 
 
 # --------------------------------------------------------------------------- consume-time fetch

@@ -31,16 +31,12 @@ from ... import clock
 from . import delta as delta_mod, proto
 from .token import TokenError
 
-__all__ = ["CONCURRENCY", "GraphClient", "GraphError", "Oversize", "SubscriptionInfo", "http_client"]
+__all__ = ["CONCURRENCY", "GraphClient", "GraphError", "Oversize", "SubscriptionInfo"]
 
 #: Concurrent Graph calls per mailbox (Outlook: 4 concurrent requests per app and mailbox).
 CONCURRENCY = 4
 #: Bytes of an error body read for its ``error.code``; the rest is not worth the wait.
 ERROR_BODY_LIMIT = 64 * 1024
-#: Timeouts of one Graph call: connecting, and each read/write (a body streams within
-#: ``processing.fetch_timeout`` overall).
-CONNECT_TIMEOUT = 10.0
-IO_TIMEOUT = 30.0
 
 
 class Tokens(Protocol):
@@ -91,20 +87,8 @@ class _Subscription(msgspec.Struct, rename="camel"):
     resource: str = ""
 
 
-def http_client(ca_file: str = "") -> httpx.AsyncClient:
-    """An async HTTP client trusting the system CAs plus *ca_file*, with Graph's timeouts."""
-    from .token import http_ssl_context
-
-    return httpx.AsyncClient(
-        verify=http_ssl_context(ca_file),
-        timeout=httpx.Timeout(IO_TIMEOUT, connect=CONNECT_TIMEOUT),
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        follow_redirects=False,
-    )
-
-
 class GraphClient:
-    """Graph calls for one mailbox, through a shared ``httpx.AsyncClient``."""
+    """Graph calls for one mailbox, through a shared ``httpx.AsyncClient`` (``HttpClients.async_client``)."""
 
     def __init__(self, http: httpx.AsyncClient, graph_url: str, mailbox: str, tokens: Tokens) -> None:
         self.http = http

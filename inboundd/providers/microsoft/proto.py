@@ -11,14 +11,14 @@ Sources for the wire formats: ../shared/PROVIDERS-NOTES.md, section A
 
 from __future__ import annotations
 
-import email.utils
-import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Literal
 from urllib.parse import quote
 
 import msgspec
+
+from ..httpwire import parse_retry_after
 
 __all__ = [
     "FailureKind",
@@ -31,16 +31,11 @@ __all__ = [
     "message_path",
     "parse_graph_time",
     "parse_post_action",
-    "parse_retry_after",
     "subscription_resource",
 ]
 
 #: Sent on every Graph call: message ids stay the same when a message moves between folders.
 IMMUTABLE_ID = 'IdType="ImmutableId"'
-
-#: A Retry-After above this is clamped: a broken or hostile answer must not park an account for days.
-RETRY_AFTER_CAP = 3600.0
-
 
 # --------------------------------------------------------------------------- errors
 
@@ -124,29 +119,6 @@ def classify_failure(status: int, headers: Mapping[str, str], body: bytes, now: 
     if status == 400:
         return failure("bad_request")
     return failure("error")
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from *now*: delta-seconds or an HTTP date; None when absent or unreadable.
-
-    Negative waits become 0; waits beyond :data:`RETRY_AFTER_CAP` are clamped to it.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - now
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 # --------------------------------------------------------------------------- times

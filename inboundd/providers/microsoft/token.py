@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,24 +29,12 @@ import httpx
 import msgspec
 import trio
 
-__all__ = ["MsalTokens", "TokenError", "graph_scope", "http_ssl_context", "token_tenant"]
+__all__ = ["MsalTokens", "TokenError", "graph_scope", "token_tenant"]
 
 #: A token is used until this many seconds before its expiry (msal refreshes 5 minutes early too).
 EXPIRY_MARGIN = 300.0
-#: Connect/read timeout of every identity call.
-HTTP_TIMEOUT = 30.0
 #: msal errors that mean "the service is struggling, ask again later".
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "service_unavailable"})
-
-#: msal calls run in threads; bounded so a burst of accounts cannot exhaust trio's thread pool.
-_msal_limiter: trio.CapacityLimiter | None = None
-
-
-def _limiter() -> trio.CapacityLimiter:
-    global _msal_limiter
-    if _msal_limiter is None:
-        _msal_limiter = trio.CapacityLimiter(8)
-    return _msal_limiter
 
 
 class TokenError(Exception):
@@ -62,14 +49,6 @@ def graph_scope(graph_url: str) -> str:
     """The client-credentials scope of the Graph at *graph_url*: its origin + ``/.default``."""
     parts = urlsplit(graph_url)
     return f"{parts.scheme}://{parts.netloc}/.default"
-
-
-def http_ssl_context(ca_file: str = "") -> ssl.SSLContext:
-    """The system's trusted CAs, plus those in *ca_file* when given."""
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
 
 
 def token_tenant(access_token: str) -> str | None:
@@ -113,18 +92,21 @@ class MsalTokens:
     """Client-credentials tokens of one Azure app registration for one Graph.
 
     Construct without I/O; :meth:`token` builds the msal app on first use.
-    Call :meth:`aclose` at shutdown (closes the HTTP connections).
+    *http* is the blocking client msal sends with (it trusts the account's
+    ``ca_file``: ``HttpClients.sync_client``); *limiter* bounds the worker
+    threads token requests run in.
     """
 
     def __init__(
         self, *, client_id: str, client_secret: str, directory_id: str, authority_url: str, graph_url: str,
-        ca_file: str = "", timeout: float = HTTP_TIMEOUT,
+        http: httpx.Client, limiter: trio.CapacityLimiter,
     ) -> None:
         self.client_id = client_id
         self.authority = f"{authority_url.rstrip('/')}/{directory_id}"
         self.scope = graph_scope(graph_url)
         self._secret = client_secret
-        self._http = httpx.Client(verify=http_ssl_context(ca_file), timeout=timeout)
+        self._http = http
+        self._limiter = limiter
         self._app: Any = None
         self._lock = trio.Lock()
         self._token: str | None = None
@@ -164,7 +146,7 @@ class MsalTokens:
     async def _fetch(self, *, drop_cached: bool) -> str:
         self._token, self._valid_until = None, float("-inf")
         started = trio.current_time()
-        token, lifetime = await trio.to_thread.run_sync(self._acquire, drop_cached, limiter=_limiter())
+        token, lifetime = await trio.to_thread.run_sync(self._acquire, drop_cached, limiter=self._limiter)
         self._token = token
         self._valid_until = started + max(lifetime - EXPIRY_MARGIN, 0.0)
         self.tenant_id = token_tenant(token) or self.tenant_id
@@ -196,7 +178,3 @@ class MsalTokens:
         if result.get("token_source") != "cache":
             self.issued += 1
         return token, lifetime
-
-    async def aclose(self) -> None:
-        """Close the identity HTTP connections (in a thread: closing may block briefly)."""
-        await trio.to_thread.run_sync(self._http.close)
