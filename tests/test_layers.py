@@ -52,7 +52,10 @@ PURE = (
     "inboundd.outcomes", "inboundd.jobs", "inboundd.clock", "inboundd.source", "inboundd.health",
     "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.backoff",
     "inboundd.ingress.auth", "inboundd.ingress.webhook", "inboundd.ingress.lease_clock",
+    "inboundd.ingress.start", "inboundd.ingress.retry_after",
     "inboundd.providers.*.proto", "inboundd.providers.*.status", "inboundd.providers.imap.proto",
+    "inboundd.providers.microsoft.webhook", "inboundd.providers.microsoft.renewal",
+    "inboundd.providers.microsoft.delta",
 )
 IO_LIBRARIES = {"socket", "ssl", "subprocess", "trio", "redis", "psycopg", "psycopg_pool", "imapclient", "imaplib",
                 "httpx", "quart", "quart_trio", "hypercorn", "msal", "google"}

@@ -19,7 +19,7 @@ from hypercorn.trio import serve
 from graph_fakes import FakeAzureAD, FakeGraph, make_ca
 from waiting import eventually
 from inboundd.providers.microsoft import proto, webhook
-from inboundd.providers.httpio import HttpClients
+from inboundd.ingress.httpclients import HttpClients
 from inboundd.providers.microsoft.graph import GraphClient, GraphError, Oversize
 from inboundd.providers.microsoft.token import MsalTokens, TokenError
 

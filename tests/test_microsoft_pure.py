@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from inboundd.providers.httpwire import RETRY_AFTER_CAP, parse_retry_after
-from inboundd.providers.imap_proto import StartFrom
+from inboundd.ingress.retry_after import RETRY_AFTER_CAP, parse_retry_after
+from inboundd.ingress.start import StartFrom
 from inboundd.providers.microsoft import delta, proto, renewal, webhook
 from inboundd.providers.microsoft.delta import DeltaCursor, DeltaMessage, DeltaStart
 from inboundd.providers.microsoft.proto import GraphFailure, PostAction

@@ -9,7 +9,12 @@
 * :mod:`.supervisor` — the keyed supervisor of long-lived tasks (listeners,
   renewers): start, reload, drain, resume;
 * :mod:`.webhook` — the framework-free request and reply values a provider's
-  HTTP routes work on.
+  HTTP routes work on;
+* :mod:`.httpclients` — the outbound HTTP clients of the web-API providers
+  (Graph, Gmail, their identity providers), by ``ca_file``, and
+  :mod:`.retry_after` (pure), the one reading of ``Retry-After``;
+* :mod:`.start` — ``start_from``: what a mailbox without a cursor enqueues
+  first (pure).
 
 The backoff every one of them uses is :mod:`inboundd.backoff`.
 """

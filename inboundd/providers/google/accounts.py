@@ -2,7 +2,7 @@
 
 HTTP clients are shared: one ``httpx.AsyncClient`` (Gmail calls, certificate
 fetches) and one blocking ``httpx.Client`` (google-auth's token requests, in
-worker threads) per distinct ``ca_file``: :class:`~..httpio.HttpClients`.
+worker threads) per distinct ``ca_file``: :class:`~inboundd.ingress.httpclients.HttpClients`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..httpio import HttpClients
+from ...ingress.httpclients import HttpClients
 from .config import GoogleAccountConfig
 from .gmail_api import GmailApi
 from .gmail_proto import PostAction, parse_post_action

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..httpwire import parse_retry_after
+from ...ingress.retry_after import parse_retry_after
 
 __all__ = [
     "HISTORY_PAGE_SIZE",

@@ -15,7 +15,7 @@ from typing import Annotated
 import msgspec
 
 from ...config import Duration, _Section
-from ..imap_proto import parse_start_from
+from ...ingress.start import parse_start_from
 from .proto import parse_post_action
 from .renewal import MIN_LIFETIME
 

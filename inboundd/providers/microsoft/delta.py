@@ -29,7 +29,7 @@ from typing import Literal
 
 import msgspec
 
-from ..imap_proto import StartFrom
+from ...ingress.start import StartFrom
 from .proto import format_graph_time, parse_graph_time
 
 __all__ = [

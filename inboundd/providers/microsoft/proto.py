@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from ..httpwire import parse_retry_after
+from ...ingress.retry_after import parse_retry_after
 
 __all__ = [
     "FailureKind",
