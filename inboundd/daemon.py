@@ -45,6 +45,10 @@ RESTART_SECTIONS = ("redis", "postgres", "queue", "processing", "store", "http",
 HTTP_STOP_MARGIN = 1.0
 #: Exit status after a second signal forced an immediate stop.
 EXIT_FORCED = 130
+#: ``--is-configured`` exit statuses, chosen for systemd's ExecCondition=: 1-254 skip the
+#: start quietly (the unit is not failed), 255 fails the unit.
+EXIT_NOT_CONFIGURED = 1
+EXIT_CONDITION_INVALID = 255
 
 
 class Daemon:
@@ -354,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  inboundd -c /etc/inboundd.toml\n"
             "  inboundd --check-config -c /etc/inboundd.toml\n"
+            "  inboundd --is-configured -c /etc/inboundd.toml\n"
             "  inboundd --print-trial-config > trial.toml\n"
             "  inboundd trial"
         ),
@@ -363,10 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="configuration file (default: $INBOUNDD_CONFIG or /etc/inboundd.toml)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit: 0 if valid, 2 with one line per problem")
+    parser.add_argument("--is-configured", action="store_true",
+                        help="exit 0 if the configuration names at least one account, 1 if it names none "
+                             "(nothing to do: the unit's ExecCondition= then skips the start), 255 if invalid")
     parser.add_argument("--print-trial-config", action="store_true",
                         help="print the embedded trial configuration (used by inboundd trial) and exit")
     parser.add_argument("--version", action="version", version=f"inboundd {__version__}")
     return parser
+
+
+def is_configured(cfg: config_mod.Config, path: str) -> int:
+    """Say whether *cfg* gives the daemon anything to do; the exit status for ``--is-configured``.
+
+    A daemon without accounts has no mailbox to watch and cannot fetch any
+    job's message either, so the shipped example (no account) is "not
+    configured": the unit's ExecCondition= keeps an installed but unedited
+    service from starting, instead of letting it fail against servers that
+    are not set up yet.
+    """
+    if cfg.imap:
+        print(f"{path}: configured ({len(cfg.imap)} imap account(s))")
+        return 0
+    print(f"{path}: not configured: no account (add an [[imap]] table); the service stays stopped")
+    return EXIT_NOT_CONFIGURED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_CONDITION_INVALID if args.is_configured else 2
+    if args.is_configured:
+        return is_configured(cfg, path)
     if args.check_config:
         for warning in cfg.warnings:
             print(f"{path}: warning: {warning}", file=sys.stderr)
