@@ -76,6 +76,8 @@ class DaemonProcess:
         daemon_section: str = "",
         env: dict[str, str] | None = None,
         abstract_notify: bool = False,
+        command: list[str] | None = None,
+        user: str | None = None,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,10 @@ class DaemonProcess:
         self.extra_config = extra_config
         self.env = env or {}
         self.notify = NotifyListener(directory / "notify.sock", abstract=abstract_notify)
+        #: The daemon's argv before ``-c FILE``: this checkout's by default, an installed one if given.
+        self.command = command or [sys.executable, "-m", "inboundd.daemon"]
+        #: Run the daemon as this user (we are root), as the unit's User= does.
+        self.user = user
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self.write_config()
@@ -115,10 +121,14 @@ class DaemonProcess:
         env = dict(os.environ)
         env.pop("WATCHDOG_USEC", None)
         env.update({"NOTIFY_SOCKET": self.notify.address, "PYTHONUNBUFFERED": "1"}, **self.env)
+        if self.user is not None:  # an installed daemon: nothing may point it at this checkout's code
+            for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+                env.pop(name, None)
         self._log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inboundd.daemon", "-c", str(self.config_path)],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            [*self.command, "-c", str(self.config_path)],
+            cwd=ROOT if self.user is None else "/", env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            start_new_session=True, user=self.user, group=self.user, extra_groups=[] if self.user else None,
         )
         if wait_ready:
             self.wait_ready(timeout)
