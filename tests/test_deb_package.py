@@ -13,11 +13,11 @@ is not called. The tests run in file order: the last one purges.
 from __future__ import annotations
 
 import fcntl
+import grp
 import gzip
 import json
 import os
 import pwd
-import grp
 import re
 import shutil
 import signal
@@ -31,8 +31,8 @@ from typing import Iterator
 import pytest
 
 from daemon_harness import DaemonProcess, imap_section
-from services import wait_for
 from test_e2e_imap import append, stored
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Held (flock) from install to purge; the kernel drops it when the holder dies.
