@@ -386,8 +386,11 @@ def is_configured(cfg: config_mod.Config, path: str) -> int:
     service from starting, instead of letting it fail against servers that
     are not set up yet.
     """
-    if cfg.imap:
-        print(f"{path}: configured ({len(cfg.imap)} imap account(s))")
+    # Every top-level array of tables ([[imap]], and each provider added later) lists accounts.
+    accounts = {name: len(value) for name in cfg.__struct_fields__
+                if isinstance(value := getattr(cfg, name), list) and value}
+    if accounts:
+        print(f"{path}: configured ({', '.join(f'{n} {kind}' for kind, n in accounts.items())} account(s))")
         return 0
     print(f"{path}: not configured: no account (add an [[imap]] table); the service stays stopped")
     return EXIT_NOT_CONFIGURED

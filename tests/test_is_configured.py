@@ -20,7 +20,7 @@ def is_configured(path: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("text", "status", "says"), [
     ((ROOT / "etc" / "inboundd.toml").read_text(), 1, "not configured: no account"),
     ("", 1, "not configured"),
-    (ACCOUNT, 0, "configured (1 imap account(s))"),
+    (ACCOUNT + ACCOUNT.replace("support", "sales"), 0, "configured (2 imap account(s))"),
     ("[daemon]\nconsumers = -1\n", 255, "daemon.consumers"),
 ], ids=["shipped-example", "empty", "one-account", "invalid"])
 def test_exit_status_follows_execcondition(tmp_path: Path, text: str, status: int, says: str) -> None:
