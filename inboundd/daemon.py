@@ -386,9 +386,7 @@ def is_configured(cfg: config_mod.Config, path: str) -> int:
     service from starting, instead of letting it fail against servers that
     are not set up yet.
     """
-    # Every top-level array of tables ([[imap]], and each provider added later) lists accounts.
-    accounts = {name: len(value) for name in cfg.__struct_fields__
-                if isinstance(value := getattr(cfg, name), list) and value}
+    accounts = {name: len(tables) for name, tables in cfg.account_lists() if tables}
     if accounts:
         print(f"{path}: configured ({', '.join(f'{n} {kind}' for kind, n in accounts.items())} account(s))")
         return 0
