@@ -348,13 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inboundd",
         description=("Ingest inbound email into PostgreSQL, exactly once.\n"
                      "Providers: IMAP (IDLE); Microsoft 365 and Gmail: in development."),
-        usage="%(prog)s [-c FILE] [--check-config] [--print-trial-config] [--version]\n"
+        usage="%(prog)s [-c FILE] [--check-config | --is-configured] [--print-trial-config] [--version]\n"
               "       %(prog)s trial [--state DIR] [--free-ports]",
         epilog=(
             "trial: 'inboundd trial' runs the daemon on the embedded trial configuration with a private\n"
             "  Redis, PostgreSQL and Dovecot under ./state (what scripts/run does; see inboundd trial --help).\n"
             "signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads the configuration.\n"
-            "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop.\n"
+            "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop;\n"
+            "  --is-configured: 0 configured, 1 no account, 255 invalid (for systemd's ExecCondition=).\n"
             "examples:\n"
             "  inboundd -c /etc/inboundd.toml\n"
             "  inboundd --check-config -c /etc/inboundd.toml\n"
