@@ -537,14 +537,14 @@ def test_graph_scope(graph_url, scope):
 
 
 def convert(**keys):
-    from inboundd.config import _convert_section
+    from inboundd.config_convert import convert_section
     from inboundd.providers.microsoft.config import MicrosoftAccountConfig
 
     data = {"id": "support-m365", "directory_id": "acme.onmicrosoft.com", "client_id": "app",
-            "mailbox": "support@acme.com"}
+            "mailbox": "support@acme.com", "client_secret_file": "/etc/inboundd/m365.secret"}
     data.update(keys)
     problems: list[str] = []
-    section = _convert_section(MicrosoftAccountConfig, data, "microsoft[0]", problems)
+    section = convert_section(MicrosoftAccountConfig, data, "microsoft[0]", problems)
     return section, problems
 
 
@@ -591,11 +591,11 @@ def test_section_lifetime_above_the_maximum_is_capped_not_refused():
 
 @pytest.mark.parametrize("missing", ["id", "directory_id", "client_id", "mailbox"])
 def test_section_required_keys(missing):
-    from inboundd.config import _convert_section
+    from inboundd.config_convert import convert_section
     from inboundd.providers.microsoft.config import MicrosoftAccountConfig
 
     data = {"id": "a", "directory_id": "d", "client_id": "c", "mailbox": "m"}
     del data[missing]
     problems: list[str] = []
-    _convert_section(MicrosoftAccountConfig, data, "microsoft[0]", problems)
+    convert_section(MicrosoftAccountConfig, data, "microsoft[0]", problems)
     assert problems == [f"microsoft[0].{missing}: required key is missing"]

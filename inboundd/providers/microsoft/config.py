@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from ...config import Duration, _Section
+from ...config_convert import Duration, SecretKey, Section
 from ...ingress.start import parse_start_from
 from .proto import parse_post_action
 from .renewal import MIN_LIFETIME
@@ -22,7 +22,7 @@ from .renewal import MIN_LIFETIME
 __all__ = ["MicrosoftAccountConfig"]
 
 
-class MicrosoftAccountConfig(_Section):
+class MicrosoftAccountConfig(Section):
     #: Unique among the accounts of every provider.
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]+$")]
     #: Azure AD tenant of the mailbox (GUID or domain).
@@ -32,8 +32,8 @@ class MicrosoftAccountConfig(_Section):
     #: User id or UPN of the mailbox.
     mailbox: str
     tenant: str = "default"
-    client_secret_file: str = ""
-    client_secret_credential: str = ""
+    client_secret_file: Annotated[str, SecretKey.file(required=True)] = ""
+    client_secret_credential: Annotated[str, SecretKey.credential(required=True)] = ""
     folders: list[str] = msgspec.field(default_factory=lambda: ["Inbox"])
     post_action: str = "none"
     subscription_lifetime: Duration = 70 * 3600.0
