@@ -4,10 +4,11 @@ The configuration is the daemon's own sections (``config_schema.py``) plus one
 ``[[name]]`` array of tables per provider in the registry
 (``inboundd.providers``), each of that provider's own type; account ids are
 unique across all of them. Loading never stops at the first problem: every
-unknown key, wrong type, bad duration or size and missing secret is
-collected and reported together as a :class:`ConfigError`, each line naming
-the file and the key path (``imap[1].port``) and what was expected
-(``config_convert.py`` does the converting).
+unknown key, wrong type, bad duration or size, failed cross-field check,
+missing secret and unreadable file is collected in one pass and reported
+together as a :class:`ConfigError`, each line naming the file and the key
+path (``imap[1].port``) and what was expected (``config_convert.py`` does
+the converting).
 
 Secrets never live in the TOML file itself. A secret is given either as
 ``*_file`` (a path whose contents are the secret) or as ``*_credential`` (the
@@ -27,7 +28,15 @@ from pathlib import Path
 
 import msgspec
 
-from .config_convert import ConfigError, Secret, convert_section, load_secrets, parse_duration, parse_size
+from .config_convert import (
+    ConfigError,
+    Secret,
+    check_files,
+    convert_section,
+    load_secrets,
+    parse_duration,
+    parse_size,
+)
 from .config_schema import (
     ControlConfig,
     CoreConfig,
@@ -120,18 +129,20 @@ def load_text(text: str, source: str = "<string>", base: Path | None = None, *,
     warnings: list[str] = []
     config = convert_section(config_type(registry), data, "", problems, reserved=registry.planned,
                              warnings=warnings)
-    if config is not None:
-        assert isinstance(config, CoreConfig)
-        config.source = source
-        config.warnings = warnings
-        base = base or Path.cwd()
-        if config.control.socket and not os.path.isabs(config.control.socket):
-            # Like secret files, a relative socket path is relative to the config file.
-            config.control.socket = str(base / config.control.socket)
-        if not config.daemon.instance_id:
-            config.daemon.instance_id = default_instance_id(config.control.socket)
-        config.secrets.update(load_secrets(config, base, problems))
-    if problems or config is None:
+    # Everything below runs even when a key had a problem, so that one pass
+    # reports every problem: files that cannot be read included.
+    assert isinstance(config, CoreConfig)
+    config.source = source
+    config.warnings = warnings
+    base = base or Path.cwd()
+    if config.control.socket and not os.path.isabs(config.control.socket):
+        # Like secret files, a relative socket path is relative to the config file.
+        config.control.socket = str(base / config.control.socket)
+    if not config.daemon.instance_id:
+        config.daemon.instance_id = default_instance_id(config.control.socket)
+    check_files(config, base, problems)
+    config.secrets.update(load_secrets(config, base, problems))
+    if problems:
         raise ConfigError(source, problems)
     return config
 

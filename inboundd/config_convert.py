@@ -9,9 +9,15 @@ no key; it knows how to read any :class:`Section`:
   or seconds) and :data:`Size` (``"10MiB"``, ``"512KB"`` or bytes); every
   other type is converted strictly by msgspec.
 * **Every problem at once**: :func:`convert_section` never stops at the first
-  problem; each lands in a list as ``"key.path: what was expected"``
-  (``imap[1].port``), unknown keys with a did-you-mean, and a section whose
-  keys converted runs its own cross-field ``check``.
+  problem; each lands in a list as ``"key.path: expected …, got …"``
+  (``imap[1].port``; an enum lists its values), unknown keys with a
+  did-you-mean. A key that had a problem holds a stand-in (its default) so
+  that the section's cross-field ``check``, the secrets and the files are
+  still checked in the same pass; :func:`drop_echoes` leaves out what would
+  only repeat a problem already reported.
+* **Files are checked when loaded**: a key annotated :data:`ReadableFile`
+  (a CA bundle, a token file) is made absolute against the configuration
+  file's directory and must be readable (:func:`check_files`).
 * **Secrets are declared on their fields**: a ``<name>_file`` key annotated
   with :meth:`SecretKey.file` names a file holding the secret, its twin
   ``<name>_credential`` (:meth:`SecretKey.credential`) a systemd credential
@@ -32,7 +38,7 @@ import difflib
 import os
 import re
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,9 +52,12 @@ __all__ = [
     "Renamed",
     "Secret",
     "SecretKey",
+    "ReadableFile",
     "Section",
     "Size",
+    "check_files",
     "convert_section",
+    "drop_echoes",
     "load_secrets",
     "parse_duration",
     "parse_size",
@@ -71,10 +80,18 @@ class _InternalMarker:
     """Annotation marker: a field filled by the loader, not a key of the file."""
 
 
+class _ReadableFileMarker:
+    """Annotation marker: the value names a file the daemon reads (checked at load time)."""
+
+
 #: Seconds as float, written in the file as ``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` or a number.
 Duration = Annotated[float, _DurationMarker]
 #: Bytes as int, written in the file as ``"10MiB"``, ``"512KB"``, ``"1G"`` or a number.
 Size = Annotated[int, _SizeMarker]
+#: A path to a file the daemon reads (a CA bundle, a token file); ``""`` means none. At load time
+#: a relative path is made absolute against the configuration file's directory, and a file that
+#: cannot be read is a configuration error (:func:`check_files`).
+ReadableFile = Annotated[str, _ReadableFileMarker]
 #: Marks a field of a section that is not a key of the file (``Annotated[str, INTERNAL]``).
 INTERNAL = _InternalMarker
 
@@ -275,21 +292,25 @@ def _keys(cls: type[Section]) -> tuple[dict[str, Any], list[msgspec.structs.Fiel
 def convert_section(
     cls: type[Section], data: object, path: str, problems: list[str], *, reserved: Mapping[str, str] | None = None,
     warnings: list[str] | None = None,
-) -> Section | None:
+) -> Section:
     """Convert the table *data* at key *path* (``""``: the top level) into *cls*.
 
     Appends every problem to *problems* (and every deprecation to
-    *warnings*); returns None when a key of this section (or of a section
-    inside it) had one. *reserved* maps keys of this table that are known
-    but refused to the line that says why.
+    *warnings*), and always returns a section: when a key had a problem,
+    the section is *provisional* (that key holds its default, or an empty
+    value when it has none) so that everything else can still be checked in
+    the same pass: the section's own ``check`` runs anyway, its lines about
+    a key already reported (or naming one) left out. The caller decides by
+    *problems*, never by the result, whether the configuration is valid.
+    *reserved* maps keys of this table that are known but refused to the
+    line that says why.
     """
     where = path or "top level"
     if not isinstance(data, dict):
         problems.append(f"{where}: expected a table, got {_describe(data)}")
-        return None
+        return _provisional(cls, path)
     hints, fields = _keys(cls)
     names = [f.name for f in fields]
-    required = {f.name for f in fields if f.required}
     prefix = f"{path}." if path else ""
     data, written_as = _old_names(hints, names, data, prefix, problems, warnings)
     for key in data:
@@ -300,34 +321,90 @@ def convert_section(
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{prefix}{key}: unknown key{hint}")
     values: dict[str, Any] = {}
-    ok = True
-    for name in names:
-        key_path = f"{prefix}{name}"
+    failed: list[str] = []  # keys whose own value is unusable (a section with problems inside is still usable)
+    for field in fields:
+        name, key_path = field.name, f"{prefix}{field.name}"
         if name not in data and _struct_type(hints[name]) is not None:
             # An absent section still gets its defaults validated and derived.
             values[name] = convert_section(_struct_type(hints[name]), {}, key_path, problems, warnings=warnings)
-            continue
-        if name not in data:
-            if name in required:
+        elif name not in data:
+            if field.required:
                 problems.append(f"{key_path}: required key is missing")
-                ok = False
-            continue
-        before = len(problems)
-        value = _convert_value(hints[name], data[name], written_as.get(key_path, key_path), problems, warnings)
-        if len(problems) > before:
-            ok = False
+                values[name] = _stand_in(field, hints[name], key_path)
+                failed.append(name)
         else:
-            values[name] = value
-    if not ok:
-        return None
+            value = _convert_value(hints[name], data[name], written_as.get(key_path, key_path), problems, warnings)
+            if value is _FAILED:
+                values[name] = _stand_in(field, hints[name], key_path)
+                failed.append(name)
+            else:
+                values[name] = value
     section = cls(**values)
     before = len(problems)
-    section.check(path, problems)
+    try:
+        section.check(path, problems)
+    except Exception:
+        if not failed:
+            raise
+        del problems[before:]  # a check tripped over a stand-in value: what it found so far is unreliable
+    drop_echoes(problems, before, mentioning=failed)
     for index in range(before, len(problems)):  # name a renamed key as it was written
         for new, old in written_as.items():
             if problems[index].startswith(f"{new}:"):
                 problems[index] = old + problems[index][len(new):]
     return section
+
+
+#: What :func:`_convert_value` returns for a value it could not convert (its problem is in the list).
+_FAILED: Any = object()
+
+
+def _problem_path(problem: str) -> str:
+    return problem.split(": ", 1)[0]
+
+
+def drop_echoes(problems: list[str], start: int, *, mentioning: Sequence[str] = ()) -> None:
+    """Remove the lines from *start* on that repeat a problem already reported before *start*.
+
+    A line repeats one when its key is a key already reported, or inside one
+    (``imap[2]`` reported: ``imap[2].id`` is left out), or when its message
+    names one of the keys *mentioning* (the section's keys that hold
+    stand-in values: a check comparing against them says nothing true).
+    Used after every check that runs on a provisional configuration.
+    """
+    reported = {_problem_path(line) for line in problems[:start]}
+    named = re.compile(r"\b(" + "|".join(map(re.escape, mentioning)) + r")\b") if mentioning else None
+
+    def echo(line: str) -> bool:
+        key, _, message = line.partition(": ")
+        if any(key == bad or key.startswith((f"{bad}.", f"{bad}[")) for bad in reported):
+            return True
+        return bool(named and named.search(message))
+
+    problems[start:] = [line for line in problems[start:] if not echo(line)]
+
+
+def _provisional(cls: type[Section], path: str) -> Section:
+    """*cls* with its defaults (and stand-ins for its required keys), for a table that was not one."""
+    return convert_section(cls, {}, path, [])
+
+
+def _stand_in(field: msgspec.structs.FieldInfo, annotation: Any, path: str) -> Any:
+    """A value of the right type for a key whose own value is unusable: its default, else an empty one."""
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    if _struct_type(annotation) is not None:
+        return _provisional(_struct_type(annotation), path)  # type: ignore[arg-type]
+    marker = _marker(annotation)
+    if marker is not None:
+        return 0.0 if marker is _DurationMarker else 0
+    bare = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    if typing.get_origin(bare) is Literal:
+        return typing.get_args(bare)[0]
+    origin = typing.get_origin(bare) or bare
+    return {str: "", int: 0, float: 0.0, bool: False, list: [], dict: {}}.get(origin)
 
 
 def _old_names(
@@ -353,6 +430,7 @@ def _old_names(
 
 def _convert_value(annotation: Any, value: object, path: str, problems: list[str],
                    warnings: list[str] | None = None) -> Any:
+    """*value* converted to *annotation*, or :data:`_FAILED` with the problem appended."""
     marker = _marker(annotation)
     try:
         if marker is _DurationMarker:
@@ -361,7 +439,7 @@ def _convert_value(annotation: Any, value: object, path: str, problems: list[str
             return parse_size(value)
     except ValueError as exc:
         problems.append(f"{path}: {exc}")
-        return None
+        return _FAILED
     struct = _struct_type(annotation)
     if struct is not None:
         return convert_section(struct, value, path, problems, warnings=warnings)
@@ -369,18 +447,61 @@ def _convert_value(annotation: Any, value: object, path: str, problems: list[str
     if item_struct is not None:
         if not isinstance(value, list):
             problems.append(f"{path}: expected an array of tables ([[{path}]]), got {_describe(value)}")
-            return None
+            return _FAILED
         return [convert_section(item_struct, item, f"{path}[{i}]", problems, warnings=warnings)
                 for i, item in enumerate(value)]
+    choices = _choices(annotation)
+    if choices and value not in choices:
+        problems.append(f"{path}: expected one of {', '.join(_toml(c) for c in choices)}, got {_shown(value)}")
+        return _FAILED
     try:
         return msgspec.convert(value, annotation, strict=True)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        # msgspec appends "- at `$[0]`" for nested positions; keep our own path instead.
-        message = re.sub(r"\s*- at `\$(.*)`$", lambda m: f" (at {path}{m.group(1)})", message)
-        shown = "" if isinstance(value, (dict, list)) else f" (value {value!r})"
-        problems.append(f"{path}: {message}{shown}")
-        return None
+        problems.append(f"{path}: {_validation_message(str(exc), annotation, value, path)}")
+        return _FAILED
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    bare = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    return typing.get_args(bare) if typing.get_origin(bare) is Literal else ()
+
+
+def _toml(value: Any) -> str:
+    """*value* as a TOML file spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return repr(value)
+
+
+def _shown(value: object) -> str:
+    """*value* in a problem line: as the file spells it, or what kind of value it is when that is long."""
+    if isinstance(value, (dict, list)):
+        return _describe(value)
+    return _toml(value) if isinstance(value, bool) else repr(value)
+
+
+_EXPECTED_WHAT = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+                  "array": "an array", "object": "a table"}
+
+
+def _validation_message(message: str, annotation: Any, value: object, path: str) -> str:
+    """msgspec's *message* said the way the other problems are (``expected …, got …``)."""
+    nested = re.search(r"\s*- at `\$(.*)`$", message)
+    if nested:  # an item of an array: name it by its own key path
+        message = message[: nested.start()]
+        path_note = f" (at {path}{nested.group(1)})"
+    else:
+        path_note = ""
+    found = re.fullmatch(r"Expected `(\w+)`(.*?)(?:, got `\w+`)?", message)
+    if found is None:
+        return f"{message}{path_note}"
+    what = _EXPECTED_WHAT.get(found.group(1), found.group(1))
+    got = "" if nested else f", got {_shown(value)}"
+    return f"expected {what}{found.group(2)}{got}{path_note}"
 
 
 # --------------------------------------------------------------------------- secrets
@@ -413,24 +534,38 @@ def _secret_names(cls: type[Section]) -> dict[str, bool]:
     return names
 
 
+def _reported(problems: Sequence[str], key_path: str) -> bool:
+    """Whether a problem was already reported about *key_path* or a key inside it."""
+    return any(_problem_path(line) == key_path or _problem_path(line).startswith((f"{key_path}.", f"{key_path}["))
+               for line in problems)
+
+
 def load_secrets(config: Section, base: Path, problems: list[str]) -> dict[str, Secret]:
     """Read every secret named in *config* (relative files against *base*); key path → secret.
 
     A key path is the section's path plus the secret's name (``imap[0].password``).
     Appends a problem for both twins given, a required secret missing, a
     credential without ``$CREDENTIALS_DIRECTORY``, an unreadable or empty file.
+    Works on a provisional configuration too (see :func:`convert_section`):
+    a secret key already reported is not read, and whether a secret is
+    required is only judged in a section without problems (it may depend on
+    a key that has one, like ``auth``).
     """
     secrets: dict[str, Secret] = {}
     for path, section in _sections(config, ""):
+        prefix = f"{path}." if path else ""
+        clean = not path or not _reported(problems, path)
         for name, required in _secret_names(type(section)).items():
-            key_path = f"{path}.{name}" if path else name
+            key_path = f"{prefix}{name}"
+            if _reported(problems, f"{key_path}_file") or _reported(problems, f"{key_path}_credential"):
+                continue
             from_file = getattr(section, f"{name}_file", "")
             from_cred = getattr(section, f"{name}_credential", "")
             if from_file and from_cred:
                 problems.append(f"{key_path}_file: give either {name}_file or {name}_credential, not both")
                 continue
             if not from_file and not from_cred:
-                if section.secret_needed(name, required):
+                if clean and section.secret_needed(name, required):
                     problems.append(f"{key_path}_file: required ({name}_file or {name}_credential)")
                 continue
             kind, value = ("file", from_file) if from_file else ("credential", from_cred)
@@ -438,6 +573,32 @@ def load_secrets(config: Section, base: Path, problems: list[str]) -> dict[str, 
             if secret is not None:
                 secrets[key_path] = secret
     return secrets
+
+
+def check_files(config: Section, base: Path, problems: list[str]) -> None:
+    """Resolve every :data:`ReadableFile` key of *config* against *base* and check the file can be read.
+
+    Each key becomes an absolute path (so what is checked now is what is
+    opened later, whatever the working directory); a file that cannot be
+    opened for reading is a problem naming the key, the path and why.
+    """
+    for path, section in _sections(config, ""):
+        hints, fields = _keys(type(section))
+        prefix = f"{path}." if path else ""
+        for field in fields:
+            value = getattr(section, field.name)
+            if not (_ReadableFileMarker in _extras(hints[field.name]) and value):
+                continue
+            key_path = f"{prefix}{field.name}"
+            if _reported(problems, key_path):
+                continue
+            file = Path(value) if os.path.isabs(value) else base / value
+            setattr(section, field.name, str(file))
+            try:
+                with open(file, "rb"):
+                    pass
+            except OSError as exc:
+                problems.append(f"{key_path}: cannot read {str(file)!r}: {exc.strerror or exc}")
 
 
 def _read_secret(path_or_name: str, kind: str, key_path: str, base: Path, problems: list[str]) -> Secret | None:

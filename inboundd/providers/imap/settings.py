@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ...config_convert import Duration, Renamed, SecretKey
+from ...config_convert import Duration, ReadableFile, Renamed, SecretKey
 from ...config_schema import AccountConfig
 
 __all__ = ["ImapAccountConfig"]
@@ -18,11 +18,11 @@ class ImapAccountConfig(AccountConfig, kw_only=True):
     username: str
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     tls: Literal["implicit", "starttls", "none"] = "implicit"
-    ca_file: str = ""
+    ca_file: ReadableFile = ""
     auth: Literal["password", "xoauth2"] = "password"
     password_file: Annotated[str, SecretKey.file(required=True)] = ""
     password_credential: Annotated[str, SecretKey.credential(required=True)] = ""
-    oauth_token_file: str = ""
+    oauth_token_file: ReadableFile = ""
     folders: list[str] = msgspec.field(default_factory=lambda: ["INBOX"])
     start_from: str = "now"
     idle: bool = True
