@@ -40,7 +40,7 @@ import re
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -57,11 +57,15 @@ __all__ = [
     "Size",
     "check_files",
     "convert_section",
+    "doc",
     "drop_echoes",
+    "format_duration",
+    "format_size",
     "load_secrets",
     "parse_duration",
     "parse_size",
     "schema_keys",
+    "toml_value",
 ]
 
 
@@ -151,6 +155,29 @@ def parse_size(value: object) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
+def format_duration(seconds: float) -> str:
+    """*seconds* as the file spells a duration: ``"250ms"``, ``"2.5s"``, ``"30s"``, ``"25m"``, ``"1h30m"``.
+
+    ``parse_duration(format_duration(x)) == x`` for every whole number of milliseconds.
+    """
+    millis = round(seconds * 1000)
+    if millis % 1000:
+        return f"{millis}ms" if millis < 1000 else f"{millis / 1000:g}s"
+    hours, rest = divmod(millis // 1000, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return text or "0s"
+
+
+def format_size(size: int) -> str | int:
+    """*size* bytes as the file spells a size: ``"50MiB"``, ``"512KB"``, or the number of bytes."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("GB", 1000**3), ("MB", 1000**2),
+                         ("KB", 1000)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return size
+
+
 class Secret:
     """A secret value that never shows itself in ``repr``/``str`` (logs, errors)."""
 
@@ -222,6 +249,10 @@ class Renamed:
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A table of the configuration file: its fields are its keys (see the module docstring)."""
+
+    #: What the table is for, as the manual and the annotated example say it before its keys. A line
+    #: indented by two spaces is shown verbatim (commands); a blank line separates paragraphs.
+    about: ClassVar[str] = ""
 
     def check(self, path: str, problems: list[str]) -> None:
         """Cross-field validation; append ``"path: message"`` lines to *problems*."""
@@ -452,7 +483,7 @@ def _convert_value(annotation: Any, value: object, path: str, problems: list[str
                 for i, item in enumerate(value)]
     choices = _choices(annotation)
     if choices and value not in choices:
-        problems.append(f"{path}: expected one of {', '.join(_toml(c) for c in choices)}, got {_shown(value)}")
+        problems.append(f"{path}: expected one of {', '.join(toml_value(c) for c in choices)}, got {_shown(value)}")
         return _FAILED
     try:
         return msgspec.convert(value, annotation, strict=True)
@@ -466,14 +497,14 @@ def _choices(annotation: Any) -> tuple[Any, ...]:
     return typing.get_args(bare) if typing.get_origin(bare) is Literal else ()
 
 
-def _toml(value: Any) -> str:
-    """*value* as a TOML file spells it."""
+def toml_value(value: Any) -> str:
+    """*value* (a string, number, boolean or array of them) as a TOML file spells it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return repr(value)
 
 
@@ -481,7 +512,7 @@ def _shown(value: object) -> str:
     """*value* in a problem line: as the file spells it, or what kind of value it is when that is long."""
     if isinstance(value, (dict, list)):
         return _describe(value)
-    return _toml(value) if isinstance(value, bool) else repr(value)
+    return toml_value(value) if isinstance(value, bool) else repr(value)
 
 
 _EXPECTED_WHAT = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
@@ -635,20 +666,28 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     #: ``daemon.consumers``, ``imap[].host`` (``[]``: one per table of an array of tables).
     path: str
-    #: ``duration``, ``size``, ``integer``, ``string``, ``boolean``, ``float``, ``array of strings``,
-    #: ``one of "a", "b"``, ``table``, ``array of tables``.
+    #: ``duration``, ``size``, ``integer``, ``string``, ``path``, ``boolean``, ``float``,
+    #: ``array of strings``, ``one of "a", "b"``, ``table``, ``array of tables``.
     kind: str
     required: bool
-    #: The default value as the file would spell it (None when required, or for tables).
+    #: The default value as the section holds it (seconds for a duration; None when required, or for tables).
     default: Any = None
     doc: str = ""
+    #: The value the annotated example shows instead of the default (``examples=[…]`` of :func:`doc`).
+    example: Any = None
+    #: For a table: what it is for (:attr:`Section.about`).
+    about: str = ""
     #: ``file`` or ``credential`` for a key naming where a secret comes from.
     secret: str | None = None
+    #: Whether one of the secret's two keys must be given (a section may relax it, see ``secret_needed``).
+    secret_required: bool = False
     #: The key's former name, still accepted with a warning.
     renamed_from: str | None = None
 
 
 def _kind(annotation: Any) -> str:
+    if _ReadableFileMarker in _extras(annotation):
+        return "path"
     marker = _marker(annotation)
     if marker is _DurationMarker:
         return "duration"
@@ -665,9 +704,24 @@ def _kind(annotation: Any) -> str:
     return {str: "string", int: "integer", float: "float", bool: "boolean"}.get(bare, str(bare))
 
 
-def _doc(annotation: Any) -> str:
+def doc(text: str, **constraints: Any) -> msgspec.Meta:
+    """The documentation of a key, and its constraints (``ge=1``, ``pattern=…``, ``examples=[…]``).
+
+    *text* is one or more sentences, as the manual and the annotated example
+    print them (white space is folded). ``examples`` holds the value the
+    annotated example shows for a key without a default (``id``, ``host``).
+    """
+    return msgspec.Meta(description=" ".join(text.split()), **constraints)
+
+
+def _doc_of(annotation: Any) -> str:
     return next((extra.description for extra in _extras(annotation)
                  if isinstance(extra, msgspec.Meta) and extra.description), "")
+
+
+def _example_of(annotation: Any) -> Any:
+    return next((extra.examples[0] for extra in _extras(annotation)
+                 if isinstance(extra, msgspec.Meta) and extra.examples), None)
 
 
 def schema_keys(cls: type[Section], path: str = "") -> Iterator[KeyInfo]:
@@ -682,8 +736,11 @@ def schema_keys(cls: type[Section], path: str = "") -> Iterator[KeyInfo]:
         default: Any = None
         if not field.required and kind not in ("table", "array of tables"):
             default = field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
-        yield KeyInfo(path=key_path, kind=kind, required=field.required, default=default, doc=_doc(annotation),
-                      secret=secret.via if secret else None, renamed_from=_renamed(annotation))
+        table = _struct_type(annotation) or _list_item_struct(annotation)
+        yield KeyInfo(path=key_path, kind=kind, required=field.required, default=default, doc=_doc_of(annotation),
+                      example=_example_of(annotation), about=table.about if table else "",
+                      secret=secret.via if secret else None, secret_required=bool(secret and secret.required),
+                      renamed_from=_renamed(annotation))
         if _struct_type(annotation):
             yield from schema_keys(_struct_type(annotation), key_path)  # type: ignore[arg-type]
         elif _list_item_struct(annotation):

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .config_convert import INTERNAL, Duration, Secret, SecretKey, Section, Size
+from .config_convert import INTERNAL, Duration, Secret, SecretKey, Section, Size, doc
 
 __all__ = [
     "AccountConfig",
@@ -33,20 +33,45 @@ __all__ = [
 
 
 class DaemonConfig(Section):
-    consumers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 4
-    shutdown_grace: Duration = 30.0
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
-    instance_id: str = ""
+    about = "The daemon process itself: consumers, shutdown, logging."
+
+    consumers: Annotated[int, doc(
+        "Number of queue consumer tasks (0 = intake only). Changes apply on SIGHUP.", ge=0, le=1024)] = 4
+    shutdown_grace: Annotated[Duration, doc(
+        "On SIGTERM, in-flight jobs get this long to finish before the daemon exits; unfinished jobs stay "
+        "leased in Redis and are reclaimed, never lost.")] = 30.0
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], doc(
+        "Least severe level logged. Changes apply on SIGHUP.")] = "info"
+    log_format: Annotated[Literal["text", "json"], doc(
+        "text: one event per line as key=value pairs; json: one JSON object per line. "
+        "Changes apply on SIGHUP.")] = "text"
+    instance_id: Annotated[str, doc(
+        "Name of this daemon instance in Redis consumer names and ledger leases; it must be unique among the "
+        "daemons sharing Redis and stable across restarts (a restarted daemon takes back the jobs it held at "
+        "once). Empty: \"<hostname>:<hash of control.socket>\", or \"<hostname>:<pid>\" when the control socket "
+        "is disabled (held jobs then wait for queue.lease).")] = ""
 
 
 class RedisConfig(Section):
-    url: str = "redis://127.0.0.1:6379/0"
-    password_file: Annotated[str, SecretKey.file()] = ""
-    password_credential: Annotated[str, SecretKey.credential()] = ""
-    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]+$")] = "inboundd"
-    pool_size: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 64
-    socket_timeout: Duration = 5.0
+    about = (
+        "Where the queue lives. The queue is only as durable as Redis: run it with \"appendonly yes\" "
+        "(appendfsync everysec, or always to lose nothing); inboundd logs redis.not_durable at start when the "
+        "append-only file is off."
+    )
+
+    url: Annotated[str, doc(
+        "redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path?db=0.")] = "redis://127.0.0.1:6379/0"
+    password_file: Annotated[str, SecretKey.file(), doc(
+        "File holding the Redis password, when it is not in the URL.")] = ""
+    password_credential: Annotated[str, SecretKey.credential(), doc(
+        "Systemd credential holding the Redis password, instead of password_file.")] = ""
+    key_prefix: Annotated[str, doc(
+        "Prefix of every key; all keys share the hash tag {key_prefix} (Redis Cluster).",
+        pattern=r"^[A-Za-z0-9_.:-]+$")] = "inboundd"
+    pool_size: Annotated[int, doc(
+        "Connections in the shared pool (more than consumers + listeners + HTTP).", ge=4, le=4096)] = 64
+    socket_timeout: Annotated[Duration, doc(
+        "Timeout of connecting to Redis and of each command.")] = 5.0
 
     def check(self, path: str, problems: list[str]) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -58,12 +83,17 @@ class RedisConfig(Section):
 
 
 class PostgresConfig(Section):
-    dsn: str = "postgresql:///inboundd"
-    password_file: Annotated[str, SecretKey.file()] = ""
-    password_credential: Annotated[str, SecretKey.credential()] = ""
-    pool_min: Annotated[int, msgspec.Meta(ge=1)] = 2
-    pool_max: Annotated[int, msgspec.Meta(ge=1)] = 16
-    connect_timeout: Duration = 5.0
+    about = "Where the ledger and the messages are stored. The daemon applies its migrations at start."
+
+    dsn: Annotated[str, doc("libpq connection string or URL.")] = "postgresql:///inboundd"
+    password_file: Annotated[str, SecretKey.file(), doc(
+        "File holding the PostgreSQL password, when it is not in the DSN.")] = ""
+    password_credential: Annotated[str, SecretKey.credential(), doc(
+        "Systemd credential holding the PostgreSQL password, instead of password_file.")] = ""
+    pool_min: Annotated[int, doc("Connections the pool keeps open.", ge=1)] = 2
+    pool_max: Annotated[int, doc("Most connections the pool opens.", ge=1)] = 16
+    connect_timeout: Annotated[Duration, doc(
+        "How long to wait for a connection (from the server, or from the pool when all are busy).")] = 5.0
 
     def check(self, path: str, problems: list[str]) -> None:
         if self.pool_min > self.pool_max:
@@ -71,16 +101,27 @@ class PostgresConfig(Section):
 
 
 class QueueConfig(Section):
-    lease: Duration = 300.0
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
-    backoff_base: Duration = 5.0
-    backoff_cap: Duration = 1800.0
-    transient_attempts: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 200
-    claim_batch: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
-    block: Duration = 1.0
-    reclaim_interval: Duration = 10.0
-    dlq_maxlen: Annotated[int, msgspec.Meta(ge=0)] = 0
-    oldest_ready_alert: Duration = 300.0
+    about = "The Redis Streams queue of pointer jobs: leases, retries, dead letters."
+
+    lease: Annotated[Duration, doc(
+        "A claimed job not acknowledged within this time is reclaimed by another consumer.")] = 300.0
+    max_attempts: Annotated[int, doc(
+        "Deliveries of a job (failures plus lost workers) before it is dead-lettered.", ge=1, le=1000)] = 8
+    backoff_base: Annotated[Duration, doc(
+        "First retry delay: retries back off exponentially from it, up to backoff_cap, with full jitter.")] = 5.0
+    backoff_cap: Annotated[Duration, doc("Longest retry delay.")] = 1800.0
+    transient_attempts: Annotated[int, doc(
+        "Retries for transient infrastructure errors (PostgreSQL or provider unreachable, throttling); they do "
+        "not count against max_attempts.", ge=1, le=100000)] = 200
+    claim_batch: Annotated[int, doc("Jobs claimed per XREADGROUP.", ge=1, le=1000)] = 32
+    block: Annotated[Duration, doc(
+        "How long one XREADGROUP blocks (at most 1s, so shutdown never strands a job).")] = 1.0
+    reclaim_interval: Annotated[Duration, doc(
+        "Period of the reclaim timer (expired leases, due retries, gauges).")] = 10.0
+    dlq_maxlen: Annotated[int, doc(
+        "Cap of the dead-letter stream; 0 = unbounded. Each eviction is logged.", ge=0)] = 0
+    oldest_ready_alert: Annotated[Duration, doc(
+        "inboundctl status reports \"degraded\" when the oldest ready job is older.")] = 300.0
 
     def check(self, path: str, problems: list[str]) -> None:
         if self.block > 1.0:
@@ -92,12 +133,18 @@ class QueueConfig(Section):
 
 
 class ProcessingConfig(Section):
-    max_message_size: Size = 50 * 1024**2
-    dedupe_message_id: bool = True
-    fetch_timeout: Duration = 120.0
-    lease: Annotated[Duration, msgspec.Meta(
-        description="Ledger lease of one claim (fetch + parse + store); after it, another consumer may take over."
-    )] = 300.0
+    about = "What a consumer does with a job: fetch, parse, deduplicate, store."
+
+    max_message_size: Annotated[Size, doc(
+        "Larger messages are skipped with reason \"oversize\" (before download when the provider reports "
+        "the size).")] = 50 * 1024**2
+    dedupe_message_id: Annotated[bool, doc(
+        "Within one account, a Message-ID already stored is recorded as \"duplicate\". Turn off for senders "
+        "that reuse Message-IDs.")] = True
+    fetch_timeout: Annotated[Duration, doc("Deadline for fetching one message from its provider.")] = 120.0
+    lease: Annotated[Duration, doc(
+        "Ledger lease of one claim (fetch + parse + store), longer than fetch_timeout; after it, another "
+        "consumer may take over a claim whose holder died.")] = 300.0
 
     def check(self, path: str, problems: list[str]) -> None:
         if self.lease <= self.fetch_timeout:
@@ -105,13 +152,24 @@ class ProcessingConfig(Section):
 
 
 class StoreConfig(Section):
-    keep_raw: bool = False
+    about = "The stored messages (inbound_messages)."
+
+    keep_raw: Annotated[bool, doc(
+        "Keep the raw MIME in inbound_messages.raw so messages can be re-parsed later.")] = False
 
 
 class HttpConfig(Section):
-    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8025"])
-    graceful_timeout: Duration = 2.5
-    public_url: str = ""
+    about = "The public HTTP server: health, readiness, metrics and the providers' webhooks."
+
+    listen: Annotated[list[str], doc(
+        "Addresses to listen on: \"HOST:PORT\", \"[::1]:PORT\" or \"unix:/path\". Serves /healthz, /readyz, "
+        "/metrics and the providers' webhooks under /webhooks/.")] = msgspec.field(
+            default_factory=lambda: ["127.0.0.1:8025"])
+    graceful_timeout: Annotated[Duration, doc(
+        "Time given to in-flight requests on shutdown (keep just above the longest request).")] = 2.5
+    public_url: Annotated[str, doc(
+        "The public https URL providers reach this daemon at, for the webhook subscriptions providers make "
+        "themselves; not used by this build's providers.")] = ""
 
     def check(self, path: str, problems: list[str]) -> None:
         for index, bind in enumerate(self.listen):
@@ -122,16 +180,22 @@ class HttpConfig(Section):
 
 
 class ControlConfig(Section):
-    socket: str = "/run/inboundd/control.sock"
-    mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
-    group: str = ""
+    about = "The local control socket inboundctl talks to."
+
+    socket: Annotated[str, doc(
+        "Unix socket of the control API used by inboundctl (never TCP); a relative path is relative to this "
+        "file's directory. \"\" disables the control socket.")] = "/run/inboundd/control.sock"
+    mode: Annotated[str, doc("File mode of the socket (octal).", pattern=r"^0?[0-7]{3}$")] = "0660"
+    group: Annotated[str, doc("Group owning the socket; \"\" keeps the daemon's group.")] = ""
 
 
 class AccountConfig(Section):
     """What every provider's account table has: an id unique across every provider, and a tenant."""
 
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]+$")]
-    tenant: str = "default"
+    id: Annotated[str, doc(
+        "Account id (letters, digits, _ . @ -), unique among every provider's accounts; used in jobs, cursors, "
+        "logs and metrics.", pattern=r"^[A-Za-z0-9_.@-]+$", examples=["support"])]
+    tenant: Annotated[str, doc("Tenant the account's messages belong to.")] = "default"
 
 
 class CoreConfig(Section):

@@ -6,12 +6,15 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import pytest
 
 from inboundd import config
-from inboundd.config_convert import schema_keys
+from inboundd.config_convert import Duration, doc, schema_keys
+from inboundd.config_schema import AccountConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "etc" / "inboundd.toml"
@@ -293,30 +296,64 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read configuration file" in missing.stderr
 
 
-def example_keys() -> dict[str, set[str]]:
-    """Keys written in the example file per section, commented-out ones included."""
-    keys: dict[str, set[str]] = {}
-    section = ""
-    for line in EXAMPLE.read_text().splitlines():
-        header = re.match(r"^#?\s*\[\[?([a-z_]+)\]\]?\s*$", line)
-        if header:
-            section = header.group(1)
-            continue
-        key = re.match(r"^#?([a-z_]+) = ", line)
-        if key:
-            keys.setdefault(section, set()).add(key.group(1))
-    return keys
+def example_tables() -> dict[str, dict[str, Any]]:
+    """Each table of the example file as TOML reads it, the commented-out account tables uncommented."""
+    lines = [line[1:] if re.match(r"^#(\[\[[a-z_]+\]\]|[a-z_]+ = )", line) else line
+             for line in EXAMPLE.read_text().splitlines()]
+    data = tomllib.loads("\n".join(lines))
+    return {name: value[0] if isinstance(value, list) else value for name, value in data.items()}
 
 
-def test_example_documents_every_option() -> None:
-    written = example_keys()
+def test_the_example_has_every_key_of_the_schema_with_its_default() -> None:
+    written = example_tables()
+    keys = [key for key in schema_keys(config.Config) if "." in key.path]
     declared: dict[str, set[str]] = {}
-    for key in schema_keys(config.Config):
+    for key in keys:
         section, _, name = key.path.partition(".")
-        declared.setdefault(section.removesuffix("[]"), set()).update([name] if name else [])
+        declared.setdefault(section.removesuffix("[]"), set()).add(name)
     assert set(declared) >= {"daemon", "queue", "imap"}
-    for section, keys in declared.items():
-        assert written.get(section, set()) == keys, f"[{section}] differs from the schema"
+    assert {name: set(table) for name, table in written.items()} == declared
+    for key in keys:
+        section, _, name = key.path.partition(".")
+        value = written[section.removesuffix("[]")][name]
+        if key.kind == "duration":
+            value = config.parse_duration(value)
+        elif key.kind == "size":
+            value = config.parse_size(value)
+        expected = key.example if key.example is not None else key.default
+        assert value == expected, f"{key.path}: the example says {value!r}, the schema {expected!r}"
+        if key.example is not None and not key.required:
+            assert key.secret_required, f"{key.path}: only a required key shows an example instead of its default"
+
+
+def test_every_key_is_documented_and_every_required_key_has_an_example() -> None:
+    for key in schema_keys(config.Config):
+        if "." not in key.path:
+            assert key.about, f"[{key.path}] has no about text"
+            continue
+        assert key.doc.endswith((".", ")")), f"{key.path}: no documentation (doc(...) on its annotation)"
+        if key.required:
+            assert key.example is not None, f"{key.path} is required: give it examples=[...] for the example file"
+
+
+class ToyAccount(AccountConfig, kw_only=True):
+    about = "One [[toy]] table per toy mailbox."
+    colour: Annotated[Literal["red", "blue"], doc("The toy's colour.")] = "red"
+    pause: Annotated[Duration, doc("How long the toy rests.")] = 5400.0
+
+
+def test_a_registered_provider_s_section_is_documented_from_its_schema() -> None:
+    from inboundd.config_docs import render_example, render_manual
+    from inboundd.providers import Provider, Registry
+    from inboundd.providers.imap import PROVIDER as IMAP
+
+    registry = Registry([IMAP, Provider(name="toy", account_config=ToyAccount, build=lambda ctx: None)])
+    manual, example = render_manual(registry), render_example(registry)
+    assert ".Ss Bq Bq Ic toy\nOne [[toy]] table per toy mailbox.\n" in manual
+    assert '.It Ic colour\nThe toy\'s colour.\nOne of "red", "blue"; default "red".\n' in manual
+    assert "accounts\n([[imap]], [[toy]])\n" in manual
+    assert '# One [[toy]] table per toy mailbox.\n# Uncomment and edit:\n#[[toy]]\n' in example
+    assert '# How long the toy rests.\n#pause = "1h30m"\n' in example
 
 
 def test_commented_imap_example_is_valid_when_uncommented(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("registry", ("inboundd.providers",)),
     ("assembly", ("inboundd.config", "inboundd.pipeline")),
     ("shell", ("inboundd.web", "inboundd.control", "inboundd.daemon", "inboundd.cli", "inboundd.__main__",
-               "inboundd.trial", "inboundd.trial.*")),
+               "inboundd.trial", "inboundd.trial.*", "inboundd.config_docs")),
 ]
 
 #: Pure modules: no I/O, so they may import only each other and no I/O library.

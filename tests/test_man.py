@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from test_config import example_keys
-
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
 PAGES = sorted(p for p in MAN.iterdir() if re.fullmatch(r".+\.[1-9]", p.name))
@@ -63,37 +61,69 @@ def test_lint_catches_a_broken_page(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- inboundd.toml.5
 
 
-def _documented_keys(page: str) -> dict[str, set[str]]:
-    keys: dict[str, set[str]] = {}
-    section = None
+def _documented_keys(page: str) -> dict[str, dict[str, list[str]]]:
+    """Per ``.Ss`` table of the page, its keys (``.It Ic``), each with the text lines below it."""
+    keys: dict[str, dict[str, list[str]]] = {}
+    section = key = None
     for line in page.splitlines():
         header = re.match(r"^\.Ss (?:Bq )+Ic ([a-z_]+)$", line)
         if header:
-            section = header.group(1)
+            section, key = header.group(1), None
             continue
         if line.startswith(".Sh "):
-            section = None
+            section = key = None
         item = re.match(r"^\.It Ic ([a-z_]+)$", line)
         if item and section:
-            keys.setdefault(section, set()).add(item.group(1))
+            key = item.group(1)
+            keys.setdefault(section, {})[key] = []
+        elif line == ".El":
+            key = None
+        elif key and section:
+            keys[section][key].append(line)
     return keys
 
 
-def test_every_example_config_key_is_documented() -> None:
-    example = example_keys()
+def test_every_key_of_the_schema_is_in_the_config_page_with_its_type_and_default() -> None:
+    from inboundd import config
+    from inboundd.config_convert import schema_keys
+    from inboundd.config_docs import spelled
+
     documented = _documented_keys((MAN / "inboundd.toml.5").read_text())
-    assert set(example) >= {"daemon", "redis", "postgres", "queue", "http", "control", "imap"}
-    assert set(documented) == set(example), "sections differ between etc/inboundd.toml and inboundd.toml.5"
-    missing = {f"{section}.{key}" for section, keys in example.items() for key in keys
-               if key not in documented.get(section, set())}
-    assert not missing, f"keys of etc/inboundd.toml missing from man/inboundd.toml.5: {sorted(missing)}"
+    declared = [key for key in schema_keys(config.Config) if "." in key.path]
+    assert {key.path.split(".")[0].removesuffix("[]") for key in declared} == set(documented)
+    for key in declared:
+        section, name = key.path.removesuffix("[]").split(".")[0].removesuffix("[]"), key.path.rsplit(".", 1)[1]
+        assert name in documented[section], f"{key.path} is missing from man/inboundd.toml.5"
+        text = " ".join(documented[section][name]).replace("\\e", "\\")
+        assert key.doc and key.doc.split()[0] in text, f"{key.path}: its text is not in the page"
+        facts = text.count("; default ") + text.count("; required")
+        assert facts == 1, f"{key.path}: expected one default or required, found {facts} in {text!r}"
+        if key.required or key.secret_required:
+            assert "; required" in text, f"{key.path} is required but the page gives a default"
+        else:
+            assert f"; default {spelled(key, key.default)}." in text, key.path
+        assert "See the previous entry" not in text
 
 
-def test_config_page_is_what_the_generator_makes() -> None:
-    generated = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-config-man")], capture_output=True,
-                               text=True, check=True, timeout=60).stdout
-    assert (MAN / "inboundd.toml.5").read_text() == generated, \
-        "man/inboundd.toml.5 is stale: run scripts/gen-config-man > man/inboundd.toml.5"
+def test_config_docs_are_what_the_generator_makes() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-config-docs"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_generator_notices_a_stale_page(tmp_path: Path) -> None:
+    import shutil as sh
+
+    copy = tmp_path / "repo"
+    for part in ("scripts", "inboundd", "man", "etc"):
+        sh.copytree(ROOT / part, copy / part, ignore=sh.ignore_patterns("__pycache__"))
+    page = copy / "man" / "inboundd.toml.5"
+    page.write_text(page.read_text().replace("Number of queue consumer tasks", "How many consumers"))
+    script = copy / "scripts" / "gen-config-docs"
+    stale = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60)
+    assert stale.returncode == 1 and "man/inboundd.toml.5: stale" in stale.stderr
+    fixed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0 and page.read_text() == (MAN / "inboundd.toml.5").read_text()
 
 
 # --------------------------------------------------------------------------- --help vs pages
