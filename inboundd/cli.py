@@ -1,16 +1,18 @@
-"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, migrate).
+"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, trace, messages, migrate).
 
 Every command reads the daemon's configuration file (``-c``,
 ``$INBOUNDD_CONFIG``, ``/etc/inboundd.toml``) to find the control socket,
-Redis and PostgreSQL. ``status``, ``dlq``, ``redrive`` and ``migrate`` talk to
-Redis and PostgreSQL directly, so they work with the daemon stopped; ``drain``
-and ``resume`` need the running daemon's control socket.
+Redis and PostgreSQL. ``status``, ``dlq``, ``redrive``, ``trace``,
+``messages`` and ``migrate`` talk to Redis and PostgreSQL directly, so they
+work with the daemon stopped; ``drain`` and ``resume`` need the running
+daemon's control socket.
 
 Errors are one line on stderr naming what failed and where (which file,
 socket, Redis URL or PostgreSQL host), and a non-zero exit status:
 
 * 0 success (``status``: healthy)
-* 1 the command did not succeed (``status``: degraded; ``drain --wait``: timed out)
+* 1 the command did not succeed (``status``: degraded; ``drain --wait``: timed out;
+  ``trace``: nothing found)
 * 2 usage error or invalid configuration
 * 3 the daemon is not running (``status``, ``drain``, ``resume``)
 * 4 a service cannot be reached or access is denied (control socket, Redis, PostgreSQL)
@@ -30,7 +32,7 @@ from typing import Any, Callable, NoReturn
 import msgspec
 import trio
 
-from . import __version__, clock, config as config_mod, health
+from . import __version__, clock, config as config_mod, health, trace
 from .providers import REGISTRY
 
 __all__ = ["main", "build_parser", "CtlError"]
@@ -335,10 +337,11 @@ def cmd_status(services: Services, args: argparse.Namespace) -> int:
     code, problems = health.assess(status, services.cfg.queue.oldest_ready_alert, views)
     if args.json:
         status["health"] = {"status": {0: "healthy", 1: "degraded", 3: "not_running"}.get(code, "unknown"),
-                            "exit_status": code, "problems": problems}
+                            "exit_status": code, "problems": problems,
+                            "summary": health.summary(status, code, problems)}
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
     else:
-        sys.stdout.write(health.render(status, problems, views))
+        sys.stdout.write(health.render(status, problems, views, code))
     return code
 
 
@@ -447,6 +450,147 @@ def cmd_redrive(services: Services, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- trace / messages
+
+
+def _accounts(cfg: config_mod.Config, only: str | None = None) -> list[tuple[str, str]]:
+    """(tenant, account id) of every configured account of every provider, or of account *only*."""
+    found = [(account.tenant, account.id) for provider in REGISTRY for account in provider.accounts(cfg)
+             if only is None or account.id == only]
+    if only is not None and not found:
+        known = ", ".join(sorted(account for _, account in _accounts(cfg))) or "none"
+        raise CtlError(f"{cfg.source}: no account {only!r} is configured (accounts: {known})", EXIT_USAGE)
+    return found
+
+
+def _rows(rows: list[Any]) -> list[dict[str, Any]]:
+    return [row._asdict() for row in rows]
+
+
+def gather_trace(services: Services, by: str, value: str, account: str | None) -> dict[str, Any]:
+    """The trace document of *value* (a job id, identity or Message-ID, as *by* says).
+
+    The store is asked first (which identities are involved), then the
+    queue (jobs of the job id or of those identities), then the store again
+    for identities only the queue knew. A source that cannot be reached is
+    named in ``errors`` and the rest is still shown.
+    """
+    from .store import lookup
+    from .store.ledger import Key
+
+    accounts = _accounts(services.cfg, account)
+    errors: dict[str, str] = {}
+
+    def first_keys(conn: Any) -> list[Key]:
+        if by == "job_id":
+            return lookup.keys_for_job(conn, value)
+        if by == "identity":
+            return [Key(tenant, account_id, value) for tenant, account_id in accounts]
+        return lookup.keys_for_message_id(conn, value, accounts)
+
+    def rows_of(conn: Any, keys: list[Key]) -> tuple[list[Any], list[Any]]:
+        ledger = lookup.ledger_rows(conn, keys)
+        return ledger, lookup.stored(conn, keys, ids=[row.message_id for row in ledger if row.message_id])
+
+    async def run() -> dict[str, Any]:
+        keys: list[Key] = []
+        try:
+            keys = await services.pg(first_keys)
+        except CtlError as exc:
+            errors["postgres"] = str(exc)
+        wanted = set(keys)
+        allowed = {name for _, name in accounts}
+
+        def want(job: Any) -> bool:
+            if account is not None and job.account != account:
+                return False
+            if by == "job_id" and job.id == value:
+                return True
+            if by == "identity" and job.identity() == value and job.account in allowed:
+                return True
+            return Key(job.tenant, job.account, job.identity()) in wanted
+
+        places: list[Any] = []
+        try:
+            queue = services.queue()
+            places = await services.redis_call(queue.find_jobs, want, job_id=value if by == "job_id" else None)
+        except CtlError as exc:
+            errors["redis"] = str(exc)
+        finally:
+            await services.close()
+        keys += [Key(p.job.tenant, p.job.account, p.identity) for p in places if p.job is not None]
+        ledger: list[Any] = []
+        stored: list[Any] = []
+        if "postgres" not in errors:
+            try:
+                ledger, stored = await services.pg(rows_of, list(dict.fromkeys(keys)))
+            except CtlError as exc:
+                errors["postgres"] = str(exc)
+        doc = trace.build(by, value, _rows(ledger), _rows(stored), [msgspec.to_builtins(p) for p in places],  # type: ignore[arg-type]
+                          now=clock.wall())
+        doc["errors"] = errors
+        return doc
+
+    return trio.run(run)
+
+
+def cmd_trace(services: Services, args: argparse.Namespace) -> int:
+    try:
+        by, value = trace.classify_query(args.what)
+    except ValueError as exc:
+        raise CtlError(f"trace: {exc}", EXIT_USAGE) from None
+    doc = gather_trace(services, by, value, args.account)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    else:
+        text = trace.render(doc, clock.wall())
+        for name, error in sorted(doc["errors"].items()):
+            text += f"! {name}: {error}\n"
+        sys.stdout.write(text)
+    if doc["errors"]:
+        return EXIT_UNAVAILABLE
+    return EXIT_OK if doc["found"] else EXIT_FAILED
+
+
+def _flags(row: Any) -> str:
+    flags = [name for name, on in (("auto-reply", row.is_auto_reply), ("bounce", row.is_bounce)) if on]
+    if row.attachments:
+        flags.append(f"attachments:{row.attachments}")
+    if row.defects:
+        flags.append(f"defects:{row.defects}")
+    return ",".join(flags) or "-"
+
+
+def render_messages(rows: list[Any], account: str, since: str) -> str:
+    """The human table of ``inboundctl messages``, newest first."""
+    if not rows:
+        return f"no message stored by {account} in the last {since}\n"
+    table = [["ID", "RECEIVED", "FROM", "SUBJECT", "FLAGS"]]
+    for row in rows:
+        sender = f"{row.from_name} <{row.from_address}>" if row.from_name else (row.from_address or "-")
+        table.append([str(row.id), _format_time(row.received_at), _one_line(sender, 36), _one_line(row.subject, 50),
+                      _flags(row)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    return "\n".join(lines) + f"\n{len(rows)} message(s) stored by {account} in the last {since}\n"
+
+
+def cmd_messages(services: Services, args: argparse.Namespace) -> int:
+    from .store import lookup
+
+    try:
+        seconds = config_mod.parse_duration(args.since)
+    except ValueError as exc:
+        raise CtlError(f"--since: {exc}", EXIT_USAGE) from None
+    [(tenant, account)] = _accounts(services.cfg, args.account)[:1]
+    rows = services.pg_run(lookup.recent, tenant, account, seconds, args.limit)
+    if args.json:
+        print(json.dumps(_rows(rows), indent=2, sort_keys=True, default=str))
+    else:
+        sys.stdout.write(render_messages(rows, account, args.since))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- migrate
 
 
@@ -481,6 +625,8 @@ examples:
   inboundctl resume
   inboundctl dlq --account support
   inboundctl redrive --all --dry-run
+  inboundctl trace '<CAFx1=abc@mail.example.com>'
+  inboundctl messages --account support --since 1h
   inboundctl migrate
 """
 
@@ -519,6 +665,24 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         ["inboundctl redrive --all --dry-run", "inboundctl redrive 0f8e2c1b6a7d4e5f9a0b1c2d3e4f5a6b",
          "inboundctl redrive --account support"],
     ),
+    "trace": (
+        "what happened to this email? (by job id, identity or Message-ID)",
+        "Follow one message: its ledger row (status, reason, attempts, last error, times), the stored\n"
+        "row, and where its job is in the queue (ready, in flight with holder and lease, delayed until,\n"
+        "dead with reason), with a one-line outcome. WHAT is a job id (from a log line), an identity\n"
+        "(imap:INBOX:7:42) or a Message-ID (found once stored; duplicates of it are listed too).\n"
+        "Exit status: 0 found, 1 nothing found, 4 Redis or PostgreSQL unreachable (the rest is shown).",
+        ["inboundctl trace 0f8e2c1b6a7d4e5f9a0b1c2d3e4f5a6b", "inboundctl trace imap:INBOX:7:42 --account support",
+         "inboundctl trace '<CAFx1=abc@mail.example.com>'", "inboundctl trace --json imap:INBOX:7:42"],
+    ),
+    "messages": (
+        "list the messages an account stored recently",
+        "List what one account stored within a time window, newest first: row id (inbound_messages.id),\n"
+        "received time, sender, subject and flags (auto-reply, bounce, attachments, defects). Reads\n"
+        "PostgreSQL only, so it works with the daemon stopped.",
+        ["inboundctl messages --account support", "inboundctl messages --account support --since 1d --limit 200",
+         "inboundctl messages --account support --json"],
+    ),
     "migrate": (
         "apply pending database migrations",
         "Apply pending PostgreSQL migrations (the daemon also applies them at start-up). Safe to run\n"
@@ -531,7 +695,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundctl",
-        description="Operate the inboundd email ingestion daemon: status, drain, resume, dlq, redrive, migrate.",
+        description="Operate the inboundd email ingestion daemon: status, drain, resume, dlq, redrive, trace, messages,\n"
+                    "migrate.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -561,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub["redrive"].add_argument("--all", action="store_true", help="move every dead-lettered job back")
     sub["redrive"].add_argument("--account", metavar="ID", help="move back every dead-lettered job of this account")
     sub["redrive"].add_argument("--dry-run", action="store_true", help="only count what would move; change nothing")
+    sub["trace"].add_argument("what", metavar="WHAT", help="a job id, a message identity or a Message-ID")
+    sub["trace"].add_argument("--account", metavar="ID", help="only this account")
+    sub["trace"].add_argument("--json", action="store_true", help="print the trace as a JSON document for scripts")
+    sub["messages"].add_argument("--account", metavar="ID", required=True, help="the account (its id in the configuration)")
+    sub["messages"].add_argument("--since", metavar="D", default="1h", help="how far back, e.g. 30m, 1h, 2d (default 1h)")
+    sub["messages"].add_argument("--limit", metavar="N", type=int, default=50, help="show at most N messages (default 50)")
+    sub["messages"].add_argument("--json", action="store_true", help="print a JSON array for scripts")
     return parser
 
 
@@ -570,6 +742,8 @@ _HANDLERS: dict[str, Callable[[Services, argparse.Namespace], int]] = {
     "resume": cmd_resume,
     "dlq": cmd_dlq,
     "redrive": cmd_redrive,
+    "trace": cmd_trace,
+    "messages": cmd_messages,
     "migrate": cmd_migrate,
 }
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "EXIT_HEALTHY", "EXIT_DEGRADED", "EXIT_NOT_RUNNING", "StatusView", "age", "assess", "build_status", "render",
-    "table",
+    "summary", "table",
 ]
 
 EXIT_HEALTHY = 0
@@ -110,9 +110,34 @@ def assess(status: dict[str, Any], oldest_ready_alert: float, views: Sequence[St
         problems.append(f"oldest ready job waits {oldest:.0f}s (alert at {oldest_ready_alert:.0f}s)")
     if state in ("draining", "drained"):
         problems.append(f"daemon is {state}: intake is stopped (`inboundctl resume` to return to service)")
+    if state in ("starting", "stopping"):
+        detail = daemon.get("detail")
+        problems.append(f"daemon is {state}" + (f": {detail}" if detail else ""))
     if state == "not_running":
         return EXIT_NOT_RUNNING, problems
     return (EXIT_DEGRADED if problems else EXIT_HEALTHY), problems
+
+
+def summary(status: dict[str, Any], code: int, problems: list[str]) -> str:
+    """The one overall line: ``healthy``, ``degraded: …``, ``draining``, ``starting: …``, ``not running: …``.
+
+    The daemon's state speaks first (a starting, draining or stopping
+    daemon is that, whatever else is wrong); otherwise the exit status does,
+    naming the most severe problem.
+    """
+    daemon = status.get("daemon", {})
+    state = daemon.get("state", "not_running")
+    if state == "not_running":
+        error = str(daemon.get("error") or "no answer on the control socket")
+        return f"not running: {error.removeprefix('daemon is not running: ')}"
+    if state in ("starting", "stopping"):
+        return f"{state}: {daemon['detail']}" if daemon.get("detail") else state
+    if state in ("draining", "drained"):
+        return state
+    if code == EXIT_HEALTHY:
+        return "healthy"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"degraded: {problems[0]}{more}" if problems else "degraded"
 
 
 def age(seconds: float | None) -> str:
@@ -132,9 +157,17 @@ def table(rows: list[list[str]]) -> list[str]:
     return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-def render(status: dict[str, Any], problems: list[str], views: Sequence[StatusView] = ()) -> str:
-    """The human summary: problems first, then daemon, queue, each view's part (listeners), ledger."""
-    lines: list[str] = []
+def render(status: dict[str, Any], problems: list[str], views: Sequence[StatusView] = (),
+           code: int | None = None) -> str:
+    """The human summary: the overall line (:func:`summary`), problems, then daemon, queue, each view's part
+    (listeners), ledger.
+
+    *code* is :func:`assess`'s exit status for the overall line (judged from *problems* when not given).
+    """
+    if code is None:
+        code = EXIT_NOT_RUNNING if status.get("daemon", {}).get("state", "not_running") == "not_running" else (
+            EXIT_DEGRADED if problems else EXIT_HEALTHY)
+    lines: list[str] = [summary(status, code, problems), ""]
     if problems:
         lines.append("PROBLEMS")
         lines += [f"  ! {problem}" for problem in problems]

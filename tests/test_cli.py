@@ -326,7 +326,8 @@ def test_status_with_daemon_stopped_still_shows_queue_and_ledger(capsys, tmp_pat
     code, out, _ = run(capsys, "-c", str(path), "status")
     assert code == cli.EXIT_NOT_RUNNING
     lines = out.splitlines()
-    assert lines[0] == "PROBLEMS" and "daemon is not running" in lines[1]
+    assert lines[0] == f"not running: no control socket at {tmp_path / 'control.sock'}"
+    assert lines[2] == "PROBLEMS" and "daemon is not running" in lines[3]
     assert next(line for line in lines if line.strip().startswith("dead")).split() == ["dead", "3"]
     assert "oversize: 1, source_deleted: 1" in out
 

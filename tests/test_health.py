@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inboundd.health import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_NOT_RUNNING, assess, render
+from inboundd.health import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_NOT_RUNNING, assess, render, summary
 from inboundd.providers import REGISTRY
 
 #: Every provider's part of the status document (the IMAP listeners).
@@ -31,6 +31,9 @@ def doc(daemon=RUNNING, queue=EMPTY_QUEUE, listeners=(), errors=None):
         (doc(queue={**EMPTY_QUEUE, "ready": 5, "oldest_ready_age": 900.0}), EXIT_DEGRADED, "oldest ready job waits 900s"),
         (doc(queue={**EMPTY_QUEUE, "ready": 5, "oldest_ready_age": 10.0}), EXIT_HEALTHY, None),
         (doc(daemon={"state": "drained"}), EXIT_DEGRADED, "daemon is drained"),
+        (doc(daemon={"state": "starting", "detail": "waiting for postgres (last error: refused)"}), EXIT_DEGRADED,
+         "daemon is starting: waiting for postgres (last error: refused)"),
+        (doc(daemon={"state": "stopping"}), EXIT_DEGRADED, "daemon is stopping"),
         (doc(errors={"redis": "connection refused"}), EXIT_DEGRADED, "redis unreachable: connection refused"),
         (doc(daemon={"state": "not_running"}), EXIT_NOT_RUNNING, "daemon is not running"),
         (doc(daemon={"state": "not_running"}, queue={**EMPTY_QUEUE, "dead": 1}), EXIT_NOT_RUNNING, "1 dead-lettered"),
@@ -56,7 +59,8 @@ def test_render_puts_problems_first_and_aligns() -> None:
     code, problems = assess(status, 300.0, VIEWS)
     text = render(status, problems, VIEWS)
     lines = text.splitlines()
-    assert lines[0] == "PROBLEMS" and "sales/INBOX is auth_failed" in lines[1]
+    assert lines[0] == "degraded: listener sales/INBOX is auth_failed: AUTHENTICATIONFAILED (and 1 more)"
+    assert lines[2] == "PROBLEMS" and "sales/INBOX is auth_failed" in lines[3]
     assert "7:42" in text and "h:1-0: 2 in flight" in text
     listener_rows = [line for line in lines if line.startswith("  support") or line.startswith("  sales")]
     assert len(listener_rows) == 2
@@ -103,3 +107,23 @@ def test_build_status_normalizes_the_daemon_view() -> None:
     assert down["daemon"] == {"state": "not_running", "error": "no control socket at /run/x.sock"}
     assert down["listeners"] == []
     assert down["queue"] is None and assess(down, 300.0, VIEWS)[0] == EXIT_NOT_RUNNING
+
+
+@pytest.mark.parametrize(("status", "line"), [
+    (doc(), "healthy"),
+    (doc(queue={**EMPTY_QUEUE, "dead": 2}), "degraded: 2 dead-lettered job(s): see `inboundctl dlq`"),
+    (doc(errors={"redis": "refused"}, queue={**EMPTY_QUEUE, "dead": 1}),
+     "degraded: redis unreachable: refused (and 1 more)"),
+    (doc(daemon={"state": "draining"}), "draining"),
+    (doc(daemon={"state": "drained"}, queue={**EMPTY_QUEUE, "dead": 2}), "drained"),
+    (doc(daemon={"state": "starting", "detail": "waiting for postgres (last error: connection refused)"}),
+     "starting: waiting for postgres (last error: connection refused)"),
+    (doc(daemon={"state": "starting"}), "starting"),
+    (doc(daemon={"state": "stopping"}), "stopping"),
+    (doc(daemon={"state": "not_running", "error": "no control socket at /run/x.sock"}),
+     "not running: no control socket at /run/x.sock"),
+])
+def test_the_overall_line_comes_first(status, line) -> None:
+    code, problems = assess(status, 300.0, VIEWS)
+    assert summary(status, code, problems) == line
+    assert render(status, problems, VIEWS, code).splitlines()[0] == line

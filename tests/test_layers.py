@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", (
         "inboundd", "inboundd.clock", "inboundd.log", "inboundd.metrics", "inboundd.outcomes", "inboundd.jobs",
         "inboundd.source", "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.health",
-        "inboundd.backoff", "inboundd.config_convert", "inboundd.config_schema",
+        "inboundd.backoff", "inboundd.config_convert", "inboundd.config_schema", "inboundd.trace",
     )),
     ("infrastructure", (
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",
@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: Pure modules: no I/O, so they may import only each other and no I/O library.
 PURE = (
-    "inboundd.outcomes", "inboundd.jobs", "inboundd.clock", "inboundd.source", "inboundd.health",
+    "inboundd.outcomes", "inboundd.jobs", "inboundd.clock", "inboundd.source", "inboundd.health", "inboundd.trace",
     "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.backoff",
     "inboundd.ingress.auth", "inboundd.ingress.webhook", "inboundd.ingress.lease_clock",
     "inboundd.ingress.start", "inboundd.ingress.retry_after",

@@ -103,7 +103,9 @@ def test_status_reflects_a_known_degraded_state(capsys, daemon_factory, redis_ur
 
     code, out, _ = ctl(capsys, daemon, "status")
     assert code == cli.EXIT_FAILED
-    assert out.startswith("PROBLEMS\n  ! listener support/INBOX is auth_failed")
+    assert out.startswith("degraded: listener support/INBOX is auth_failed")
+    assert out.splitlines()[0].endswith("(and 1 more)")           # the dead letters
+    assert "\nPROBLEMS\n  ! listener support/INBOX is auth_failed" in out
 
 
 def test_status_healthy_then_not_running(capsys, daemon_factory, redis_url, pg_dsn, dovecot, imap_user,
@@ -116,6 +118,9 @@ def test_status_healthy_then_not_running(capsys, daemon_factory, redis_url, pg_d
     assert code == cli.EXIT_OK, status["health"]
     assert status["daemon"]["state"] == "running" and status["health"]["problems"] == []
     assert status["queue"]["dead"] == 0 and status["listeners"][0]["state"] == "idle"
+    assert status["health"]["summary"] == "healthy"
+    code, out, _ = ctl(capsys, daemon, "status")
+    assert code == cli.EXIT_OK and out.startswith("healthy\n\nDAEMON\n")
 
     assert daemon.stop() == 0
     seed_queue(redis_url, ready=2, dead={"support": 1})

@@ -6,7 +6,7 @@ it while the daemon is stopped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Literal
 
 import msgspec
 import redis
@@ -15,7 +15,7 @@ from .. import clock, jobs as jobs_mod, log, metrics
 from ..jobs import Job, JobDecodeError
 from .base import GROUP, PAGE, QueueBase, text
 
-__all__ = ["ACTIVE_CONSUMER_IDLE", "DeadLetter", "Operations", "QueueStats"]
+__all__ = ["ACTIVE_CONSUMER_IDLE", "DeadLetter", "JobPlace", "Operations", "QueueStats"]
 
 _log = log.get_logger("queue")
 
@@ -54,6 +54,37 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     #: The decoded job, or None when the payload itself was invalid.
     job: Job | None
     raw: bytes
+
+
+class JobPlace(msgspec.Struct, kw_only=True):
+    """Where one job is in the queue right now (what ``inboundctl trace`` shows)."""
+
+    #: ``ready`` (waiting to be claimed), ``in_flight`` (claimed; the PEL entry is the lease),
+    #: ``delayed`` (waiting for its retry), ``dead`` (dead-lettered).
+    state: Literal["ready", "in_flight", "delayed", "dead"]
+    job: Job | None
+    #: The job id (also for a dead letter whose payload could not be decoded).
+    job_id: str
+    #: The message identity the job points at (None when the payload could not be decoded).
+    identity: str | None = None
+    #: Its stream entry (ready, in flight) or dead-letter entry; None while delayed.
+    entry_id: str | None = None
+    #: Wall-clock seconds when it entered this state as far as Redis tells: the entry's
+    #: time (ready, in flight), when it was dead-lettered; None while delayed.
+    since: float | None = None
+    #: In flight: the consumer holding it, seconds since it claimed or renewed the lease,
+    #: seconds until the lease expires (negative: expired, the reclaim timer takes it next),
+    #: and how many times the stream delivered this entry.
+    holder: str | None = None
+    idle: float | None = None
+    lease_remaining: float | None = None
+    deliveries: int | None = None
+    #: Delayed: wall-clock seconds when it is due again.
+    due_at: float | None = None
+    #: Dead: why, the last error, and the attempts counted.
+    reason: str | None = None
+    last_error: str | None = None
+    attempts: int | None = None
 
 
 def _id_ms(entry_id: str) -> int:
@@ -157,6 +188,78 @@ class Operations(QueueBase):
     async def dead_letters(self, account: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered jobs, oldest first, optionally of one *account*, at most *limit*."""
         return await self._scan_dlq(lambda d: account is None or d.account == account, limit)
+
+    def _find_in_stream(self, client: redis.Redis, want: Callable[[Job], bool]) -> list[JobPlace]:
+        found: list[JobPlace] = []
+        start = "-"
+        while True:
+            page = client.xrange(self.keys.stream, start, "+", count=PAGE)
+            for entry_id, fields in page:
+                raw = (fields or {}).get(b"job")
+                try:
+                    job = jobs_mod.decode(raw) if raw is not None else None
+                except JobDecodeError:
+                    job = None
+                if job is not None and want(job):
+                    eid = text(entry_id)
+                    found.append(JobPlace(state="ready", job=job, job_id=job.id, identity=job.identity(),
+                                          entry_id=eid, since=_id_ms(eid) / 1000))
+            if len(page) < PAGE:
+                break
+            start = f"({text(page[-1][0])}"
+        for place in found:
+            try:
+                pending = client.xpending_range(self.keys.stream, GROUP, place.entry_id, place.entry_id, 1)
+            except redis.ResponseError:  # no group yet: nothing was ever claimed
+                pending = []
+            if pending:
+                idle = int(pending[0]["time_since_delivered"]) / 1000
+                place.state = "in_flight"
+                place.holder = text(pending[0]["consumer"])
+                place.idle = idle
+                place.lease_remaining = round(self.cfg.lease - idle, 3)
+                place.deliveries = int(pending[0]["times_delivered"])
+        return found
+
+    def _find_delayed(self, client: redis.Redis, want: Callable[[Job], bool]) -> list[JobPlace]:
+        found: list[JobPlace] = []
+        offset = 0
+        while True:
+            page = client.zrange(self.keys.delayed, offset, offset + PAGE - 1, withscores=True)
+            for member, score in page:
+                try:
+                    job = jobs_mod.decode(member)
+                except JobDecodeError:
+                    continue
+                if want(job):
+                    found.append(JobPlace(state="delayed", job=job, job_id=job.id, identity=job.identity(),
+                                          due_at=float(score) / 1000))
+            if len(page) < PAGE:
+                return found
+            offset += PAGE
+
+    async def find_jobs(self, want: Callable[[Job], bool], *, job_id: str | None = None) -> list[JobPlace]:
+        """Every job in the queue that *want* accepts, with where it is: ready, in flight, delayed, dead.
+
+        Reads the stream, the delayed set and the dead-letter stream page by
+        page (the queue keeps no index by job or identity: the cost grows with
+        the backlog, which is what an operator looking for a job can afford).
+        *job_id* also finds a dead letter whose payload could not be decoded.
+        Results are in that order of states; a job moving meanwhile may show
+        in two states or none.
+        """
+        found = await self.rio.run(self._find_in_stream, want)
+        found += await self.rio.run(self._find_delayed, want)
+
+        def dead(letter: DeadLetter) -> bool:
+            return want(letter.job) if letter.job is not None else letter.job_id == job_id
+
+        for letter in await self._scan_dlq(dead, None):
+            found.append(JobPlace(state="dead", job=letter.job, job_id=letter.job_id, entry_id=letter.entry_id,
+                                  identity=letter.job.identity() if letter.job is not None else None,
+                                  since=letter.dead_at, reason=letter.reason, last_error=letter.last_error,
+                                  attempts=letter.attempts))
+        return found
 
     async def redrive(self, *, job_ids: list[str] | None = None, account: str | None = None, all: bool = False,
                       dry_run: bool = False) -> int:
