@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import httpx
 
+from fakes import imap_job
 from services import free_port
 from waiting import wait_for
 
@@ -232,6 +233,99 @@ def enqueue(redis_url: str, jobs: list[Any], prefix: str = "inboundd") -> None:
             await rio.close()
 
     trio.run(go)
+
+
+def seed_queue(redis_url: str, *, ready: int = 0, dead: dict[str, int] | None = None, delayed: int = 0,
+               in_flight: int = 0) -> dict[str, list[str]]:
+    """Put a known state into the daemon's queue through the real Queue API; returns job ids by kind.
+
+    *dead* maps account → how many of its jobs are dead-lettered.
+    """
+    import trio
+
+    from inboundd.config import QueueConfig, RedisConfig
+    from inboundd.queue import Queue
+    from inboundd.redisio import RedisIO
+
+    ids: dict[str, list[str]] = {"ready": [], "dead": [], "delayed": [], "in_flight": []}
+
+    def make(account: str, uid: int):
+        return imap_job(uid, account, uidvalidity=7)
+
+    async def go() -> None:
+        rio = RedisIO.from_config(RedisConfig(url=redis_url))
+        queue = Queue(rio, QueueConfig(), prefix="inboundd")
+        try:
+            await queue.ensure_group()
+            uid = 0
+            doomed = [make(account, uid := uid + 1) for account, n in (dead or {}).items() for _ in range(n)]
+            pending = doomed + [make("support", uid := uid + 1) for _ in range(delayed + in_flight)]
+            await queue.enqueue_many(pending)
+            claimed = await queue.claim("test-consumer", len(pending), block=0) if pending else []
+            assert len(claimed) == len(pending)
+            for item in claimed[:len(doomed)]:
+                assert await queue.dead_letter("test-consumer", item, reason="parse_error",
+                                               error="boom: cannot parse\nsecond line", attempts=8)
+                ids["dead"].append(item.job.id)
+            for item in claimed[len(doomed):len(doomed) + delayed]:
+                assert await queue.retry("test-consumer", item, item.job, 3600, kind="error")
+                ids["delayed"].append(item.job.id)
+            ids["in_flight"] = [item.job.id for item in claimed[len(doomed) + delayed:]]
+            fresh = [make("support", uid := uid + 1) for _ in range(ready)]
+            await queue.enqueue_many(fresh)
+            ids["ready"] = [job.id for job in fresh]
+        finally:
+            await rio.close()
+
+    trio.run(go)
+    return ids
+
+
+def listener_states(daemon: DaemonProcess) -> list[str]:
+    """The state of each listener, from the daemon's control socket."""
+    return [listener["state"] for listener in daemon.control("GET", "/status").json()["listeners"]]
+
+
+def wait_idle(daemon: DaemonProcess) -> None:
+    """Wait until the daemon's only listener idles (it is then sure to see new mail)."""
+    wait_for(lambda: listener_states(daemon) == ["idle"], 30, what="the listener to be idle")
+
+
+def scrape(daemon: DaemonProcess) -> dict[tuple[str, tuple], float]:
+    """The daemon's ``/metrics`` as ``(sample name, sorted labels) → value``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = daemon.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample_sum(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of *name* whose labels include *labels*."""
+    return sum(value for (sample, got), value in samples.items()
+               if sample == name and all((k, v) in got for k, v in labels.items()))
+
+
+def ledger_counts(pg_dsn: str) -> dict[str, int]:
+    """Ledger rows per status in the database at *pg_dsn*."""
+    import psycopg
+
+    from inboundd.store import ledger
+
+    with psycopg.connect(pg_dsn) as conn:
+        return ledger.counts(conn)
+
+
+def stored(pg_dsn: str) -> list[tuple[str, str]]:
+    """``(subject, from address)`` of every stored message, in the order stored."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute("SELECT subject, from_address FROM inbound_messages ORDER BY id").fetchall()
 
 
 class TableLock:

@@ -1,16 +1,15 @@
-"""Shared pieces of the IMAP tests: accounts on the private Dovecot, a recording queue, mail helpers."""
+"""Shared pieces of the IMAP tests: accounts on the private Dovecot, mail helpers."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import trio
 from imapclient import IMAPClient
 
 from inboundd import config as config_mod
-from inboundd.jobs import Job
 from inboundd.providers.imap.conn import ImapAccount, accounts_from_config
 
 
@@ -51,35 +50,13 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Recorder:
-    """A queue stand-in with ``enqueue_many``: records acknowledged jobs; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-        self.fail: BaseException | None = None
-        self.attempts = 0
-        #: Called (in the listener's task) after each acknowledged batch.
-        self.after_ack: Callable[[list[Job]], Any] | None = None
-
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
-        self.attempts += 1
-        await trio.lowlevel.checkpoint()
-        if self.fail is not None:
-            raise self.fail
-        batch = list(jobs)
-        self.jobs.extend(batch)
-        if self.after_ack is not None:
-            await self.after_ack(batch)
-        return [job.id for job in batch]
-
-    def uids(self, account: str | None = None, folder: str | None = None) -> list[int]:
-        return [j.pointer.uid for j in self.jobs
-                if (account is None or j.pointer.account == account)
-                and (folder is None or j.pointer.folder == folder)]
+#: The From of every test message (the end-to-end tests check it arrives in PostgreSQL).
+SENDER = "Ada Customer <ada@example.com>"
 
 
 def message(n: int | str, subject: str | None = None) -> bytes:
-    return (f"From: sender@example.org\r\nTo: rcpt@example.org\r\nSubject: {subject or f'message {n}'}\r\n"
+    """A small plain-text message with a unique Message-ID; its subject is *subject* or ``message N``."""
+    return (f"From: {SENDER}\r\nTo: support@example.com\r\nSubject: {subject or f'message {n}'}\r\n"
             f"Message-ID: <m{n}-{uuid.uuid4().hex}@test>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
             f"\r\nbody {n}\r\n").encode()
 
@@ -90,15 +67,21 @@ def client(port: int, user: str, password: str) -> IMAPClient:
     return c
 
 
+def append_messages(port: int, user: str, password: str, messages: Iterable[bytes], folder: str = "INBOX") -> list[int]:
+    """APPEND each of *messages* on one connection; returns their UIDs (from APPENDUID)."""
+    with client(port, user, password) as c:
+        return [_appenduid(c.append(folder, raw)) for raw in messages]
+
+
 def append_sync(port: int, user: str, password: str, count: int = 1, folder: str = "INBOX",
                 start: int = 0) -> list[int]:
-    """APPEND *count* messages; returns their UIDs (from APPENDUID)."""
-    uids = []
-    with client(port, user, password) as c:
-        for n in range(start, start + count):
-            response = c.append(folder, message(n))
-            uids.append(_appenduid(response))
-    return uids
+    """APPEND *count* messages numbered from *start*; returns their UIDs."""
+    return append_messages(port, user, password, (message(n) for n in range(start, start + count)), folder)
+
+
+def append_subjects(port: int, user: str, password: str, subjects: Sequence[str], folder: str = "INBOX") -> list[int]:
+    """APPEND one message per subject of *subjects*, in order; returns their UIDs."""
+    return append_messages(port, user, password, (message(n, s) for n, s in enumerate(subjects)), folder)
 
 
 def _appenduid(response: bytes) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from daemon_harness import seed_queue
 from inboundd import cli
 from services import free_port
 
@@ -240,54 +241,6 @@ def test_ledger_summary_folds_rows() -> None:
 
 
 # --------------------------------------------------------------------------- queue state, daemon stopped
-
-
-def seed_queue(redis_url: str, *, ready: int = 0, dead: dict[str, int] | None = None, delayed: int = 0,
-               in_flight: int = 0) -> dict[str, list[str]]:
-    """Put a known state into the queue through the real Queue API; returns job ids by kind.
-
-    *dead* maps account → how many of its jobs are dead-lettered.
-    """
-    import trio
-
-    from inboundd import jobs
-    from inboundd.config import QueueConfig, RedisConfig
-    from inboundd.queue import Queue
-    from inboundd.redisio import RedisIO
-
-    ids: dict[str, list[str]] = {"ready": [], "dead": [], "delayed": [], "in_flight": []}
-
-    def make(account: str, uid: int):
-        return jobs.new_job(jobs.ImapPointer(account=account, folder="INBOX", uidvalidity=7, uid=uid),
-                            tenant="t")
-
-    async def go() -> None:
-        rio = RedisIO.from_config(RedisConfig(url=redis_url))
-        queue = Queue(rio, QueueConfig(), prefix="inboundd")
-        try:
-            await queue.ensure_group()
-            uid = 0
-            doomed = [make(account, uid := uid + 1) for account, n in (dead or {}).items() for _ in range(n)]
-            pending = doomed + [make("support", uid := uid + 1) for _ in range(delayed + in_flight)]
-            await queue.enqueue_many(pending)
-            claimed = await queue.claim("test-consumer", len(pending), block=0) if pending else []
-            assert len(claimed) == len(pending)
-            for item in claimed[:len(doomed)]:
-                assert await queue.dead_letter("test-consumer", item, reason="parse_error",
-                                               error="boom: cannot parse\nsecond line", attempts=8)
-                ids["dead"].append(item.job.id)
-            for item in claimed[len(doomed):len(doomed) + delayed]:
-                assert await queue.retry("test-consumer", item, item.job, 3600, kind="error")
-                ids["delayed"].append(item.job.id)
-            ids["in_flight"] = [item.job.id for item in claimed[len(doomed) + delayed:]]
-            fresh = [make("support", uid := uid + 1) for _ in range(ready)]
-            await queue.enqueue_many(fresh)
-            ids["ready"] = [job.id for job in fresh]
-        finally:
-            await rio.close()
-
-    trio.run(go)
-    return ids
 
 
 def insert_ledger(pg_dsn: str, rows: list[tuple[str, str | None]]) -> None:

@@ -11,9 +11,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-import msgspec
 import pytest
 import redis
 import trio
@@ -21,42 +20,17 @@ import trio
 from inboundd import jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig, load_text
 from inboundd.consumer import ConsumerPool
-from inboundd.jobs import ImapPointer, Job
+from inboundd.jobs import Job
 from inboundd.outcomes import Outcome, PermanentError, TransientError
 from inboundd.queue import Queue, ReclaimTimer
 from inboundd.redisio import RedisIO
 
-from test_queue import counter
+from fakes import QUEUE_PREFIX, RecordingHandler, imap_job, make_queue, metric_value
 from waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = QueueConfig(lease=0.5, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1, claim_batch=5,
                   reclaim_interval=0.05)
-
-
-def imap_job(uid: int, account: str = "support") -> Job:
-    return jobs.new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
-
-
-class Recorder:
-    """A handler that records every call and behaves as *behave* says (default: processed)."""
-
-    def __init__(self, behave: Callable[[Job, int], Awaitable[Outcome]] | None = None) -> None:
-        self.calls: list[Job] = []
-        self.behave = behave
-
-    def uids(self) -> list[int]:
-        return [j.pointer.uid for j in self.calls]  # type: ignore[union-attr]
-
-    async def handle(self, job: Job) -> Outcome:
-        self.calls.append(job)
-        if self.behave is not None:
-            return await self.behave(job, sum(1 for j in self.calls if j.id == job.id))
-        return Outcome("processed")
-
-
-def make_queue(rio: RedisIO, cfg: QueueConfig = CFG) -> Queue:
-    return Queue(rio, cfg, prefix="tc")
 
 
 async def settled(queue: Queue) -> bool:
@@ -68,7 +42,7 @@ async def settled(queue: Queue) -> bool:
 
 
 async def test_a_single_consumer_handles_jobs_in_enqueue_order_and_a_retry_does_not_jump_ahead(rio: RedisIO) -> None:
-    queue = make_queue(rio, msgspec.structs.replace(CFG, claim_batch=3))
+    queue = make_queue(rio, CFG, claim_batch=3)
     sent = [imap_job(uid) for uid in range(10)]
 
     async def fail_first_time_for_uid_0(job: Job, nth: int) -> Outcome:
@@ -76,7 +50,7 @@ async def test_a_single_consumer_handles_jobs_in_enqueue_order_and_a_retry_does_
             raise ValueError("flaky")
         return Outcome("processed")
 
-    handler = Recorder(fail_first_time_for_uid_0)
+    handler = RecordingHandler(fail_first_time_for_uid_0)
     await queue.enqueue_many(sent)
     async with trio.open_nursery() as nursery:
         await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
@@ -88,13 +62,13 @@ async def test_a_single_consumer_handles_jobs_in_enqueue_order_and_a_retry_does_
 
 
 async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_with_its_last_error(rio: RedisIO) -> None:
-    queue = make_queue(rio)
-    retried_before = counter(metrics.jobs_retried, "imap", "support", "error")
+    queue = make_queue(rio, CFG)
+    retried_before = metric_value(metrics.jobs_retried, "imap", "support", "error")
 
     async def always_fail(job: Job, nth: int) -> Outcome:
         raise ValueError(f"cannot parse, try {nth}")
 
-    handler = Recorder(always_fail)
+    handler = RecordingHandler(always_fail)
     job = imap_job(1)
     await queue.enqueue(job)
     async with trio.open_nursery() as nursery:
@@ -106,19 +80,19 @@ async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_with_its
     (letter,) = letters
     assert (letter.job_id, letter.reason, letter.attempts) == (job.id, "max_attempts", 3)
     assert letter.last_error == "ValueError: cannot parse, try 3"
-    assert counter(metrics.jobs_retried, "imap", "support", "error") - retried_before == 2
+    assert metric_value(metrics.jobs_retried, "imap", "support", "error") - retried_before == 2
     assert await settled(queue)
 
 
 async def test_transient_errors_back_off_without_burning_attempts(rio: RedisIO) -> None:
-    queue = make_queue(rio)  # max_attempts = 3
+    queue = make_queue(rio, CFG)  # max_attempts = 3
 
     async def db_down_five_times(job: Job, nth: int) -> Outcome:
         if nth <= 5:
             raise TransientError("PostgreSQL unreachable")
         return Outcome("processed")
 
-    handler = Recorder(db_down_five_times)
+    handler = RecordingHandler(db_down_five_times)
     await queue.enqueue(imap_job(1))
     async with trio.open_nursery() as nursery:
         await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
@@ -131,14 +105,14 @@ async def test_transient_errors_back_off_without_burning_attempts(rio: RedisIO) 
 
 async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(rio: RedisIO,
                                                                              client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
 
     async def gone(job: Job, nth: int) -> Outcome:
         if job.pointer.uid == 1:  # type: ignore[union-attr]
             raise PermanentError("source_gone", "UIDVALIDITY changed")
         return Outcome("processed")
 
-    handler = Recorder(gone)
+    handler = RecordingHandler(gone)
     await queue.ensure_group()
     await queue.enqueue(imap_job(1))
     corrupt = b'{"id":"j","tenant":"t","enqueued_at":0,"raw":"From: a\\r\\n"}'
@@ -160,14 +134,14 @@ async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(r
 
 
 async def test_a_long_job_keeps_its_lease_by_heartbeat(rio: RedisIO) -> None:
-    queue = make_queue(rio)  # lease 0.5 s, reclaim every 50 ms
-    reclaimed_before = counter(metrics.jobs_reclaimed)
+    queue = make_queue(rio, CFG)  # lease 0.5 s, reclaim every 50 ms
+    reclaimed_before = metric_value(metrics.jobs_reclaimed)
 
     async def slow(job: Job, nth: int) -> Outcome:
         await trio.sleep(4 * queue.cfg.lease)
         return Outcome("processed")
 
-    handler = Recorder(slow)
+    handler = RecordingHandler(slow)
     await queue.enqueue(imap_job(1))
     async with trio.open_nursery() as nursery:
         await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
@@ -175,19 +149,19 @@ async def test_a_long_job_keeps_its_lease_by_heartbeat(rio: RedisIO) -> None:
         await eventually(lambda: len(handler.calls) >= 1 and settled(queue), 10, "the slow job to finish")
         nursery.cancel_scope.cancel()
     assert len(handler.calls) == 1
-    assert counter(metrics.jobs_reclaimed) == reclaimed_before
+    assert metric_value(metrics.jobs_reclaimed) == reclaimed_before
 
 
 async def test_a_restarted_consumer_takes_back_what_it_held(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
-    hang = Recorder(lambda job, nth: trio.sleep_forever())  # type: ignore[arg-type,return-value]
+    queue = make_queue(rio, CFG)
+    hang = RecordingHandler(lambda job, nth: trio.sleep_forever())  # type: ignore[arg-type,return-value]
     await queue.enqueue_many([imap_job(1), imap_job(2)])
     async with trio.open_nursery() as nursery:
         await nursery.start(ConsumerPool(queue, hang, queue.cfg, "host-a", count=1).run)
         await eventually(lambda: hang.calls, 10, "the first job to start")
         nursery.cancel_scope.cancel()  # the daemon is stopped hard mid-job
     assert (await queue.stats()).in_flight_by_consumer == {"host-a-c0": 2}
-    handler = Recorder()
+    handler = RecordingHandler()
     async with trio.open_nursery() as nursery:  # same instance id, no reclaim timer: take-back does it
         await nursery.start(ConsumerPool(queue, handler, queue.cfg, "host-a", count=1).run)
         await eventually(lambda: len(handler.calls) == 2 and settled(queue), 10, "the jobs to be handled again")
@@ -205,7 +179,8 @@ from inboundd.outcomes import Outcome
 from inboundd.queue import Queue
 from inboundd.redisio import RedisIO
 
-url, instance, marker, mode, lease = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+url, instance, marker, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+lease, prefix = float(sys.argv[5]), sys.argv[6]
 
 class Handler:
     async def handle(self, job):
@@ -217,7 +192,7 @@ class Handler:
 
 async def main():
     cfg = QueueConfig(lease=lease, max_attempts=3, block=0.1, claim_batch=5)
-    queue = Queue(RedisIO.from_config(RedisConfig(url=url)), cfg, prefix="tc")
+    queue = Queue(RedisIO.from_config(RedisConfig(url=url)), cfg, prefix=prefix)
     async with trio.open_nursery() as nursery:
         await nursery.start(ConsumerPool(queue, Handler(), cfg, instance, count=1).run)
 
@@ -227,7 +202,8 @@ trio.run(main)
 
 def spawn_worker(redis_url: str, instance: str, marker: Path, mode: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", WORKER, redis_url, instance, str(marker), mode, str(CFG.lease)],
+    return subprocess.Popen([sys.executable, "-c", WORKER, redis_url, instance, str(marker), mode, str(CFG.lease),
+                             QUEUE_PREFIX],
                             env=env, start_new_session=True)
 
 
@@ -236,7 +212,7 @@ def marker_lines(marker: Path) -> list[str]:
 
 
 async def test_a_worker_killed_mid_job_loses_nothing(rio: RedisIO, redis_url: str, tmp_path: Path) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     sent = [imap_job(uid) for uid in range(10)]
     await queue.ensure_group()
     await queue.enqueue_many(sent)
@@ -250,7 +226,7 @@ async def test_a_worker_killed_mid_job_loses_nothing(rio: RedisIO, redis_url: st
     held = (await queue.stats()).in_flight_by_consumer
     assert held == {"doomed-c0": 5}  # it died holding its whole claimed batch
 
-    handler = Recorder()
+    handler = RecordingHandler()
     async with trio.open_nursery() as nursery:
         await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="survivor-reclaim").run)
         await nursery.start(ConsumerPool(queue, handler, queue.cfg, "survivor", count=2).run)
@@ -262,7 +238,7 @@ async def test_a_worker_killed_mid_job_loses_nothing(rio: RedisIO, redis_url: st
 
 async def test_a_job_that_crashes_its_worker_every_time_ends_as_worker_lost(rio: RedisIO, redis_url: str,
                                                                           tmp_path: Path) -> None:
-    queue = make_queue(rio)  # max_attempts = 3
+    queue = make_queue(rio, CFG)  # max_attempts = 3
     pill = imap_job(666)
     await queue.ensure_group()
     await queue.enqueue(pill)
@@ -294,14 +270,14 @@ async def test_a_job_that_crashes_its_worker_every_time_ends_as_worker_lost(rio:
 
 
 async def test_drain_finishes_in_flight_jobs_and_claims_nothing_new(rio: RedisIO) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     release = trio.Event()
 
     async def wait_for_release(job: Job, nth: int) -> Outcome:
         await release.wait()
         return Outcome("processed")
 
-    handler = Recorder(wait_for_release)
+    handler = RecordingHandler(wait_for_release)
     pool = ConsumerPool(queue, handler, queue.cfg, "i", count=2)
     await queue.enqueue(imap_job(1))
     async with trio.open_nursery() as nursery:
@@ -330,7 +306,7 @@ async def test_drain_finishes_in_flight_jobs_and_claims_nothing_new(rio: RedisIO
 
 
 async def test_drain_hands_back_the_rest_of_a_claimed_batch_at_once(rio: RedisIO) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     release = trio.Event()
 
     async def first_waits(job: Job, nth: int) -> Outcome:
@@ -338,7 +314,7 @@ async def test_drain_hands_back_the_rest_of_a_claimed_batch_at_once(rio: RedisIO
             await release.wait()
         return Outcome("processed")
 
-    handler = Recorder(first_waits)
+    handler = RecordingHandler(first_waits)
     pool = ConsumerPool(queue, handler, queue.cfg, "i", count=1)
     await queue.enqueue_many([imap_job(uid) for uid in range(1, 6)])
     async with trio.open_nursery() as nursery:
@@ -362,7 +338,7 @@ async def test_drain_hands_back_the_rest_of_a_claimed_batch_at_once(rio: RedisIO
 async def test_resize_changes_the_number_of_consumers(rio: RedisIO) -> None:
     cfg = load_text('[queue]\nlease = "1s"\nbackoff_base = "10ms"\nblock = "100ms"\n').queue
     queue = make_queue(rio, cfg)
-    pool = ConsumerPool(queue, Recorder(), cfg, "i", count=1)
+    pool = ConsumerPool(queue, RecordingHandler(), cfg, "i", count=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         assert pool.consumer_names() == ["i-c0"]
@@ -381,8 +357,8 @@ async def test_consumers_start_without_redis_and_work_once_it_is_back(make_redis
     server = make_redis()
     server.stop()
     io = RedisIO.from_config(RedisConfig(url=server.url, socket_timeout=0.5))
-    queue = make_queue(io)
-    handler = Recorder()
+    queue = make_queue(io, CFG)
+    handler = RecordingHandler()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(10):  # every task reports started although Redis is down
             await nursery.start(queue.run)

@@ -30,8 +30,8 @@ from typing import Iterator
 
 import pytest
 
-from daemon_harness import DaemonProcess, imap_section
-from test_e2e_imap import append, stored
+from daemon_harness import DaemonProcess, imap_section, stored
+from imap_helpers import append_subjects
 from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,7 +298,7 @@ def test_installed_daemon_runs_as_inboundd_and_stores_mail(installed: dict[str, 
         assert ready.status_code == 200, ready.text
         wait_for(lambda: [s["state"] for s in daemon.control("GET", "/status").json()["listeners"]] == ["idle"],
                  30, what="the installed daemon's listener to idle")
-        append(dovecot.port, user, password, ["Installed from the .deb"])
+        append_subjects(dovecot.port, user, password, ["Installed from the .deb"])
         wait_for(lambda: stored(pg_dsn), 30, what="the message stored by the installed daemon")
         assert stored(pg_dsn) == [("Installed from the .deb", "ada@example.com")]
         daemon.signal(signal.SIGTERM)

@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import redis
 
-from daemon_harness import DaemonProcess, TableLock, imap_section
+from daemon_harness import DaemonProcess, TableLock, imap_section, wait_idle
+from imap_helpers import append_subjects
 from waiting import wait_for
-from test_e2e_imap import append, wait_idle
 
 FAST_RECOVERY = """
 [queue]
@@ -60,7 +60,7 @@ def test_sigkill_before_commit_and_before_ack_stores_each_message_once(
     # Window 1: claimed in the ledger, store transaction not committed.
     stalled = TableLock(pg_dsn, "inbound_messages", "SHARE")
     try:
-        append(dovecot.port, user, password, ["killed before commit"])
+        append_subjects(dovecot.port, user, password, ["killed before commit"])
         wait_for(lambda: stalled.waiters() >= 1, 30, what="the store transaction waiting inside the lock")
         assert ledger_status(pg_dsn) == ["processing"]
         daemon.kill()
@@ -75,7 +75,7 @@ def test_sigkill_before_commit_and_before_ack_stores_each_message_once(
     with redis.Redis.from_url(redis_url) as client:
         stalled = TableLock(pg_dsn, "inbound_messages", "SHARE")
         try:
-            append(dovecot.port, user, password, ["killed before ack"])
+            append_subjects(dovecot.port, user, password, ["killed before ack"])
             wait_for(lambda: stalled.waiters() >= 1, 30, what="the second store transaction waiting")
             client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")  # the ack cannot reach Redis
         finally:

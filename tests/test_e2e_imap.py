@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
-from email.message import EmailMessage
 from pathlib import Path
 
 import psycopg
@@ -17,39 +15,9 @@ from imapclient import IMAPClient
 
 from inboundd.store import ledger
 
-from daemon_harness import DaemonProcess, imap_section
+from daemon_harness import imap_section, listener_states, stored, wait_idle
+from imap_helpers import append_subjects
 from waiting import wait_for
-
-
-def message(subject: str, *, sender: str = "Ada Customer <ada@example.com>") -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = "support@example.com"
-    msg["Subject"] = subject
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.com>"
-    msg["Date"] = "Mon, 23 Nov 2026 10:00:00 +0000"
-    msg.set_content(f"Body of {subject}\n")
-    return msg.as_bytes()
-
-
-def append(port: int, user: str, password: str, subjects: list[str], folder: str = "INBOX") -> None:
-    with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=10) as client:
-        client.login(user, password)
-        for subject in subjects:
-            client.append(folder, message(subject))
-
-
-def stored(pg_dsn: str) -> list[tuple[str, str]]:
-    with psycopg.connect(pg_dsn) as conn:
-        return conn.execute("SELECT subject, from_address FROM inbound_messages ORDER BY id").fetchall()
-
-
-def listener_states(daemon: DaemonProcess) -> list[str]:
-    return [listener["state"] for listener in daemon.control("GET", "/status").json()["listeners"]]
-
-
-def wait_idle(daemon: DaemonProcess) -> None:
-    wait_for(lambda: listener_states(daemon) == ["idle"], 30, what="the listener to be idle")
 
 
 def test_append_is_stored_once_and_never_marked_seen(daemon_factory, redis_url, pg_dsn, dovecot, imap_user,
@@ -58,7 +26,7 @@ def test_append_is_stored_once_and_never_marked_seen(daemon_factory, redis_url, 
     daemon = daemon_factory(redis_url, pg_dsn, extra_config=imap_section(tmp_path, dovecot.port, user, password))
     daemon.start()
     wait_idle(daemon)
-    append(dovecot.port, user, password, ["Printer out of toner"])
+    append_subjects(dovecot.port, user, password, ["Printer out of toner"])
     wait_for(lambda: stored(pg_dsn), 30, what="the message in inbound_messages")
     assert stored(pg_dsn) == [("Printer out of toner", "ada@example.com")]
     with psycopg.connect(pg_dsn) as conn:
@@ -76,12 +44,12 @@ def test_daemon_stopped_while_100_messages_arrive(daemon_factory, redis_url, pg_
     daemon = daemon_factory(redis_url, pg_dsn, extra_config=imap_section(tmp_path, dovecot.port, user, password))
     daemon.start()
     wait_idle(daemon)
-    append(dovecot.port, user, password, ["before"])
+    append_subjects(dovecot.port, user, password, ["before"])
     wait_for(lambda: len(stored(pg_dsn)) == 1, 30, what="the first message stored")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=30) == 0
     subjects = [f"while down {n}" for n in range(100)]
-    append(dovecot.port, user, password, subjects)
+    append_subjects(dovecot.port, user, password, subjects)
     daemon.start(wait_ready=False)
     daemon.wait_ready(after=1)
     wait_for(lambda: len(stored(pg_dsn)) >= 101, 60, what="all 100 messages stored after the restart")
@@ -122,11 +90,11 @@ def test_two_daemons_on_one_mailbox_one_listens_and_the_other_takes_over(
 
     wait_for(lambda: sorted(roles()) == ["idle", "standby"], 30, what="one owner idling and one standby")
     owner, standby = (first, second) if roles()[0] == "idle" else (second, first)
-    append(dovecot.port, user, password, [f"first {n}" for n in range(10)])
+    append_subjects(dovecot.port, user, password, [f"first {n}" for n in range(10)])
     wait_for(lambda: len(stored(pg_dsn)) == 10, 30, what="10 messages stored")
     owner.kill()
     killed_at = time.monotonic()
-    append(dovecot.port, user, password, [f"second {n}" for n in range(10)])
+    append_subjects(dovecot.port, user, password, [f"second {n}" for n in range(10)])
     wait_for(lambda: listener_states(standby) == ["idle"], 15, what="the standby to take over")
     assert time.monotonic() - killed_at < 2 + 5  # the lease, plus a reconnect
     wait_for(lambda: len(stored(pg_dsn)) >= 20, 30, what="20 messages stored")
@@ -142,7 +110,7 @@ def test_sighup_adds_and_removes_a_mailbox(daemon_factory, redis_url, pg_dsn, do
     daemon.write_config(daemon.config_text(extra=imap_section(tmp_path, dovecot.port, user, password)))
     daemon.signal(signal.SIGHUP)
     wait_idle(daemon)
-    append(dovecot.port, user, password, ["after reload"])
+    append_subjects(dovecot.port, user, password, ["after reload"])
     wait_for(lambda: stored(pg_dsn) == [("after reload", "ada@example.com")], 30, what="the message stored")
     daemon.write_config(daemon.config_text(extra=""))
     daemon.signal(signal.SIGHUP)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from fakes import imap_job
 from imap_helpers import BlackHoleProxy, append, imap, make_accounts, message
 from services import DovecotServer, free_port
-from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import Outcome, TransientError
 from inboundd.source import FetchedMessage, SourceUnavailable
 from inboundd.providers.imap.conn import CLOSE_TIMEOUT
@@ -21,7 +21,7 @@ STORED = Outcome("processed", None, 1)
 
 
 def job_for(account_id: str, uidvalidity: int, uid: int, folder: str = "INBOX"):
-    return new_job(ImapPointer(account=account_id, folder=folder, uidvalidity=uidvalidity, uid=uid), tenant="t")
+    return imap_job(uid, account_id, folder=folder, uidvalidity=uidvalidity)
 
 
 async def uidvalidity(port, user, password, folder="INBOX") -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 import redis
 import trio
 
-from imap_helpers import Recorder, append, make_accounts
+from fakes import RecordingQueue
+from imap_helpers import append, make_accounts
 from inboundd.config import RedisConfig
 from inboundd.ingress.cursors import MemoryCursorStore
 from inboundd.ingress.lease import lease_keys
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def test_an_owner_that_loses_its_lease_stops_listening(dovecot, imap_user, tmp_path, redis_url):
     accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=1.5)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore(), rio=rio, instance_id="a")
+    group = ImapListenerGroup(accounts, queue=RecordingQueue(), cursors=MemoryCursorStore(), rio=rio, instance_id="a")
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)
@@ -45,7 +46,8 @@ async def test_an_owner_that_loses_its_lease_stops_listening(dovecot, imap_user,
 _OWNER_SCRIPT = textwrap.dedent("""
     import sys, trio
     sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests")
-    from imap_helpers import Recorder, make_accounts
+    from fakes import RecordingQueue
+    from imap_helpers import make_accounts
     from pathlib import Path
     from inboundd.config import RedisConfig
     from inboundd.ingress.cursors import MemoryCursorStore
@@ -55,7 +57,7 @@ _OWNER_SCRIPT = textwrap.dedent("""
     async def main():
         accounts = make_accounts(Path(sys.argv[2]), int(sys.argv[3]), [(sys.argv[4], sys.argv[5])], lease=2)
         rio = RedisIO.from_config(RedisConfig(url=sys.argv[6]))
-        group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore(), rio=rio,
+        group = ImapListenerGroup(accounts, queue=RecordingQueue(), cursors=MemoryCursorStore(), rio=rio,
                                   instance_id="doomed")
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)
@@ -76,7 +78,7 @@ async def test_owner_killed_the_other_daemon_takes_over_within_the_lease(dovecot
         line = await trio.to_thread.run_sync(owner.stdout.readline)
         assert line.strip() == "idle"
         accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=2)
-        queue = Recorder()
+        queue = RecordingQueue()
         group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore(), rio=rio, instance_id="b")
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)

@@ -18,12 +18,12 @@ import trio
 
 from imap_helpers import (
     BlackHoleProxy,
-    Recorder,
     append,
     imap,
     make_accounts,
     message,
 )
+from fakes import RecordingQueue
 from inboundd.config import RedisConfig
 from inboundd.ingress.cursors import DbCursorStore, MemoryCursorStore, StoredCursor
 from inboundd.providers.imap.conn import CLOSE_TIMEOUT, default_limiter
@@ -70,7 +70,7 @@ def own_dovecot():
 async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     seen_at_ack: list[StoredCursor | None] = []
 
     async def after_ack(batch):
@@ -101,7 +101,7 @@ async def test_append_while_idling_is_enqueued_once_and_then_the_cursor_moves(do
 async def test_failed_enqueue_does_not_advance_the_cursor_and_is_retried(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
@@ -134,7 +134,7 @@ async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, imap_us
         await db.run(migrate)
         cursors = DbCursorStore(db)
         early = await append(dovecot.port, user, password, count=2)
-        queue = Recorder()
+        queue = RecordingQueue()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)  # start_from = "now": the two old messages are not ingested
@@ -144,7 +144,7 @@ async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, imap_us
         assert stored is not None and stored.last_uid == early[-1]
 
         missed = await append(dovecot.port, user, password, count=40, start=2)   # the daemon is down
-        queue = Recorder()
+        queue = RecordingQueue()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)   # started() = caught up
@@ -153,7 +153,7 @@ async def test_catch_up_after_downtime_from_the_database_cursor(dovecot, imap_us
             nursery.cancel_scope.cancel()
         assert (await cursors.load(account.id, "INBOX")).last_uid == missed[-1]
 
-        queue = Recorder()   # a restart with nothing new enqueues nothing
+        queue = RecordingQueue()   # a restart with nothing new enqueues nothing
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)
@@ -170,7 +170,7 @@ async def test_first_start(dovecot, imap_user, tmp_path, start_from, expected):
     uids = await append(dovecot.port, user, password, count=5)
     assert uids == [1, 2, 3, 4, 5]
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], start_from=start_from)
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
@@ -184,7 +184,7 @@ async def test_first_start(dovecot, imap_user, tmp_path, start_from, expected):
 async def test_first_start_on_an_empty_folder_then_new_mail(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], start_from="last:3")
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
@@ -205,7 +205,7 @@ async def test_uidvalidity_change_under_the_listener_rescans_the_folder(dovecot,
     # that is found by the periodic re-EXAMINE every examine_interval.
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], folders=["Work"], start_from="all",
                               examine_interval=1.0)
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors, folder="Work")
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
@@ -255,7 +255,7 @@ async def test_a_replaced_folder_is_noticed_even_when_the_server_sends_keepalive
         await imap(server.port, user, password, lambda c: c.create_folder("Work"))
         [account] = make_accounts(tmp_path, server.port, [(user, password)], folders=["Work"], start_from="all",
                                   examine_interval=3.0)
-        queue = Recorder()
+        queue = RecordingQueue()
         listener = listener_for(account, queue, MemoryCursorStore(), folder="Work")
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)
@@ -298,7 +298,7 @@ class ExistsDuringSearchProxy(BlackHoleProxy):
 async def test_new_mail_announced_during_search_is_searched_for_again(dovecot, imap_user, tmp_path):
     """Such mail may be missing from the SEARCH answer and is not announced again in IDLE."""
     user, password = imap_user
-    queue = Recorder()
+    queue = RecordingQueue()
     async with trio.open_nursery() as nursery:
         proxy = ExistsDuringSearchProxy(dovecot.port)
         await nursery.start(proxy.run)
@@ -320,7 +320,7 @@ async def test_new_mail_announced_during_search_is_searched_for_again(dovecot, i
 async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dovecot, tmp_path):
     user, password = own_dovecot.take()
     [account] = make_accounts(tmp_path, own_dovecot.port, [(user, password)])
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     listener = listener_for(account, queue, cursors)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
@@ -351,7 +351,7 @@ async def test_polling_when_the_server_has_no_idle(tmp_path):
     try:
         user, password = server.take()
         [account] = make_accounts(tmp_path, server.port, [(user, password)], poll_interval=0.2)
-        queue, cursors = Recorder(), MemoryCursorStore()
+        queue, cursors = RecordingQueue(), MemoryCursorStore()
         listener = listener_for(account, queue, cursors)
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)
@@ -379,7 +379,7 @@ async def test_wrong_password_reports_auth_failed_and_other_account_keeps_workin
     bad_user, _ = dovecot.take()
     accounts = make_accounts(tmp_path, dovecot.port, [(bad_user, "wrong"), good], auth_failure_limit=2,
                              auth_retry_interval=600)
-    queue = Recorder()
+    queue = RecordingQueue()
     group = ImapListenerGroup(accounts, queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(group.run)
@@ -409,7 +409,7 @@ async def test_wrong_password_reports_auth_failed_and_other_account_keeps_workin
 async def test_missing_folder_fails_alone(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], folders=["INBOX", "Nope"])
-    queue = Recorder()
+    queue = RecordingQueue()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(group.run)
@@ -428,7 +428,7 @@ async def test_two_groups_one_owner_and_takeover(dovecot, imap_user, tmp_path, r
     user, password = imap_user
     accounts = make_accounts(tmp_path, dovecot.port, [imap_user], lease=2)
     rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     a = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="a")
     b = ImapListenerGroup(accounts, queue=queue, cursors=cursors, rio=rio, instance_id="b")
     async with trio.open_nursery() as nursery:
@@ -463,7 +463,7 @@ async def test_two_groups_one_owner_and_takeover(dovecot, imap_user, tmp_path, r
 async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
     users = [dovecot.take() for _ in range(3)]
     accounts = make_accounts(tmp_path, dovecot.port, users)
-    group = ImapListenerGroup(accounts, queue=Recorder(), cursors=MemoryCursorStore())
+    group = ImapListenerGroup(accounts, queue=RecordingQueue(), cursors=MemoryCursorStore())
     async with trio.open_nursery():
         async with trio.open_nursery() as nursery:
             await nursery.start(group.run)
@@ -484,7 +484,7 @@ async def test_cancellation_sends_done_and_logout_quickly(dovecot, tmp_path):
 async def test_drain_and_resume(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
-    queue = Recorder()
+    queue = RecordingQueue()
     group = ImapListenerGroup([account], queue=queue, cursors=MemoryCursorStore())
     async with trio.open_nursery() as nursery:
         await nursery.start(group.run)
@@ -503,7 +503,7 @@ async def test_drain_and_resume(dovecot, imap_user, tmp_path):
 
 async def test_a_silently_dead_connection_is_noticed_and_replaced(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    queue, cursors = Recorder(), MemoryCursorStore()
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
     async with trio.open_nursery() as nursery:
         proxy = BlackHoleProxy(dovecot.port)
         await nursery.start(proxy.run)
@@ -523,7 +523,7 @@ async def test_a_silently_dead_connection_is_noticed_and_replaced(dovecot, imap_
 
 async def test_idle_is_reissued_before_idle_refresh(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    queue = Recorder()
+    queue = RecordingQueue()
     async with trio.open_nursery() as nursery:
         proxy = BlackHoleProxy(dovecot.port)
         await nursery.start(proxy.run)

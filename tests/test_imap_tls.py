@@ -11,8 +11,8 @@ import trio
 import trustme
 from imapclient import IMAPClient
 
+from fakes import imap_job
 from imap_helpers import append, make_accounts
-from inboundd.jobs import ImapPointer, new_job
 from inboundd.outcomes import TransientError
 from inboundd.source import FetchedMessage
 from inboundd.providers.imap.fetch import ImapFetcher
@@ -64,7 +64,7 @@ async def fetch_first(account, port: int, user: str, password: str):
                 return client.select_folder("INBOX", readonly=True)[b"UIDVALIDITY"]
 
         uidvalidity = await trio.to_thread.run_sync(validity)
-        job = new_job(ImapPointer(account=account.id, folder="INBOX", uidvalidity=uidvalidity, uid=1), tenant="t")
+        job = imap_job(1, account.id, uidvalidity=uidvalidity)
         return await fetcher.fetch(job, max_size=0)
     finally:
         await fetcher.aclose()

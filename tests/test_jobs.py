@@ -8,9 +8,7 @@ import pytest
 from inboundd import jobs
 from inboundd.jobs import GooglePointer, ImapPointer, Job, JobDecodeError, MicrosoftPointer
 
-
-def imap_job(**kw: object) -> Job:
-    return jobs.new_job(ImapPointer(account="support", folder="INBOX", uidvalidity=7, uid=42), tenant="t1", **kw)
+from fakes import imap_job
 
 
 @pytest.mark.parametrize("pointer", [
@@ -38,7 +36,7 @@ def test_a_job_with_content_cannot_be_built(field: str) -> None:
 @pytest.mark.parametrize("where", ["job", "pointer"])
 @pytest.mark.parametrize("field", ["body", "raw", "mime", "attachments"])
 def test_a_payload_with_content_cannot_be_decoded(where: str, field: str) -> None:
-    data = msgspec.json.decode(jobs.encode(imap_job()))
+    data = msgspec.json.decode(jobs.encode(imap_job(42, uidvalidity=7, tenant="t1")))
     (data if where == "job" else data["pointer"])[field] = "From: x\r\n\r\nhello"
     with pytest.raises(JobDecodeError, match=field):
         jobs.decode(msgspec.json.encode(data))
@@ -57,14 +55,14 @@ def test_garbage_is_refused_naming_what_is_wrong(payload: bytes, complaint: str)
 
 
 def test_an_unknown_schema_version_is_refused() -> None:
-    data = msgspec.json.decode(jobs.encode(imap_job()))
+    data = msgspec.json.decode(jobs.encode(imap_job(42, uidvalidity=7, tenant="t1")))
     data["v"] = 2
     with pytest.raises(JobDecodeError, match="schema version 2"):
         jobs.decode(msgspec.json.encode(data))
 
 
 def test_counters_and_identity() -> None:
-    job = imap_job(job_id="abc")
+    job = imap_job(42, uidvalidity=7, tenant="t1", job_id="abc")
     assert (job.id, job.attempt, job.transient) == ("abc", 0, 0)
     assert job.identity() == "imap:INBOX:7:42"
     assert job.log_fields() == {"job_id": "abc", "account": "support", "provider": "imap", "attempt": 0}

@@ -94,32 +94,33 @@ def test_scraped_counters_match_the_work_done(daemon_factory, redis_url, pg_dsn,
     """5 messages arrive in a watched mailbox: /metrics parses and counts exactly that work."""
     import httpx
 
-    from test_ops_daemon import append_messages, imap_section, ledger_counts, scrape, counter
+    from daemon_harness import imap_section, ledger_counts, sample_sum, scrape
+    from imap_helpers import append_subjects
 
     user, password = imap_user
     daemon = daemon_factory(redis_url, pg_dsn, extra_config=imap_section(tmp_path, dovecot.port, user, password))
     daemon.start()
-    wait_for(lambda: counter(scrape(daemon), "inboundd_listeners", state="idle") == 1, 30, what="listener idle")
-    append_messages(dovecot.port, user, password, 5, "metrics")
+    wait_for(lambda: sample_sum(scrape(daemon), "inboundd_listeners", state="idle") == 1, 30, what="listener idle")
+    append_subjects(dovecot.port, user, password, [f"metrics {n}" for n in range(5)])
     wait_for(lambda: ledger_counts(pg_dsn) == {"processed": 5}, 60, what="5 messages processed")
-    wait_for(lambda: counter(scrape(daemon), "inboundd_jobs_acked_total", account="support") == 5, 30,
+    wait_for(lambda: sample_sum(scrape(daemon), "inboundd_jobs_acked_total", account="support") == 5, 30,
              what="5 acks counted")
 
     response = httpx.get(daemon.url + "/metrics", timeout=10)
     assert response.headers["content-type"].startswith("text/plain")
     samples = scrape(daemon)
     job = {"provider": "imap", "account": "support"}
-    assert counter(samples, "inboundd_jobs_enqueued_total", **job) == 5
-    assert counter(samples, "inboundd_jobs_claimed_total", **job) == 5
-    assert counter(samples, "inboundd_jobs_acked_total", **job) == 5
-    assert counter(samples, "inboundd_ledger_outcomes_total", outcome="processed", **job) == 5
-    assert counter(samples, "inboundd_jobs_dead_lettered_total") == 0
-    assert counter(samples, "inboundd_jobs_retried_total") == 0
-    assert counter(samples, "inboundd_processing_seconds_count", provider="imap") == 5
-    assert counter(samples, "inboundd_end_to_end_seconds_count", provider="imap") == 5
-    assert counter(samples, "inboundd_end_to_end_seconds_sum", provider="imap") > 0
-    assert counter(samples, "inboundd_queue_ready") == 0 and counter(samples, "inboundd_queue_in_flight") == 0
-    assert counter(samples, "inboundd_queue_dead") == 0
-    assert counter(samples, "inboundd_listeners", state="idle") == 1
-    assert counter(samples, "process_resident_memory_bytes") > 0
-    assert counter(samples, "process_cpu_seconds_total") > 0
+    assert sample_sum(samples, "inboundd_jobs_enqueued_total", **job) == 5
+    assert sample_sum(samples, "inboundd_jobs_claimed_total", **job) == 5
+    assert sample_sum(samples, "inboundd_jobs_acked_total", **job) == 5
+    assert sample_sum(samples, "inboundd_ledger_outcomes_total", outcome="processed", **job) == 5
+    assert sample_sum(samples, "inboundd_jobs_dead_lettered_total") == 0
+    assert sample_sum(samples, "inboundd_jobs_retried_total") == 0
+    assert sample_sum(samples, "inboundd_processing_seconds_count", provider="imap") == 5
+    assert sample_sum(samples, "inboundd_end_to_end_seconds_count", provider="imap") == 5
+    assert sample_sum(samples, "inboundd_end_to_end_seconds_sum", provider="imap") > 0
+    assert sample_sum(samples, "inboundd_queue_ready") == 0 and sample_sum(samples, "inboundd_queue_in_flight") == 0
+    assert sample_sum(samples, "inboundd_queue_dead") == 0
+    assert sample_sum(samples, "inboundd_listeners", state="idle") == 1
+    assert sample_sum(samples, "process_resident_memory_bytes") > 0
+    assert sample_sum(samples, "process_cpu_seconds_total") > 0

@@ -7,8 +7,6 @@ an operator would run it next to the daemon.
 
 from __future__ import annotations
 
-import email.message
-import imaplib
 import json
 import os
 import signal
@@ -18,13 +16,12 @@ import time
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_harness import DaemonProcess, imap_section
+from daemon_harness import DaemonProcess, imap_section, ledger_counts, sample_sum, scrape, seed_queue
+from imap_helpers import append_subjects
 from inboundd import cli
 from inboundd.store import ledger
 from waiting import wait_for
-from test_cli import seed_queue
 
 
 def ctl(capsys: pytest.CaptureFixture[str], daemon: DaemonProcess, *argv: str) -> tuple[int, str, str]:
@@ -37,38 +34,6 @@ def status_json(capsys, daemon: DaemonProcess) -> tuple[int, dict]:
     code, out, err = ctl(capsys, daemon, "status", "--json")
     assert out, err
     return code, json.loads(out)
-
-
-def append_messages(port: int, user: str, password: str, count: int, tag: str) -> None:
-    def login() -> imaplib.IMAP4:
-        client = imaplib.IMAP4("127.0.0.1", port)
-        client.login(user, password)
-        return client
-
-    # Dovecot re-reads its passwd file once per second: a brand-new user may need a moment.
-    holder: list[imaplib.IMAP4] = []
-
-    def can_login() -> bool:
-        try:
-            holder.append(login())
-            return True
-        except imaplib.IMAP4.error:
-            return False
-
-    wait_for(can_login, 15, what=f"Dovecot accepting {user}")
-    client = holder[0]
-    try:
-        for n in range(count):
-            message = email.message.EmailMessage()
-            message["From"] = "sender@example.com"
-            message["To"] = f"{user}@example.com"
-            message["Subject"] = f"{tag} {n}"
-            message["Message-ID"] = f"<{tag}-{n}@example.com>"
-            message.set_content(f"body of {tag} {n}\n")
-            typ, _ = client.append("INBOX", "", None, message.as_bytes())
-            assert typ == "OK"
-    finally:
-        client.logout()
 
 
 def listener_state(capsys, daemon: DaemonProcess) -> str | None:
@@ -198,43 +163,22 @@ class SlowProxy:
         self.listener.close()
 
 
-def scrape(daemon: DaemonProcess) -> dict[tuple[str, tuple], float]:
-    response = daemon.get("/metrics")
-    assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def counter(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples of *name* whose labels include *labels*."""
-    return sum(value for (sample, got), value in samples.items()
-               if sample == name and all((k, v) in got for k, v in labels.items()))
-
-
 def post_webhook(daemon: DaemonProcess) -> httpx.Response:
     return httpx.post(daemon.url + "/webhooks/microsoft", json={"value": []}, timeout=10)
-
-
-def ledger_counts(pg_dsn: str) -> dict[str, int]:
-    with psycopg.connect(pg_dsn) as conn:
-        return ledger.counts(conn)
 
 
 def test_drain_finishes_in_flight_jobs_and_resume_restores_intake(capsys, daemon_factory, redis_url, pg_dsn,
                                                                    dovecot, imap_user, tmp_path) -> None:
     user, password = imap_user
-    append_messages(dovecot.port, user, password, 8, "before")
+    append_subjects(dovecot.port, user, password, [f"before {n}" for n in range(8)])
     proxy = SlowProxy(dovecot.port, delay=0.4)
     try:
         section = imap_section(tmp_path, proxy.port, user, password, start_from='"all"', fetch_connections="2")
         daemon = daemon_factory(redis_url, pg_dsn, extra_config=section + "[queue]\nclaim_batch = 1\n",
                                 daemon_section='consumers = 2\nshutdown_grace = "30s"').start()
         assert post_webhook(daemon).status_code == 404  # running: accepted, but no Graph account configured
-        wait_for(lambda: counter(scrape(daemon), "inboundd_jobs_enqueued_total", account="support") == 8
-                 and counter(scrape(daemon), "inboundd_jobs_claimed_total", account="support") >= 1,
+        wait_for(lambda: sample_sum(scrape(daemon), "inboundd_jobs_enqueued_total", account="support") == 8
+                 and sample_sum(scrape(daemon), "inboundd_jobs_claimed_total", account="support") >= 1,
                  60, what="8 jobs enqueued and one claimed")
 
         body = daemon.control("POST", "/drain").json()
@@ -247,8 +191,8 @@ def test_drain_finishes_in_flight_jobs_and_resume_restores_intake(capsys, daemon
         assert out.startswith("drained:")
         proxy.delay = 0
         drained = scrape(daemon)
-        claimed = counter(drained, "inboundd_jobs_claimed_total", account="support")
-        acked = counter(drained, "inboundd_jobs_acked_total", account="support")
+        claimed = sample_sum(drained, "inboundd_jobs_claimed_total", account="support")
+        acked = sample_sum(drained, "inboundd_jobs_acked_total", account="support")
         assert claimed == acked and 1 <= claimed < 8, (claimed, acked)
         assert ledger_counts(pg_dsn) == {"processed": claimed}
 
@@ -262,8 +206,8 @@ def test_drain_finishes_in_flight_jobs_and_resume_restores_intake(capsys, daemon
         readiness = daemon.get("/readyz")
         assert readiness.status_code == 503 and readiness.json()["failed"] == ["intake"]
 
-        append_messages(dovecot.port, user, password, 1, "while-drained")
-        assert counter(scrape(daemon), "inboundd_jobs_claimed_total", account="support") == claimed
+        append_subjects(dovecot.port, user, password, ["while-drained 0"])
+        assert sample_sum(scrape(daemon), "inboundd_jobs_claimed_total", account="support") == claimed
 
         code, out, _ = ctl(capsys, daemon, "resume")
         assert code == 0 and out == "running\n"
@@ -287,7 +231,7 @@ def test_dlq_and_redrive_with_the_daemon_running(capsys, daemon_factory, redis_u
                                                  tmp_path) -> None:
     """Jobs dead-lettered while their mailbox password was wrong are redriven and stored once fixed."""
     user, password = imap_user
-    append_messages(dovecot.port, user, password, 3, "dlq")
+    append_subjects(dovecot.port, user, password, [f"dlq {n}" for n in range(3)])
     # No consumers at first: the listener's 3 jobs are dead-lettered through the real Queue API, as a
     # consumer does after max_attempts, so the DLQ holds real, redrivable jobs.
     section = imap_section(tmp_path, dovecot.port, user, password, start_from='"all"')

@@ -20,7 +20,7 @@ import trio
 
 from inboundd import metrics
 from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig
-from inboundd.jobs import ImapPointer, Job, new_job
+from inboundd.jobs import Job
 from inboundd.mime import parse_message
 from inboundd.outcomes import Outcome, PermanentError, TransientError
 from inboundd.processing import Processor
@@ -28,6 +28,7 @@ from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
 from inboundd.store import ledger, messages
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
+from fakes import imap_job
 from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def mime(n: int, *, message_id: str | None = "default", attachment: bytes | None
 
 
 def job_for(uid: int, *, account: str = ACCOUNT, job_id: str | None = None) -> Job:
-    return new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=7, uid=uid), tenant=TENANT, job_id=job_id)
+    return imap_job(uid, account, uidvalidity=7, tenant=TENANT, job_id=job_id)
 
 
 def key_of(job: Job) -> ledger.Key:

@@ -13,26 +13,15 @@ from redis.crc import key_slot
 
 from inboundd import clock, jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig
-from inboundd.jobs import ImapPointer, Job, MicrosoftPointer
+from inboundd.jobs import Job, MicrosoftPointer
 from inboundd.queue import GROUP, Keys, Queue, QueueStopped, ReclaimTimer
 from inboundd.redisio import RedisIO
 
+from fakes import imap_job, make_queue, metric_value
 from waiting import eventually
 
 CFG = QueueConfig(lease=0.3, max_attempts=3, backoff_base=0.01, backoff_cap=0.05, block=0.1,
                   reclaim_interval=0.05)
-
-
-def imap_job(uid: int, account: str = "support") -> Job:
-    return jobs.new_job(ImapPointer(account=account, folder="INBOX", uidvalidity=1, uid=uid), tenant="t")
-
-
-def counter(metric: Any, *labels: str) -> float:
-    return (metric.labels(*labels) if labels else metric)._value.get()
-
-
-def make_queue(rio: RedisIO, **overrides: Any) -> Queue:
-    return Queue(rio, msgspec.structs.replace(CFG, **overrides), prefix="tq")
 
 
 def stream_jobs(client: redis.Redis, key: str) -> list[Job]:
@@ -64,7 +53,7 @@ def test_all_keys_map_to_one_cluster_slot(prefix: str) -> None:
 
 
 async def test_enqueue_is_durable_in_order_before_it_returns(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     sent = [imap_job(uid) for uid in range(5)]
     ids = await queue.enqueue_many(sent[:3])
     ids += [await queue.enqueue(sent[3]), await queue.enqueue(sent[4])]
@@ -73,8 +62,8 @@ async def test_enqueue_is_durable_in_order_before_it_returns(rio: RedisIO, clien
 
 
 async def test_concurrent_enqueues_are_coalesced_into_few_pipelines(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
-    before = counter(metrics.jobs_enqueued, "imap", "burst")
+    queue = make_queue(rio, CFG)
+    before = metric_value(metrics.jobs_enqueued, "imap", "burst")
     results: dict[int, list[str]] = {}
 
     async def caller(n: int) -> None:
@@ -93,14 +82,14 @@ async def test_concurrent_enqueues_are_coalesced_into_few_pipelines(rio: RedisIO
         assert [in_redis[i].pointer.uid for i in ids] == [n * 1000 + i for i in range(20)]  # type: ignore[union-attr]
     # 1000 enqueues from 50 concurrent tasks cost ~20 waves of pipelines, not 1000 round trips.
     assert queue.enqueue_round_trips <= 100, queue.enqueue_round_trips
-    assert counter(metrics.jobs_enqueued, "imap", "burst") - before == 1000
+    assert metric_value(metrics.jobs_enqueued, "imap", "burst") - before == 1000
 
 
 async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redis: Any) -> None:
     server = make_redis()
     io = RedisIO.from_config(RedisConfig(url=server.url, socket_timeout=1.0))
-    queue = Queue(io, CFG, prefix="tq")
-    failures_before = counter(metrics.enqueue_failures)
+    queue = make_queue(io, CFG)
+    failures_before = metric_value(metrics.enqueue_failures)
     outcomes: list[str] = []
 
     async def caller(uid: int) -> None:
@@ -120,7 +109,7 @@ async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redi
     with pytest.raises(redis.RedisError):  # and without the batcher
         await queue.enqueue(imap_job(99))
     assert outcomes == ["refused"] * 10
-    assert counter(metrics.enqueue_failures) - failures_before == 11
+    assert metric_value(metrics.enqueue_failures) - failures_before == 11
     server.start()
     await queue.ensure_group()
     assert (await queue.stats()).ready == 0
@@ -129,7 +118,7 @@ async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redi
 
 async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO, client: redis.Redis) -> None:
     """Shutdown while the batcher waits for a Redis thread: the caller hears "not accepted", never hangs."""
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     outcome: list[BaseException] = []
 
     async def caller() -> None:
@@ -161,7 +150,7 @@ async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO
 
 
 async def test_ack_deletes_the_entry(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     await queue.enqueue_many([imap_job(1), imap_job(2)])
     claimed = await queue.claim("c1", 10)
@@ -172,7 +161,7 @@ async def test_ack_deletes_the_entry(rio: RedisIO, client: redis.Redis) -> None:
 
 
 async def test_retry_lands_in_the_delayed_set_at_its_due_time(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     await queue.enqueue(imap_job(1))
     (claimed,) = await queue.claim("c1", 10)
@@ -187,12 +176,12 @@ async def test_retry_lands_in_the_delayed_set_at_its_due_time(rio: RedisIO, clie
 
 
 async def test_a_stale_owner_can_neither_ack_nor_retry_nor_dead_letter(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     await queue.enqueue(imap_job(1))
     (claimed,) = await queue.claim("slow", 10)
     await idle_past_lease(client, queue, [claimed.entry_id])
-    stale_before = {op: counter(metrics.stale_owner, op) for op in ("ack", "retry", "dead_letter")}
+    stale_before = {op: metric_value(metrics.stale_owner, op) for op in ("ack", "retry", "dead_letter")}
 
     await ReclaimTimer(queue, queue.cfg, consumer="reclaimer").tick()  # the job goes back, attempt counted
 
@@ -201,7 +190,7 @@ async def test_a_stale_owner_can_neither_ack_nor_retry_nor_dead_letter(rio: Redi
     assert not await queue.retry("slow", claimed, claimed.job, 0, kind="error")  # type: ignore[arg-type]
     assert not await queue.dead_letter("slow", claimed, reason="x", error="y", attempts=1)
     for op in stale_before:
-        assert counter(metrics.stale_owner, op) - stale_before[op] == 1
+        assert metric_value(metrics.stale_owner, op) - stale_before[op] == 1
     # Nothing was duplicated, requeued, delayed or dead-lettered by the stale owner.
     (only,) = stream_jobs(client, queue.keys.stream)
     assert (only.id, only.attempt) == (claimed.job.id, 1)  # type: ignore[union-attr]
@@ -213,7 +202,7 @@ async def test_a_stale_owner_can_neither_ack_nor_retry_nor_dead_letter(rio: Redi
 
 
 async def test_heartbeat_keeps_a_live_lease_from_being_reclaimed(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     await queue.enqueue(imap_job(1))
     (claimed,) = await queue.claim("busy", 10)
@@ -230,7 +219,7 @@ async def test_heartbeat_keeps_a_live_lease_from_being_reclaimed(rio: RedisIO, c
 
 
 async def test_a_job_whose_worker_keeps_dying_ends_as_worker_lost(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)  # max_attempts = 3
+    queue = make_queue(rio, CFG)  # max_attempts = 3
     await queue.ensure_group()
     job = imap_job(1)
     await queue.enqueue(job)
@@ -253,7 +242,7 @@ async def test_a_job_whose_worker_keeps_dying_ends_as_worker_lost(rio: RedisIO, 
 
 
 async def test_undecodable_entries_found_by_the_reclaimer_are_dead_lettered(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     client.xadd(queue.keys.stream, {"job": b'{"id":"x","body":"hello"}'})
     (claimed,) = await queue.claim("doomed", 10)
@@ -265,7 +254,7 @@ async def test_undecodable_entries_found_by_the_reclaimer_are_dead_lettered(rio:
 
 
 async def test_due_retries_are_promoted_in_due_time_order(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     await queue.enqueue(imap_job(0))  # an older ready job stays ahead of promoted retries
     now = clock.wall_ms()
@@ -287,7 +276,7 @@ async def dead_letter_all(queue: Queue, *sent: Job) -> None:
 
 
 async def test_dead_letters_keep_job_reason_error_attempts_and_time(rio: RedisIO) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     a = jobs.new_job(MicrosoftPointer(account="m365", subscription_id="s", message_id="AAMk"), tenant="t")
     before = clock.wall()
@@ -302,17 +291,17 @@ async def test_dead_letters_keep_job_reason_error_attempts_and_time(rio: RedisIO
 
 
 async def test_a_capped_dlq_logs_and_counts_every_eviction(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio, dlq_maxlen=2)
+    queue = make_queue(rio, CFG, dlq_maxlen=2)
     await queue.ensure_group()
-    evicted_before = counter(metrics.dlq_evicted)
+    evicted_before = metric_value(metrics.dlq_evicted)
     first, *rest = [imap_job(uid) for uid in range(3)]
     await dead_letter_all(queue, first, *rest)
     assert [d.job_id for d in await queue.dead_letters()] == [j.id for j in rest]
-    assert counter(metrics.dlq_evicted) - evicted_before == 1
+    assert metric_value(metrics.dlq_evicted) - evicted_before == 1
 
 
 async def test_redrive_dry_run_by_id_by_account_and_all_reset_attempts(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     await queue.ensure_group()
     a1, a2, b1, b2 = imap_job(1, "a"), imap_job(2, "a"), imap_job(3, "b"), imap_job(4, "b")
     await dead_letter_all(queue, a1, a2, b1, b2)
@@ -335,7 +324,7 @@ async def test_redrive_dry_run_by_id_by_account_and_all_reset_attempts(rio: Redi
 
 
 async def test_stats_are_exact_for_a_known_state(rio: RedisIO, client: redis.Redis) -> None:
-    queue = make_queue(rio)
+    queue = make_queue(rio, CFG)
     empty = await queue.stats()  # no stream, no group: the CLI may ask before the daemon ever ran
     assert (empty.ready, empty.in_flight, empty.delayed, empty.dead, empty.oldest_ready_age) == (0, 0, 0, 0, None)
     await queue.ensure_group()
