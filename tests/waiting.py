@@ -3,7 +3,8 @@
 Two flavours with one semantics, for the two kinds of test code:
 
 * :func:`wait_for` blocks the calling thread (tests driving subprocesses,
-  threads or servers from plain synchronous code);
+  threads or servers from plain synchronous code); it is the product's own
+  poller, :func:`inboundd.trial.servers.wait_until`, failing as a test fails;
 * :func:`eventually` sleeps on trio's clock (tests running inside trio), so
   it never blocks the event loop and follows a ``MockClock`` where one is used.
 
@@ -18,46 +19,21 @@ was awaited and, if the predicate raised, the last error it raised.
 from __future__ import annotations
 
 import inspect
-import time
 from typing import Any, Callable
 
 import trio
 
+from inboundd.trial import servers
+
 __all__ = ["eventually", "wait_for"]
-
-
-class _Poll:
-    """The deadline of one wait, and the last error the predicate raised before it."""
-
-    def __init__(self, what: str, timeout: float, now: float) -> None:
-        self.what = what
-        self.timeout = timeout
-        self.deadline = now + timeout
-        self.last_error: Exception | None = None
-
-    def not_yet(self, error: Exception) -> None:
-        """Keep *error* for the report, unless it is an ``AssertionError``: that one fails at once."""
-        if isinstance(error, AssertionError):
-            raise error
-        self.last_error = error
-
-    def check_deadline(self, now: float) -> None:
-        if now >= self.deadline:
-            detail = f" (last error: {type(self.last_error).__name__}: {self.last_error})" if self.last_error else ""
-            raise AssertionError(f"timed out after {self.timeout:g}s waiting for {self.what}{detail}")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Block until ``predicate()`` returns a true value and return it; fail naming *what* after *timeout* s."""
-    poll = _Poll(what, timeout, time.monotonic())
-    while True:
-        try:
-            if value := predicate():
-                return value
-        except Exception as exc:
-            poll.not_yet(exc)
-        poll.check_deadline(time.monotonic())
-        time.sleep(interval)
+    try:
+        return servers.wait_until(predicate, timeout, what, interval, fatal=(AssertionError,))
+    except servers.ServerFailed as exc:  # the deadline passed: a failed test, not a failed server
+        raise AssertionError(str(exc)) from None
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -67,13 +43,18 @@ async def eventually(predicate: Callable[[], Any], timeout: float, what: str, in
     function, or a lambda returning a coroutine): the awaited result counts.
     Cancellation is honoured at every sleep.
     """
-    poll = _Poll(what, timeout, trio.current_time())
+    deadline = trio.current_time() + timeout
+    last: Exception | None = None
     while True:
         try:
             value = predicate()
             if value := (await value if inspect.isawaitable(value) else value):
                 return value
-        except Exception as exc:
-            poll.not_yet(exc)
-        poll.check_deadline(trio.current_time())
+        except AssertionError:
+            raise
+        except Exception as exc:  # not ready yet
+            last = exc
+        if trio.current_time() >= deadline:
+            detail = f" (last error: {type(last).__name__}: {last})" if last else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         await trio.sleep(interval)
