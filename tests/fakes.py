@@ -1,4 +1,5 @@
-"""Shared test doubles and builders: pointer jobs, test queues, recording stand-ins, metric reads.
+"""Shared test doubles and builders: pointer jobs, test queues, recording stand-ins, metric reads,
+and the in-process message source the processing tests store from.
 
 One home for what several test modules need, so a test module never imports
 another test module.
@@ -6,22 +7,42 @@ another test module.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Awaitable, Callable, Sequence
 
 import msgspec
 import trio
 
 from inboundd import jobs
-from inboundd.config import QueueConfig
+from inboundd.config import Config, PostgresConfig, ProcessingConfig, QueueConfig, StoreConfig
 from inboundd.jobs import ImapPointer, Job
 from inboundd.outcomes import Outcome
+from inboundd.processing import Processor
 from inboundd.queue import Queue
 from inboundd.redisio import RedisIO
+from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
+from inboundd.store.db import Database
 
-__all__ = ["QUEUE_PREFIX", "RecordingHandler", "RecordingQueue", "imap_job", "make_queue", "metric_value"]
+__all__ = [
+    "ACCOUNT",
+    "QUEUE_PREFIX",
+    "TENANT",
+    "FakeSource",
+    "RecordingHandler",
+    "RecordingQueue",
+    "imap_job",
+    "job_for",
+    "make_queue",
+    "metric_value",
+    "mime",
+    "processing_config",
+    "processor",
+]
 
 #: Key prefix of the queues tests build (child processes sharing a test's queue must use it too).
 QUEUE_PREFIX = "tq"
+#: Tenant and account of the processing fakes' jobs.
+TENANT, ACCOUNT = "t1", "support"
 
 
 def imap_job(uid: int, account: str = "support", *, folder: str = "INBOX", uidvalidity: int = 1,
@@ -83,3 +104,80 @@ class RecordingHandler:
         if self.behave is not None:
             return await self.behave(job, sum(1 for j in self.calls if j.id == job.id))
         return Outcome("processed")
+
+
+# --------------------------------------------------------------------------- processing
+
+
+def mime(n: int, *, message_id: str | None = "default", attachment: bytes | None = None, body: str = "hello") -> bytes:
+    """A small message; ``message_id="default"`` gives a unique <n@example.com>."""
+    mid = f"<msg-{n}@example.com>" if message_id == "default" else message_id
+    head = (f"From: Customer {n} <c{n}@example.com>\r\nTo: support@example.org\r\nSubject: order {n}\r\n"
+            "Date: Wed, 8 Nov 2023 10:00:00 +0100\r\nMIME-Version: 1.0\r\n")
+    if mid:
+        head += f"Message-ID: {mid}\r\n"
+    if attachment is None:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
+    encoded = base64.encodebytes(attachment).decode().replace("\n", "\r\n")
+    return (head + 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n--b1\r\n"
+            'Content-Type: application/pdf; name="invoice.pdf"\r\nContent-Disposition: attachment;'
+            ' filename="invoice.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + encoded + "--b1--\r\n").encode()
+
+
+def job_for(uid: int, *, account: str = ACCOUNT, job_id: str | None = None) -> Job:
+    """An IMAP job of :data:`TENANT` (UIDVALIDITY 7), as the processing tests hand a :class:`FakeSource`."""
+    return imap_job(uid, account, uidvalidity=7, tenant=TENANT, job_id=job_id)
+
+
+Item = bytes | SourceUnavailable | BaseException | Callable[[Job], Awaitable[Any]]
+
+
+class FakeSource:
+    """An in-process provider: identity → raw bytes, an unavailability, an exception, or a coroutine."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Item] = {}
+        #: Size the "provider" reports before download (None: unknown).
+        self.reported_size: dict[str, int] = {}
+        self.fetches: list[str] = []
+        self.committed: list[tuple[str, Any]] = []
+
+    def put(self, job: Job, item: Item) -> None:
+        self.items[job.identity()] = item
+
+    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
+        self.fetches.append(job.id)
+        item = self.items[job.identity()]
+        if callable(item) and not isinstance(item, BaseException):
+            item = await item(job)
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, SourceUnavailable):
+            return item
+        if self.reported_size.get(job.identity(), 0) > max_size:
+            return SourceUnavailable("oversize", f"provider reports {self.reported_size[job.identity()]} bytes")
+        pointer = job.pointer
+        return FetchedMessage(raw=item, provider_message_id=f"{pointer.uidvalidity}:{pointer.uid}",
+                              folder=pointer.folder, size=len(item))
+
+    async def after_commit(self, job: Job, outcome: Outcome) -> None:
+        self.committed.append((job.id, outcome))
+
+
+def processing_config(pg_dsn: str = "", *, lease: float = 30.0, fetch_timeout: float = 10.0, dedupe: bool = True,
+                      keep_raw: bool = False, max_size: int = 50 * 1024**2) -> Config:
+    """A configuration for a Processor on *pg_dsn* (only the processing and store parts matter)."""
+    return Config(
+        postgres=PostgresConfig(dsn=pg_dsn or "postgresql:///unused"),
+        processing=ProcessingConfig(max_message_size=max_size, dedupe_message_id=dedupe,
+                                    fetch_timeout=fetch_timeout, lease=lease),
+        store=StoreConfig(keep_raw=keep_raw),
+    )
+
+
+def processor(db: Database, source: FakeSource, **cfg: Any) -> Processor:
+    """A Processor on *db* fetching IMAP jobs from *source*; *cfg* as for :func:`processing_config`."""
+    registry = SourceRegistry()
+    registry.register("imap", source)
+    return Processor(db, registry, processing_config(**cfg), "test-instance")

@@ -2,7 +2,7 @@
 
 The example is taken from the document as it is and run as a program against
 a real store that the real ``Processor`` fills (the provider is the
-in-process ``FakeSource`` of test_processing).
+in-process ``FakeSource`` of tests/fakes.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import trio
 from inboundd.config import PostgresConfig
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
-from test_processing import ACCOUNT, FakeSource, job_for, mime, processor
+from fakes import ACCOUNT, FakeSource, job_for, mime, processor
 from waiting import wait_for
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "applications.md"

@@ -12,14 +12,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psycopg
 import pytest
 import trio
 
 from inboundd import metrics
-from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig
+from inboundd.config import PostgresConfig
 from inboundd.jobs import Job
 from inboundd.mime import parse_message
 from inboundd.outcomes import Outcome, PermanentError, TransientError
@@ -28,73 +28,15 @@ from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
 from inboundd.store import ledger, messages
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
-from fakes import imap_job
+from fakes import ACCOUNT, TENANT, FakeSource, job_for, mime, processing_config, processor
 from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus"
-TENANT, ACCOUNT = "t1", "support"
-
-
-def mime(n: int, *, message_id: str | None = "default", attachment: bytes | None = None, body: str = "hello") -> bytes:
-    """A small message; ``message_id="default"`` gives a unique <n@example.com>."""
-    mid = f"<msg-{n}@example.com>" if message_id == "default" else message_id
-    head = (f"From: Customer {n} <c{n}@example.com>\r\nTo: support@example.org\r\nSubject: order {n}\r\n"
-            "Date: Wed, 8 Nov 2023 10:00:00 +0100\r\nMIME-Version: 1.0\r\n")
-    if mid:
-        head += f"Message-ID: {mid}\r\n"
-    if attachment is None:
-        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
-    import base64
-
-    encoded = base64.encodebytes(attachment).decode().replace("\n", "\r\n")
-    return (head + 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
-            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n--b1\r\n"
-            'Content-Type: application/pdf; name="invoice.pdf"\r\nContent-Disposition: attachment;'
-            ' filename="invoice.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + encoded + "--b1--\r\n").encode()
-
-
-def job_for(uid: int, *, account: str = ACCOUNT, job_id: str | None = None) -> Job:
-    return imap_job(uid, account, uidvalidity=7, tenant=TENANT, job_id=job_id)
 
 
 def key_of(job: Job) -> ledger.Key:
     return ledger.Key(job.tenant, job.account, job.identity())
-
-
-Item = bytes | SourceUnavailable | BaseException | Callable[[Job], Awaitable[Any]]
-
-
-class FakeSource:
-    """An in-process provider: identity → raw bytes, an unavailability, an exception, or a coroutine."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, Item] = {}
-        #: Size the "provider" reports before download (None: unknown).
-        self.reported_size: dict[str, int] = {}
-        self.fetches: list[str] = []
-        self.committed: list[tuple[str, Any]] = []
-
-    def put(self, job: Job, item: Item) -> None:
-        self.items[job.identity()] = item
-
-    async def fetch(self, job: Job, max_size: int) -> FetchedMessage | SourceUnavailable:
-        self.fetches.append(job.id)
-        item = self.items[job.identity()]
-        if callable(item) and not isinstance(item, BaseException):
-            item = await item(job)
-        if isinstance(item, BaseException):
-            raise item
-        if isinstance(item, SourceUnavailable):
-            return item
-        if self.reported_size.get(job.identity(), 0) > max_size:
-            return SourceUnavailable("oversize", f"provider reports {self.reported_size[job.identity()]} bytes")
-        pointer = job.pointer
-        return FetchedMessage(raw=item, provider_message_id=f"{pointer.uidvalidity}:{pointer.uid}",
-                              folder=pointer.folder, size=len(item))
-
-    async def after_commit(self, job: Job, outcome: Outcome) -> None:
-        self.committed.append((job.id, outcome))
 
 
 @pytest.fixture
@@ -108,25 +50,9 @@ async def db(pg_dsn: str):
         await database.close()
 
 
-def make_config(pg_dsn: str = "", *, lease: float = 30.0, fetch_timeout: float = 10.0, dedupe: bool = True,
-                keep_raw: bool = False, max_size: int = 50 * 1024**2) -> Config:
-    return Config(
-        postgres=PostgresConfig(dsn=pg_dsn or "postgresql:///unused"),
-        processing=ProcessingConfig(max_message_size=max_size, dedupe_message_id=dedupe,
-                                    fetch_timeout=fetch_timeout, lease=lease),
-        store=StoreConfig(keep_raw=keep_raw),
-    )
-
-
 @pytest.fixture
 def source() -> FakeSource:
     return FakeSource()
-
-
-def processor(db: Database, source: FakeSource, **cfg: Any) -> Processor:
-    registry = SourceRegistry()
-    registry.register("imap", source)
-    return Processor(db, registry, make_config(**cfg), "test-instance")
 
 
 async def query(db: Database, sql: str, *args: Any) -> list[tuple]:
@@ -402,7 +328,7 @@ async def test_a_transient_source_error_stays_transient_and_is_retryable(db: Dat
 
 async def test_a_provider_without_a_source_is_a_permanent_error(db: Database) -> None:
     job = job_for(1)
-    proc = Processor(db, SourceRegistry(), make_config(), "test-instance")
+    proc = Processor(db, SourceRegistry(), processing_config(), "test-instance")
     with pytest.raises(PermanentError) as info:
         await proc.handle(job)
     assert info.value.reason == "no_source"
@@ -509,7 +435,7 @@ from inboundd.jobs import decode
 from inboundd.processing import Processor
 from inboundd.source import FetchedMessage, SourceRegistry
 from inboundd.store.db import Database
-from test_processing import make_config
+from fakes import processing_config
 
 dsn, job, mode, raw = sys.argv[2], decode(sys.argv[3]), sys.argv[4], open(sys.argv[5], "rb").read()
 
@@ -528,7 +454,7 @@ async def main():
     await db.open()
     sources = SourceRegistry()
     sources.register("imap", Source())
-    await Processor(db, sources, make_config(dsn, lease=2.0, fetch_timeout=1.0), "child").handle(job)
+    await Processor(db, sources, processing_config(dsn, lease=2.0, fetch_timeout=1.0), "child").handle(job)
 
 trio.run(main)
 """

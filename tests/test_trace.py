@@ -2,7 +2,7 @@
 
 Every state a message can be in is made through the real code: the real
 ``Processor`` stores, deduplicates and records failures in PostgreSQL (the
-provider is the in-process ``FakeSource`` of test_processing), the real
+provider is the in-process ``FakeSource`` of tests/fakes.py), the real
 ``Queue`` claims, retries and dead-letters in Redis. The commands run
 in-process through ``cli.main``, as from a shell.
 """
@@ -25,7 +25,7 @@ from inboundd.source import SourceUnavailable
 from inboundd.store.db import Database
 from inboundd.store.migrate import migrate
 from services import free_port
-from test_processing import ACCOUNT, TENANT, FakeSource, job_for, mime, processor
+from fakes import ACCOUNT, TENANT, FakeSource, job_for, mime, processor
 
 CONSUMER = "host-a:1234abcd-c1"
 
