@@ -254,59 +254,89 @@ class ConsumerPool:
 
     async def _loop(self, me: _Consumer) -> None:
         retry = _redis_backoff()
+        acks: list[Claimed] = []  # handled, to be acked with the next claim (one Redis call)
         while not me.stopping:
             if self._draining:
+                await self._flush_acks(me, acks)
+                acks = []
                 await self._changed.wait()  # resume() or resize() wakes us
                 continue
             me.claiming = True
             try:
-                batch = await self.queue.claim(me.name, self.cfg.claim_batch)
+                batch = await self._claim(me, acks)
                 retry.reset()
             except (redis.RedisError, OSError) as exc:
                 delay = retry.failed()
                 log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
                           retry_in=delay)
-                batch = []
                 me.claiming = False
                 self._notify()
                 await trio.sleep(delay)
                 continue
+            finally:
+                acks = []
             for claimed in batch:
                 me.held[claimed.entry_id] = claimed
             me.claiming = False
             self._notify()
             if batch:
-                await self._process_batch(me, batch)
+                acks = await self._process_batch(me, batch)
+        await self._flush_acks(me, acks)
 
-    async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> None:
+    async def _claim(self, me: _Consumer, acks: list[Claimed]) -> list[Claimed]:
+        """Ack *acks* and claim the next batch in one Redis call; wait for work (≤ ``block``) only when none is ready.
+
+        The acks are settled (metrics, log, released from ``held``) here, also
+        when the call fails: their entries then stay pending for the reclaim
+        timer, as with :meth:`_flush_acks`.
+        """
+        try:
+            flags, batch = await self.queue.ack_and_claim(me.name, acks, self.cfg.claim_batch)
+        except (redis.RedisError, OSError) as exc:
+            if acks:
+                log.event(_log, "consumer.ack_failed", level=logging.WARNING, consumer=me.name, jobs=len(acks),
+                          error=str(exc))
+                self._acked(me, acks, [False] * len(acks))
+            raise
+        if acks:
+            self._acked(me, acks, flags)
+        if batch:
+            return batch
+        return await self.queue.claim(me.name, self.cfg.claim_batch)
+
+    async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> list[Claimed]:
+        """Handle *batch* in order; returns the handled entries still to be acked (the oldest < ``ACK_FLUSH_AFTER``)."""
         acks: list[Claimed] = []
         first_ack_at = 0.0
+        debug = _log.isEnabledFor(logging.DEBUG)
         for index, claimed in enumerate(batch):
             if self._draining or me.stopping:
                 # Only the job in hand is finished on drain; the rest go back at once instead of
                 # waiting out their lease in a stopped consumer's name (and costing an attempt).
                 await self._hand_back(me, [c for c in batch[index:] if c.entry_id not in me.lost])
                 break
-            if claimed.entry_id in me.lost:
+            if me.lost and claimed.entry_id in me.lost:
                 # The heartbeat found the lease gone: another consumer has the job now.
                 me.lost.discard(claimed.entry_id)
                 me.held.pop(claimed.entry_id, None)
                 self._notify()
                 continue
-            if claimed.job is not None:
-                metrics.jobs_claimed.labels(claimed.job.provider, claimed.job.account).inc()
-                log.event(_log, "job.claim", level=logging.DEBUG, consumer=me.name, entry_id=claimed.entry_id,
-                          **claimed.job.log_fields())
+            job = claimed.job
+            if job is not None:
+                metrics.child(metrics.jobs_claimed, job.provider, job.account).inc()
+                if debug:
+                    log.event(_log, "job.claim", level=logging.DEBUG, consumer=me.name, entry_id=claimed.entry_id,
+                              **job.log_fields())
             if acks and trio.current_time() - first_ack_at > ACK_FLUSH_AFTER:
                 await self._flush_acks(me, acks)
                 acks = []
-            if await self._handle_one(me, claimed):
+            if await self._handle_one(me, claimed, debug):
                 if not acks:
                     first_ack_at = trio.current_time()
                 acks.append(claimed)
-        await self._flush_acks(me, acks)
+        return acks
 
-    async def _handle_one(self, me: _Consumer, claimed: Claimed) -> bool:
+    async def _handle_one(self, me: _Consumer, claimed: Claimed, debug: bool = False) -> bool:
         """Handle one entry; True when it should be acked (buffered), else it was settled here."""
         job = claimed.job
         if job is None:
@@ -322,13 +352,13 @@ class ConsumerPool:
                 result = TypeError(f"handler returned {type(result).__name__}, not an Outcome")
         except Exception as exc:  # classified by decide(); Cancelled is BaseException and passes
             result = exc
-        metrics.processing_seconds.labels(job.provider).observe(trio.current_time() - started)
-        decision = decide(job, result, self.cfg)
-        if decision.action == "ack":
-            assert isinstance(result, Outcome)
-            log.event(_log, "job.handled", level=logging.DEBUG, consumer=me.name, status=result.status,
-                      reason=result.reason, **job.log_fields())
+        metrics.child(metrics.processing_seconds, job.provider).observe(trio.current_time() - started)
+        if isinstance(result, Outcome):  # decide() says ack; skip building its Decision
+            if debug:
+                log.event(_log, "job.handled", level=logging.DEBUG, consumer=me.name, status=result.status,
+                          reason=result.reason, **job.log_fields())
             return True
+        decision = decide(job, result, self.cfg)
         if decision.action == "retry":
             log.event(_log, "job.failed", level=logging.WARNING, consumer=me.name, kind=decision.kind,
                       error=decision.error[:500], **job.log_fields())
@@ -374,15 +404,23 @@ class ConsumerPool:
             log.event(_log, "consumer.ack_failed", level=logging.WARNING, consumer=me.name, jobs=len(acks),
                       error=str(exc))
             flags = [False] * len(acks)
+        self._acked(me, acks, flags)
+
+    def _acked(self, me: _Consumer, acks: list[Claimed], flags: list[bool]) -> None:
+        """Release *acks* from ``held``; count and log the ones Redis acked (*flags*)."""
         now = clock.wall()
+        debug = _log.isEnabledFor(logging.DEBUG)
+        held, lost = me.held, me.lost
         for claimed, ok in zip(acks, flags):
-            me.held.pop(claimed.entry_id, None)
-            me.lost.discard(claimed.entry_id)
+            held.pop(claimed.entry_id, None)
+            if lost:
+                lost.discard(claimed.entry_id)
             job = claimed.job
             if ok and job is not None:
-                metrics.jobs_acked.labels(job.provider, job.account).inc()
-                metrics.end_to_end_seconds.labels(job.provider).observe(max(0.0, now - job.enqueued_at))
-                log.event(_log, "job.ack", level=logging.DEBUG, consumer=me.name, **job.log_fields())
+                metrics.child(metrics.jobs_acked, job.provider, job.account).inc()
+                metrics.child(metrics.end_to_end_seconds, job.provider).observe(max(0.0, now - job.enqueued_at))
+                if debug:
+                    log.event(_log, "job.ack", level=logging.DEBUG, consumer=me.name, **job.log_fields())
         self._notify()
 
     async def _heartbeat(self, me: _Consumer) -> None:

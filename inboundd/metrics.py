@@ -7,10 +7,12 @@ they need. Names follow Prometheus conventions (``_total`` counters,
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR
 
-__all__ = ["REGISTRY", "render"]
+__all__ = ["REGISTRY", "child", "render"]
 
 # ``*_created`` series (OpenMetrics) would double every counter series in the text format.
 from prometheus_client import disable_created_metrics  # noqa: E402
@@ -90,6 +92,23 @@ imap_post_actions = Counter(
     "inboundd_imap_post_actions_total", "Post-actions after commit (seen, move, delete) by outcome",
     ["account", "action", "outcome"], registry=REGISTRY,
 )
+
+
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, resolved once per label set and then kept.
+
+    ``labels()`` validates and locks on every call, which is a quarter of a
+    no-op job's cost in the consumer loop; hot paths call this instead. The
+    cache grows with the label sets in use, as the metric's own children do.
+    """
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 def render() -> tuple[bytes, str]:

@@ -56,7 +56,11 @@ def text(value: Any) -> str:
 
 def decode_entry(entry_id: Any, fields: Any) -> Claimed:
     """A stream entry as :class:`Claimed`; an entry without a decodable job carries the reason."""
-    raw = (fields or {}).get(b"job")
+    return decode_payload(entry_id, (fields or {}).get(b"job"))
+
+
+def decode_payload(entry_id: Any, raw: bytes | None) -> Claimed:
+    """Entry *entry_id* with job payload *raw* (None: the entry has no ``job`` field) as :class:`Claimed`."""
     eid = text(entry_id)
     if raw is None:
         return Claimed(eid, b"", None, "stream entry has no 'job' field")

@@ -1,11 +1,12 @@
-"""Enqueue: durable XADDs, with concurrent enqueues coalesced into pipelined batches."""
+"""Enqueue: durable XADDs, with concurrent enqueues coalesced into batches of one script call each."""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter as _Tally
+from collections import Counter as _Tally, deque
 from typing import Any, Sequence
 
+import outcome
 import redis
 import trio
 
@@ -15,12 +16,16 @@ from ..jobs import Job
 from ..redisio import RedisIO
 from .base import QueueBase, text
 
-__all__ = ["ENQUEUE_BATCH", "Enqueuing", "QueueStopped"]
+__all__ = ["DIRECT_WRITE_MIN", "ENQUEUE_BATCH", "Enqueuing", "QueueStopped"]
 
 _log = log.get_logger("queue")
 
-#: Jobs per pipelined XADD batch of the enqueue batcher.
+#: Jobs per batch (one ``enqueue`` script call) of the enqueue batcher.
 ENQUEUE_BATCH = 512
+#: An ``enqueue_many`` of at least this many jobs is written by its caller's own
+#: Redis call: there is nothing to coalesce, and the hand-over to the batcher
+#: task would only add a park and a wake.
+DIRECT_WRITE_MIN = 128
 
 
 class QueueStopped(RuntimeError):
@@ -28,20 +33,15 @@ class QueueStopped(RuntimeError):
 
 
 class _Request:
-    __slots__ = ("payloads", "done", "result", "error")
+    """One caller's payloads, parked until the batcher reschedules its task with the ids or an error."""
 
-    def __init__(self, payloads: list[bytes]) -> None:
+    __slots__ = ("payloads", "task", "taken")
+
+    def __init__(self, payloads: list[bytes], task: trio.lowlevel.Task) -> None:
         self.payloads = payloads
-        self.done = trio.Event()
-        self.result: list[str] = []
-        self.error: BaseException | None = None
-
-
-def _xadd_many(client: redis.Redis, stream: str, payloads: Sequence[bytes]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for payload in payloads:
-        pipe.xadd(stream, {b"job": payload})
-    return pipe.execute(raise_on_error=False)
+        self.task = task
+        #: The batcher took it into a batch: from then on the caller waits for the write.
+        self.taken = False
 
 
 class Enqueuing(QueueBase):
@@ -49,14 +49,14 @@ class Enqueuing(QueueBase):
 
     def __init__(self, rio: RedisIO, cfg: QueueConfig, *, prefix: str = "inboundd") -> None:
         super().__init__(rio, cfg, prefix=prefix)
-        self._requests: list[_Request] = []
+        self._requests: deque[_Request] = deque()
         self._wake = trio.Event()
         self._batcher_running = False
-        #: Pipelined XADD round trips made by the batcher (for tests and the bench).
+        #: Redis calls made to write enqueued jobs (for tests and the bench).
         self.enqueue_round_trips = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The enqueue batcher: coalesces concurrent enqueues into pipelined XADD batches.
+        """The enqueue batcher: coalesces concurrent enqueues into one ``enqueue`` script call per batch.
 
         Reports started once the consumer group exists. On cancellation, any
         enqueue not yet written fails with :class:`QueueStopped`; a batch
@@ -73,42 +73,57 @@ class Enqueuing(QueueBase):
                     batch: list[_Request] = []
                     size = 0
                     while self._requests and (not batch or size + len(self._requests[0].payloads) <= ENQUEUE_BATCH):
-                        request = self._requests.pop(0)
+                        request = self._requests.popleft()
+                        request.taken = True
                         batch.append(request)
                         size += len(request.payloads)
                     await self._write(batch)
         finally:
             self._batcher_running = False
-            pending, self._requests = self._requests, []
+            pending, self._requests = self._requests, deque()
             for request in pending:
-                request.error = QueueStopped("the enqueue batcher stopped")
-                request.done.set()
+                trio.lowlevel.reschedule(request.task, outcome.Error(QueueStopped("the enqueue batcher stopped")))
+
+    def _xadd_many(self, client: redis.Redis, payloads: Sequence[bytes]) -> list[Any]:
+        self.enqueue_round_trips += 1
+        return self.scripts.enqueue(keys=[self.keys.stream], args=payloads, client=client)
 
     async def _write(self, batch: list[_Request]) -> None:
-        payloads = [p for request in batch for p in request.payloads]
+        payloads = [p for request in batch for p in request.payloads] if len(batch) > 1 else batch[0].payloads
         try:
-            self.enqueue_round_trips += 1
-            results = await self.rio.run(_xadd_many, self.keys.stream, payloads)
+            ids = await self.rio.run(self._xadd_many, payloads)
         except BaseException as exc:
             # Cancelled before the write (waiting for a thread): its callers learn that
             # nothing was accepted instead of waiting forever.
             error = QueueStopped("the enqueue batcher stopped") if isinstance(exc, trio.Cancelled) else exc
             for request in batch:
-                request.error = error
-                request.done.set()
+                trio.lowlevel.reschedule(request.task, outcome.Error(error))
             if not isinstance(exc, Exception):
                 raise
             return
         pos = 0
         for request in batch:
-            mine = results[pos:pos + len(request.payloads)]
-            pos += len(request.payloads)
-            failed = next((r for r in mine if isinstance(r, Exception)), None)
-            if failed is not None:
-                request.error = failed
-            else:
-                request.result = [text(r) for r in mine]
-            request.done.set()
+            end = pos + len(request.payloads)
+            trio.lowlevel.reschedule(request.task, outcome.Value(ids[pos:end]))
+            pos = end
+
+    async def _through_batcher(self, payloads: list[bytes]) -> list[Any]:
+        """Hand *payloads* to the batcher and park until it wrote them (or failed).
+
+        Cancelled while still queued, the request is withdrawn (nothing was
+        written); once the batcher took it, cancellation waits for the write.
+        """
+        request = _Request(payloads, trio.lowlevel.current_task())
+        self._requests.append(request)
+        self._wake.set()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if request.taken:
+                return trio.lowlevel.Abort.FAILED
+            self._requests.remove(request)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def enqueue(self, job: Job) -> str:
         """Durably enqueue *job*; returns its stream entry id once Redis acknowledged it.
@@ -124,31 +139,26 @@ class Enqueuing(QueueBase):
         When it raises, some of the jobs may still have been written (a
         re-enqueue then makes a duplicate job, which the ledger absorbs).
         """
-        payloads = [jobs_mod.encode(self._check(job)) for job in jobs]
+        encode = jobs_mod.encode
+        payloads = [encode(self._check(job)) for job in jobs]
         if not payloads:
             return []
         try:
-            if self._batcher_running:
-                request = _Request(payloads)
-                self._requests.append(request)
-                self._wake.set()
-                await request.done.wait()
-                if request.error is not None:
-                    raise request.error
-                ids = request.result
+            if self._batcher_running and len(payloads) < DIRECT_WRITE_MIN:
+                replies = await self._through_batcher(payloads)
             else:
-                results = await self.rio.run(_xadd_many, self.keys.stream, payloads)
-                failed = next((r for r in results if isinstance(r, Exception)), None)
-                if failed is not None:
-                    raise failed
-                ids = [text(r) for r in results]
+                replies = await self.rio.run(self._xadd_many, payloads)
         except Exception as exc:
             metrics.enqueue_failures.inc(len(payloads))
             log.event(_log, "job.enqueue_failed", level=logging.WARNING, jobs=len(payloads), error=str(exc),
                       **({"job_id": jobs[0].id, "account": jobs[0].account} if len(jobs) == 1 else {}))
             raise
-        for (provider, account), n in _Tally((job.provider, job.account) for job in jobs).items():
-            metrics.jobs_enqueued.labels(provider, account).inc(n)
+        ids = [text(r) for r in replies]
+        if len(jobs) == 1:
+            metrics.child(metrics.jobs_enqueued, jobs[0].provider, jobs[0].account).inc()
+        else:
+            for (provider, account), n in _Tally((job.provider, job.account) for job in jobs).items():
+                metrics.child(metrics.jobs_enqueued, provider, account).inc(n)
         if _log.isEnabledFor(logging.DEBUG):
             for job, entry_id in zip(jobs, ids):
                 log.event(_log, "job.enqueue", level=logging.DEBUG, entry_id=entry_id, **job.log_fields())

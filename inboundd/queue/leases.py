@@ -16,7 +16,7 @@ import redis
 
 from .. import clock, jobs as jobs_mod, log, metrics
 from ..jobs import Job
-from .base import GROUP, PAGE, Claimed, QueueBase, decode_entry, text
+from .base import GROUP, PAGE, Claimed, QueueBase, decode_entry, decode_payload, text
 
 __all__ = ["MAX_ERROR_CHARS", "Leases"]
 
@@ -54,6 +54,36 @@ class Leases(QueueBase):
         block = self.cfg.block if block is None else block
         block_ms = max(1, int(block * 1000)) if block > 0 else None
         return await self.rio.run(self._claim_sync, consumer, count, block_ms, ">")
+
+    def _ack_claim_sync(self, client: redis.Redis, consumer: str, ack_ids: list[str],
+                        count: int) -> tuple[list[int], list[Claimed]]:
+        args = [GROUP, consumer, count, *ack_ids]
+        try:
+            flags, flat = self.scripts.ack_claim(keys=[self.keys.stream], args=args, client=client)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or group vanished (FLUSHALL, a new Redis): recreate and go again.
+            self._ensure_group_sync(client)
+            flags, flat = self.scripts.ack_claim(keys=[self.keys.stream], args=args, client=client)
+        return flags, [decode_payload(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def ack_and_claim(self, consumer: str, acks: Sequence[Claimed],
+                            count: int) -> tuple[list[bool], list[Claimed]]:
+        """Ack *acks* (as :meth:`ack`) and claim up to *count* new entries, in one Redis call, without waiting.
+
+        Returns one bool per ack (False: the lease had moved, logged as
+        stale) and the claimed entries, which may be none: then wait for
+        work with :meth:`claim`. Cancellation waits for the call to return;
+        the caller owns whatever was claimed.
+        """
+        flags, claimed = await self.rio.run(self._ack_claim_sync, consumer, [c.entry_id for c in acks], count)
+        result = [bool(flag) for flag in flags]
+        if not all(result):
+            for entry, ok in zip(acks, result):
+                if not ok:
+                    self._stale("ack", consumer, entry.entry_id, entry.job)
+        return result, claimed
 
     async def own_pending(self, consumer: str, count: int = PAGE) -> list[Claimed]:
         """Entries already pending for *consumer* (``XREADGROUP … 0``), oldest first, up to *count*."""
@@ -109,7 +139,7 @@ class Leases(QueueBase):
         job = claimed.job
         fields: list[Any] = [
             "job", claimed.raw, "reason", reason, "error", error[:MAX_ERROR_CHARS], "attempts", attempts,
-            "at", f"{clock.wall():.3f}", "job_id", job.id if job else "", "account", job.account if job else "",
+            "at", f"{clock.wall_ms() / 1000:.3f}", "job_id", job.id if job else "", "account", job.account if job else "",
             "provider", job.provider if job else "", "entry_id", claimed.entry_id, "consumer", consumer,
         ]
         reply = await self.rio.run(lambda client: self.scripts.dead_letter(

@@ -54,6 +54,8 @@ class Scripts:
         self.dead_letter = fenced("dead_letter")
         self.requeue = fenced("requeue")
         self.heartbeat = fenced("heartbeat")
+        self.enqueue = register(client, "enqueue")
+        self.ack_claim = fenced("ack_claim")
         self.promote = register(client, "promote")
         self.redrive = register(client, "redrive")
         self.forget_consumer = register(client, "forget_consumer")
