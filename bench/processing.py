@@ -14,6 +14,11 @@ Where the time goes: every stage is timed (wall time summed over tasks, so
 with N consumers the stages add up to ~N × elapsed): ledger claim
 transaction, fetch, parse (worker thread), store transaction.
 
+Cost per message, counted: client CPU (this process, every thread), server
+CPU (every PostgreSQL process of the private cluster, from /proc) and SQL
+statements (``pg_stat_statements``, BEGIN and COMMIT included), each divided
+by the messages handled. The goal (issue 15) is printed beside the rate.
+
 Usage::
 
     .venv/bin/python bench/processing.py                        # consumers 1,4,8,16; 2000 messages each
@@ -54,6 +59,9 @@ from inboundd.store import ledger  # noqa: E402
 from inboundd.store.db import Database  # noqa: E402
 from inboundd.store.migrate import migrate  # noqa: E402
 from services import PostgresServer  # noqa: E402
+
+#: msg/s goal from issue 15, printed beside each rate.
+GOAL = 2000
 
 WORDS = ("order invoice delivery parcel refund account password reset thanks please regards tomorrow "
          "question problem urgent support ticket customer number address change payment card").split()
@@ -131,7 +139,43 @@ class CorpusSource:
         return None
 
 
-async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, keep_raw: bool) -> dict[str, Any]:
+def server_cpu(server: PostgresServer) -> float:
+    """CPU seconds (user + system) used so far by the cluster's processes that are alive now."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid == postmaster or ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+STATEMENTS = ("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
+              " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+              " AND query NOT LIKE '%pg_stat_statements%'")
+
+
+def enable_statement_counts(server: PostgresServer, dsn: str) -> None:
+    """Load pg_stat_statements (a restart) and create it in the bench database."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    server.stop()
+    server.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
+                   keep_raw: bool) -> dict[str, Any]:
     stages: dict[str, list[float]] = defaultdict(list)
     db = TimedDatabase(PostgresConfig(dsn=dsn, pool_min=min(consumers, 16), pool_max=max(2, min(consumers + 2, 32))),
                        stages=stages)
@@ -158,7 +202,9 @@ async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, k
         source.raw[job.identity()] = raw
         jobs.append(job)
     await db.run(lambda conn: conn.execute("SELECT 1"))  # pool warm
+    await db.run(lambda conn: conn.execute("SELECT pg_stat_statements_reset()"))
     stages.clear()
+    server_cpu_started = server_cpu(server)
     queue = iter(jobs)
     statuses: dict[str, int] = defaultdict(int)
     latencies: list[float] = []
@@ -175,7 +221,10 @@ async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, k
         for _ in range(consumers):
             nursery.start_soon(consumer)
     elapsed = time.perf_counter() - started
-    cpu = (time.process_time() - cpu_started) / elapsed
+    client_cpu = time.process_time() - cpu_started
+    cpu = client_cpu / elapsed
+    server_cpu_used = server_cpu(server) - server_cpu_started
+    statements = (await db.run(lambda conn: conn.execute(STATEMENTS).fetchone()))[0]
     processing_mod.parse_message = real_parse  # type: ignore[assignment]
     stage_totals = {k: (sum(v), statistics.mean(v) * 1000) for k, v in stages.items()}
     counts = await db.run(lambda conn: ledger.counts(conn, account=f"bench{run_no}"))
@@ -185,6 +234,8 @@ async def run_once(dsn: str, corpus: list[bytes], consumers: int, run_no: int, k
         "consumers": consumers, "elapsed": elapsed, "rate": len(jobs) / elapsed, "cpu": cpu, "statuses": dict(statuses),
         "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "stages": stage_totals,
+        "client_us": 1e6 * client_cpu / len(jobs), "server_us": 1e6 * server_cpu_used / len(jobs),
+        "statements": statements / len(jobs),
         "ledger": counts,
     }
 
@@ -213,14 +264,20 @@ def main() -> None:
 
         with psycopg.connect(dsn) as conn:
             migrate(conn)
-        print(f"{'consumers':>9} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu%':>5}   stage: total s (mean ms)")
+        enable_statement_counts(server, dsn)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"{'consumers':>9} {'msg/s':>6} {'(goal)':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu%':>5} {'client µs':>9}"
+              f" {'server µs':>9} {'stmts':>5}   stage: total s (mean ms)")
         for run_no, consumers in enumerate(int(c) for c in args.consumers.split(",")):
-            result = trio.run(run_once, dsn, corpus, consumers, run_no, args.keep_raw)
+            result = trio.run(run_once, server, dsn, corpus, consumers, run_no, args.keep_raw)
             assert result["statuses"] == {"processed": len(corpus)}, result["statuses"]
             assert result["ledger"].get("processed") == len(corpus), result["ledger"]
             stages = "  ".join(f"{name} {total:.2f} ({mean:.2f})" for name, (total, mean) in
                                sorted(result["stages"].items()))
-            print(f"{consumers:>9} {result['rate']:>8.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f} {100 * result['cpu']:>5.0f}   {stages}")
+            print(f"{consumers:>9} {result['rate']:>6.0f} {'≥' + str(GOAL):>7} {result['p50_ms']:>7.1f}"
+                  f" {result['p99_ms']:>7.1f} {100 * result['cpu']:>5.0f} {result['client_us']:>9.0f}"
+                  f" {result['server_us']:>9.0f} {result['statements']:>5.1f}   {stages}", flush=True)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
