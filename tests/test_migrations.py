@@ -130,3 +130,28 @@ def test_a_failed_migration_leaves_nothing_half_applied(pg_dsn: str) -> None:
             migrate(conn)
     assert "inbound_cursors" not in _tables(pg_dsn)
     assert "inbound_messages" not in _tables(pg_dsn)
+
+
+def test_large_columns_compress_with_lz4_and_only_indexes_a_query_uses_remain(pg_dsn: str) -> None:
+    _migrate(pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:
+        compression = dict(conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute"
+            " WHERE attrelid IN ('inbound_messages'::regclass, 'inbound_attachments'::regclass)"
+            " AND attname IN ('text_body', 'html_body', 'headers', 'raw', 'data')").fetchall())
+        indexes = {name for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename IN"
+            " ('inbound_messages', 'inbound_attachments', 'inbound_ledger')").fetchall()}
+        # Values are really written with lz4 (the test server is built with it, as Debian's is).
+        conn.execute("INSERT INTO inbound_messages (tenant, account, provider, identity, job_id, thread_key, size,"
+                     " text_body) VALUES ('t', 'a', 'imap', 'i', 'j', 'k', 1, repeat('compressible ', 1000))")
+        method = conn.execute("SELECT pg_column_compression(text_body) FROM inbound_messages").fetchone()[0]
+    assert compression == {"inbound_messages.text_body": "l", "inbound_messages.html_body": "l",
+                           "inbound_messages.headers": "l", "inbound_messages.raw": "l",
+                           "inbound_attachments.data": "l"}
+    assert method == "lz4"
+    assert indexes == {
+        "inbound_messages_pkey", "inbound_messages_identity_key", "inbound_messages_message_id_idx",
+        "inbound_attachments_pkey", "inbound_attachments_position_key",
+        "inbound_ledger_pkey", "inbound_ledger_open_idx", "inbound_ledger_message_idx",
+    }
