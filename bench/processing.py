@@ -48,11 +48,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import trio  # noqa: E402
 
-from inboundd import processing as processing_mod  # noqa: E402
 from inboundd.config import Config, PostgresConfig, ProcessingConfig, StoreConfig  # noqa: E402
 from inboundd.jobs import ImapPointer, Job, new_job  # noqa: E402
 from inboundd.mime import parse_message  # noqa: E402
 from inboundd.outcomes import Outcome  # noqa: E402
+from inboundd.parsing import ProcessParser, ThreadParser  # noqa: E402
 from inboundd.processing import Processor  # noqa: E402
 from inboundd.source import FetchedMessage, SourceRegistry  # noqa: E402
 from inboundd.store import ledger  # noqa: E402
@@ -139,9 +139,8 @@ class CorpusSource:
         return None
 
 
-def server_cpu(server: PostgresServer) -> float:
-    """CPU seconds (user + system) used so far by the cluster's processes that are alive now."""
-    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by process *root* and its live children."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in os.listdir("/proc"):
@@ -151,10 +150,19 @@ def server_cpu(server: PostgresServer) -> float:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        pid, ppid = int(entry), int(fields[1])
-        if pid == postmaster or ppid == postmaster:
+        if int(entry) == root or int(fields[1]) == root:
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's live children (the parse workers)."""
+    return tree_cpu(os.getpid()) - time.process_time()
+
+
+def server_cpu(server: PostgresServer) -> float:
+    """CPU seconds used so far by the cluster's processes that are alive now."""
+    return tree_cpu(int((server.data / "postmaster.pid").read_text().split()[0]))
 
 
 STATEMENTS = ("SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
@@ -174,8 +182,34 @@ def enable_statement_counts(server: PostgresServer, dsn: str) -> None:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
 
+class TimedParser:
+    """The real parser, timing each parse as the caller waits for it."""
+
+    def __init__(self, inner: Any, stages: dict[str, list[float]]) -> None:
+        self.inner = inner
+        self.stages = stages
+
+    async def parse(self, raw: bytes) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.inner.parse(raw)
+        finally:
+            self.stages["parse"].append(time.perf_counter() - started)
+
+
 async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
-                   keep_raw: bool) -> dict[str, Any]:
+                   keep_raw: bool, parse_in: str) -> dict[str, Any]:
+    if parse_in == "process":
+        async with ProcessParser.open() as parser:
+            async with trio.open_nursery() as nursery:  # spawn and warm every worker before the clock runs
+                for raw in corpus[:parser.workers * 2]:
+                    nursery.start_soon(parser.parse, raw)
+            return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, parser)
+    return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, ThreadParser(2))
+
+
+async def _run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
+                    keep_raw: bool, inner_parser: Any) -> dict[str, Any]:
     stages: dict[str, list[float]] = defaultdict(list)
     db = TimedDatabase(PostgresConfig(dsn=dsn, pool_min=min(consumers, 16), pool_max=max(2, min(consumers + 2, 32))),
                        stages=stages)
@@ -184,18 +218,8 @@ async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consum
     registry = SourceRegistry()
     registry.register("imap", source)
     cfg = Config(processing=ProcessingConfig(fetch_timeout=60, lease=300), store=StoreConfig(keep_raw=keep_raw))
-    proc = Processor(db, registry, cfg, "bench")
-
-    real_parse = parse_message
-
-    def timed_parse(raw: bytes) -> Any:
-        started = time.perf_counter()
-        try:
-            return real_parse(raw)
-        finally:
-            stages["parse"].append(time.perf_counter() - started)
-
-    processing_mod.parse_message = timed_parse  # type: ignore[assignment]
+    parser = TimedParser(inner_parser, stages)
+    proc = Processor(db, registry, cfg, "bench", parser=parser)
     jobs = []
     for uid, raw in enumerate(corpus, 1):
         job = new_job(ImapPointer(account=f"bench{run_no}", folder="INBOX", uidvalidity=1, uid=uid), tenant="bench")
@@ -216,16 +240,16 @@ async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consum
             latencies.append(time.perf_counter() - started)
             statuses[outcome.status] += 1
 
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started, workers_started = time.perf_counter(), time.process_time(), children_cpu()
     async with trio.open_nursery() as nursery:
         for _ in range(consumers):
             nursery.start_soon(consumer)
     elapsed = time.perf_counter() - started
     client_cpu = time.process_time() - cpu_started
+    workers_cpu = children_cpu() - workers_started
     cpu = client_cpu / elapsed
     server_cpu_used = server_cpu(server) - server_cpu_started
     statements = (await db.run(lambda conn: conn.execute(STATEMENTS).fetchone()))[0]
-    processing_mod.parse_message = real_parse  # type: ignore[assignment]
     stage_totals = {k: (sum(v), statistics.mean(v) * 1000) for k, v in stages.items()}
     counts = await db.run(lambda conn: ledger.counts(conn, account=f"bench{run_no}"))
     await db.close()
@@ -234,7 +258,7 @@ async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consum
         "consumers": consumers, "elapsed": elapsed, "rate": len(jobs) / elapsed, "cpu": cpu, "statuses": dict(statuses),
         "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "stages": stage_totals,
-        "client_us": 1e6 * client_cpu / len(jobs), "server_us": 1e6 * server_cpu_used / len(jobs),
+        "client_us": 1e6 * client_cpu / len(jobs), "workers_us": 1e6 * workers_cpu / len(jobs), "server_us": 1e6 * server_cpu_used / len(jobs),
         "statements": statements / len(jobs),
         "ledger": counts,
     }
@@ -245,6 +269,8 @@ def main() -> None:
     parser.add_argument("--consumers", default="1,4,8,16", help="comma-separated consumer counts")
     parser.add_argument("--messages", type=int, default=2000, help="messages per run")
     parser.add_argument("--keep-raw", action="store_true", help="also store the raw MIME ([store] keep_raw)")
+    parser.add_argument("--parse-in", choices=("process", "thread"), default="process",
+                        help="parse in worker processes (the daemon's way) or in two threads")
     args = parser.parse_args()
 
     corpus = generate(args.messages)
@@ -266,16 +292,17 @@ def main() -> None:
             migrate(conn)
         enable_statement_counts(server, dsn)
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"parse in: {args.parse_in}; CPU and statements per message")
         print(f"{'consumers':>9} {'msg/s':>6} {'(goal)':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu%':>5} {'client µs':>9}"
-              f" {'server µs':>9} {'stmts':>5}   stage: total s (mean ms)")
+              f" {'parse µs':>8} {'server µs':>9} {'stmts':>5}   stage: total s (mean ms)")
         for run_no, consumers in enumerate(int(c) for c in args.consumers.split(",")):
-            result = trio.run(run_once, server, dsn, corpus, consumers, run_no, args.keep_raw)
+            result = trio.run(run_once, server, dsn, corpus, consumers, run_no, args.keep_raw, args.parse_in)
             assert result["statuses"] == {"processed": len(corpus)}, result["statuses"]
             assert result["ledger"].get("processed") == len(corpus), result["ledger"]
             stages = "  ".join(f"{name} {total:.2f} ({mean:.2f})" for name, (total, mean) in
                                sorted(result["stages"].items()))
             print(f"{consumers:>9} {result['rate']:>6.0f} {'≥' + str(GOAL):>7} {result['p50_ms']:>7.1f}"
-                  f" {result['p99_ms']:>7.1f} {100 * result['cpu']:>5.0f} {result['client_us']:>9.0f}"
+                  f" {result['p99_ms']:>7.1f} {100 * result['cpu']:>5.0f} {result['client_us']:>9.0f} {result['workers_us']:>8.0f}"
                   f" {result['server_us']:>9.0f} {result['statements']:>5.1f}   {stages}", flush=True)
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:

@@ -22,6 +22,7 @@ from .backoff import Backoff
 from .consumer import ConsumerPool
 from .ingress.cursors import DbCursorStore
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .parsing import Parser, ProcessParser
 from .processing import Processor
 from .provider import Context, ReadinessCheck, Runtime
 from .providers import REGISTRY, Registry
@@ -47,7 +48,8 @@ def _secret(cfg: config_mod.Config, key: str) -> str | None:
 class Pipeline:
     """Everything the daemon runs besides its HTTP servers."""
 
-    def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database, *, registry: Registry = REGISTRY) -> None:
+    def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database, *, registry: Registry = REGISTRY,
+                 parser: Parser | None = None) -> None:
         self.cfg = cfg
         self.rio = rio
         self.db = db
@@ -61,7 +63,7 @@ class Pipeline:
         for name, runtime in self.runtimes.items():
             if runtime.source is not None:
                 self.sources.register(name, runtime.source)
-        self.processor = Processor(db, self.sources, cfg, instance)
+        self.processor = Processor(db, self.sources, cfg, instance, parser=parser)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
         self._nursery: trio.Nursery | None = None
@@ -73,8 +75,9 @@ class Pipeline:
     async def open(cls, daemon: Any, *, registry: Registry = REGISTRY) -> AsyncIterator["Pipeline"]:
         """Open the pools, apply migrations (waiting for PostgreSQL), yield, close the pools.
 
-        The pools (and every provider runtime's own, ``Runtime.aclose``) are
-        closed on every exit path, cancellation included.
+        The pools (and every provider runtime's own, ``Runtime.aclose``, and
+        the parse worker processes) are closed on every exit path,
+        cancellation included.
         """
         cfg = daemon.cfg
         rio = RedisIO.from_config(cfg.redis, _secret(cfg, "redis.password"))
@@ -83,13 +86,14 @@ class Pipeline:
             try:
                 await db.open()
                 await cls._migrate_when_reachable(daemon, db)
-                pipeline = cls(cfg, rio, db, registry=registry)
-                try:
-                    yield pipeline
-                finally:
-                    with trio.CancelScope(shield=True):
-                        for runtime in pipeline.runtimes.values():
-                            await runtime.aclose()
+                async with ProcessParser.open() as parser:
+                    pipeline = cls(cfg, rio, db, registry=registry, parser=parser)
+                    try:
+                        yield pipeline
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            for runtime in pipeline.runtimes.values():
+                                await runtime.aclose()
             finally:
                 with trio.CancelScope(shield=True):
                     await db.close()

@@ -16,8 +16,9 @@ consumer retries or dead-letters; see ``outcomes.py``):
 2. **Fetch** through ``sources.get(job.provider)`` within
    ``processing.fetch_timeout``. :class:`SourceUnavailable`, or more bytes
    than ``processing.max_message_size`` → ledger ``skipped`` with the reason.
-3. **Parse** with :func:`inboundd.mime.parse_message` (never raises) in a
-   worker thread.
+3. **Parse** with :func:`inboundd.mime.parse_message` (never raises) through
+   the processor's :mod:`~inboundd.parsing` parser: worker processes in the
+   daemon, a worker thread otherwise.
 4. **Store**, one transaction: lock the ledger row and check the claim is
    still ours (fencing); Message-ID dedupe within the account under an
    advisory lock (``processing.dedupe_message_id``); insert message +
@@ -44,8 +45,9 @@ import trio
 from . import log, metrics
 from .config_schema import CoreConfig
 from .jobs import Job
-from .mime import Message, parse_message
+from .mime import Message
 from .outcomes import Outcome, PermanentError, TransientError
+from .parsing import Parser, ThreadParser
 from .source import FetchedMessage, Source, SourceRegistry, SourceUnavailable
 from .store import ledger, messages
 from .store.db import Database
@@ -124,14 +126,14 @@ class Processor:
 
     def __init__(
         self, db: Database, sources: SourceRegistry, cfg: CoreConfig, instance: str,
-        *, parse_limiter: trio.CapacityLimiter | None = None,
+        *, parser: Parser | None = None,
     ) -> None:
         self.db = db
         self.sources = sources
         self.cfg = cfg
         self.instance = instance or "inboundd"
-        # Parsing is CPU-bound; two threads keep the event loop responsive on a 2-core box.
-        self.parse_limiter = parse_limiter or trio.CapacityLimiter(2)
+        # The daemon parses in worker processes (parsing.ProcessParser); without one, in two threads.
+        self.parser: Parser = parser or ThreadParser(2)
 
     def _owner(self) -> str:
         return f"{self.instance}:{secrets.token_hex(6)}"
@@ -204,7 +206,7 @@ class Processor:
         if len(fetched.raw) > max_size:
             raise _Skip("oversize", f"{len(fetched.raw)} bytes received, max_message_size is {max_size}")
 
-        message = await trio.to_thread.run_sync(parse_message, fetched.raw, limiter=self.parse_limiter)
+        message = await self.parser.parse(fetched.raw)
         dedupe, keep_raw = cfg.processing.dedupe_message_id, cfg.store.keep_raw
         result = await self.db.run(
             lambda conn: commit_message(conn, key, owner, job, fetched, message,

@@ -7,8 +7,9 @@ may import its own layer and the layers below it; the layers, lowest first:
 
 * **foundation** — pure values and decisions, the clock, logs, metrics and the
   configuration machinery: they know nothing above them;
-* **infrastructure** — Redis, PostgreSQL (``store/``), the queue, systemd, and
-  the private servers ``inboundd trial`` runs (``trial/servers.py``);
+* **infrastructure** — Redis, PostgreSQL (``store/``), the queue, systemd, the
+  parse worker processes (``parsing.py``), and the private servers
+  ``inboundd trial`` runs (``trial/servers.py``);
 * **work** — what every provider shares (``ingress/``), the provider contract
   (``provider.py``) and the consume side;
 * **providers** — one package per provider; a provider never imports another;
@@ -36,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("infrastructure", (
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",
-        "inboundd.queue.*", "inboundd.queue_scripts", "inboundd.trial.servers",
+        "inboundd.queue.*", "inboundd.queue_scripts", "inboundd.trial.servers", "inboundd.parsing",
     )),
     ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer",
               "inboundd.provider")),
@@ -58,7 +59,7 @@ PURE = (
     "inboundd.providers.microsoft.delta",
 )
 IO_LIBRARIES = {"socket", "ssl", "subprocess", "trio", "redis", "psycopg", "psycopg_pool", "imapclient", "imaplib",
-                "httpx", "quart", "quart_trio", "hypercorn", "msal", "google"}
+                "httpx", "quart", "quart_trio", "hypercorn", "msal", "google", "trio_parallel"}
 
 
 def _modules() -> dict[str, Path]:

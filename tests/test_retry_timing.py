@@ -43,11 +43,15 @@ class FailingQueue:
             raise redis.ConnectionError("Connection refused")
         return []
 
-    async def claim(self, consumer: str, count: int) -> list[Any]:
+    async def ack_and_claim(self, consumer: str, acks: list[Any], count: int) -> tuple[list[bool], list[Any]]:
+        """The claim round's first Redis call (ack + non-blocking claim): it fails, or finds nothing ready."""
         self.calls["claim"].append(trio.current_time())
         fail = self.claim_script.pop(0) if self.claim_script else False
         if fail:
             raise redis.ConnectionError("Connection refused")
+        return [], []
+
+    async def claim(self, consumer: str, count: int) -> list[Any]:
         await trio.sleep(1.0)  # XREADGROUP … BLOCK 1000 with nothing to read
         return []
 
