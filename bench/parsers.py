@@ -11,8 +11,8 @@ differs in any field EXPECT checks.
 
     .venv/bin/python bench/parsers.py [--repeat 20] [--details]
 
-fast-mail-parser is a bench extra here (``pip install fast-mail-parser``); it
-is not a dependency of inboundd (see the verdict this prints).
+fast-mail-parser is a bench extra (``pip install -e '.[bench]'``), not a
+dependency of inboundd (see the verdict this prints).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     try:
         import fast_mail_parser
     except ImportError:
-        sys.exit("fast-mail-parser is not installed: pip install fast-mail-parser")
+        sys.exit("fast-mail-parser is not installed: pip install -e '.[bench]'")
 
     classes = corpus_classes()
     per_class: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "ours": 0.0, "fast": 0.0, "same": 0,
