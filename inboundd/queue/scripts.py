@@ -49,13 +49,16 @@ class Scripts:
         def fenced(name: str) -> Script:
             return register(client, name, preludes=("owned",))
 
-        self.ack = fenced("ack")
+        def acking(name: str) -> Script:
+            return register(client, name, preludes=("owned", "ack_each"))
+
+        self.ack = acking("ack")
         self.retry = fenced("retry")
         self.dead_letter = fenced("dead_letter")
         self.requeue = fenced("requeue")
         self.heartbeat = fenced("heartbeat")
         self.enqueue = register(client, "enqueue")
-        self.ack_claim = fenced("ack_claim")
+        self.ack_claim = acking("ack_claim")
         self.promote = register(client, "promote")
         self.redrive = register(client, "redrive")
         self.forget_consumer = register(client, "forget_consumer")

@@ -3,17 +3,7 @@
 -- Acks the ids still pending for the consumer (fenced, like ack.lua), then claims up
 -- to `count` new entries without blocking: a busy consumer's whole round trip per
 -- batch. A payload is false when the entry has no 'job' field.
-local flags = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if owned(KEYS[1], ARGV[1], ARGV[2], id) then
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XDEL', KEYS[1], id)
-    flags[#flags + 1] = 1
-  else
-    flags[#flags + 1] = 0
-  end
-end
+local flags = ack_each(KEYS[1], ARGV[1], ARGV[2], 4)
 local claimed = {}
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 if reply then
