@@ -14,6 +14,7 @@ from services import DovecotServer, free_port
 from inboundd.outcomes import Outcome, TransientError
 from inboundd.source import FetchedMessage, SourceUnavailable
 from inboundd.providers.imap.conn import CLOSE_TIMEOUT
+from inboundd.providers.imap import fetch as fetch_mod
 from inboundd.providers.imap.fetch import ImapFetcher
 
 #: What processing hands ``after_commit``: this job stored the message.
@@ -129,6 +130,48 @@ async def test_oversize_is_skipped_without_downloading(dovecot, imap_user, tmp_p
     assert "body_count=0" in line and "body_bytes=0" in line, line
 
 
+async def test_fetch_many_asks_each_folder_once_for_sizes_and_once_for_bodies(dovecot, imap_user, tmp_path,
+                                                                             fetcher_factory, monkeypatch):
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], fetch_connections=2)
+    await append(dovecot.port, user, password, count=3)
+    big = message("big") + b"x" * 50_000 + b"\r\n"
+    await imap(dovecot.port, user, password, lambda c: c.append("INBOX", big))  # UID 4
+    await imap(dovecot.port, user, password, lambda c: c.create_folder("Other"))
+    await append(dovecot.port, user, password, count=2, folder="Other")
+    inbox = await uidvalidity(dovecot.port, user, password)
+    other = await uidvalidity(dovecot.port, user, password, "Other")
+    fetches: list[tuple[str, list[int]]] = []
+    real = fetch_mod._fetch_uids
+
+    def counted(conn, uids, items):
+        fetches.append(("bodies" if b"BODY.PEEK[]" in items else "sizes", list(uids)))
+        return real(conn, uids, items)
+
+    monkeypatch.setattr(fetch_mod, "_fetch_uids", counted)
+    fetcher = fetcher_factory([account])
+    jobs = [job_for(account.id, inbox, 3), job_for(account.id, other, 1, "Other"), job_for(account.id, inbox, 1),
+            job_for(account.id, inbox, 4), job_for(account.id, inbox, 99), job_for(account.id, inbox + 7, 2),
+            job_for(account.id, other, 2, "Other"), job_for(account.id, inbox, 1, "Gone")]
+    results = await fetcher.fetch_many(jobs, max_size=10_000)
+    batch = sorted(fetches)  # two UID FETCH per folder: the sizes, then the bodies that fit
+    singly = [await fetcher.fetch(job, max_size=10_000) for job in jobs]
+    assert [type(r).__name__ if isinstance(r, FetchedMessage) else r.reason for r in results] == [
+        "FetchedMessage", "FetchedMessage", "FetchedMessage", "oversize", "source_deleted", "uidvalidity_changed",
+        "FetchedMessage", "source_deleted"]
+    assert results == singly  # the same answer, job by job, as one fetch each
+    assert [r.provider_message_id for r in results if isinstance(r, FetchedMessage)] == [
+        f"{inbox}:3", f"{other}:1", f"{inbox}:1", f"{other}:2"]
+    assert batch == [("bodies", [1, 2]), ("bodies", [1, 3]), ("sizes", [1, 2]), ("sizes", [1, 3, 4, 99])]
+
+
+def test_fetch_many_downloads_at_most_its_byte_budget_per_command_and_every_uid_once() -> None:
+    budget = fetch_mod.FETCH_MANY_BYTES
+    sizes = {1: budget // 2, 2: budget // 2, 3: 10, 4: budget * 2, 5: 1}
+    assert fetch_mod._chunks([1, 2, 3, 4, 5], sizes) == [[1, 2], [3], [4], [5]]
+    assert fetch_mod._chunks([], {}) == []
+
+
 async def test_pool_reuses_connections_across_jobs(dovecot, imap_user, tmp_path):
     user, password = imap_user
     [account] = make_accounts(tmp_path, dovecot.port, [imap_user], fetch_connections=2)
@@ -202,6 +245,8 @@ async def test_unreachable_server_or_refused_login_is_transient(dovecot, imap_us
     fetcher = ImapFetcher([down])
     with pytest.raises(TransientError, match="unavailable"):
         await fetcher.fetch(job_for(down.id, 1, 1), max_size=0)
+    both = await fetcher.fetch_many([job_for(down.id, 1, 1), job_for(down.id, 1, 2)], max_size=0)
+    assert [type(r) for r in both] == [TransientError, TransientError]  # each job of the folder gets it
     fetcher.update([refused])
     with pytest.raises(TransientError, match="AUTHENTICATIONFAILED|Authentication failed") as info:
         await fetcher.fetch(job_for(refused.id, 1, 1), max_size=0)

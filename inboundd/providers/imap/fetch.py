@@ -9,6 +9,9 @@ downloaded), then ``UID FETCH <uid> (BODY.PEEK[] RFC822.SIZE INTERNALDATE
 FLAGS)``. ``BODY.PEEK`` in a read-only EXAMINE: fetching never sets
 ``\\Seen``. A message that is gone, or whose folder changed UIDVALIDITY, is a
 deterministic :class:`SourceUnavailable`, never a retry loop.
+:meth:`ImapFetcher.fetch_many` does the same for a batch of jobs with one
+connection and two ``UID FETCH`` commands per folder (sizes for all UIDs,
+then the bodies of those within the limit), with the same result per job.
 
 Post-actions (``seen``, ``move:<folder>``, ``delete``) run from
 :meth:`ImapFetcher.after_commit`, i.e. only once the message is committed.
@@ -20,10 +23,10 @@ from __future__ import annotations
 
 import imaplib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from imapclient.imapclient import seq_to_parenstr_upper
@@ -53,6 +56,9 @@ _log = log.get_logger("imap.fetch")
 POOL_IDLE_MAX = 240.0
 
 _FETCH_ITEMS = [b"BODY.PEEK[]", b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS"]
+#: Bytes (by RFC822.SIZE) of the bodies one ``UID FETCH`` of :meth:`ImapFetcher.fetch_many` downloads at most.
+FETCH_MANY_BYTES = 32 * 1024 * 1024
+T = TypeVar("T")
 #: A fetch refused at login waits at least this long (a wrong password is not fixed in seconds).
 AUTH_RETRY_AFTER = 60.0
 #: Errors after which a *reused* connection is presumed stale and the job is tried once on a fresh one.
@@ -170,61 +176,138 @@ class ImapFetcher:
         """
         pointer = job.pointer
         assert isinstance(pointer, ImapPointer), f"not an IMAP pointer: {type(pointer).__name__}"
-        pool = self._pool(pointer.account)
         started = trio.current_time()
+        try:
+            result = await self._on_connection(pointer.account, lambda conn: self._fetch_on(conn, pointer, max_size))
+        except TransientError as exc:
+            self._count(pointer.account, [exc], started)
+            raise
+        self._count(pointer.account, [result], started)
+        return result
+
+    async def fetch_many(self, jobs: Sequence[Job], max_size: int) -> list[FetchedMessage | SourceUnavailable | Exception]:
+        """The messages *jobs* point at, one result per job in order: what :meth:`fetch` returns, or raises.
+
+        One connection and two ``UID FETCH`` commands per (account, folder)
+        for all its UIDs: the sizes first (an oversize message is never
+        downloaded), then the bodies of the rest, in chunks of at most
+        ``FETCH_MANY_BYTES``. A failure of a whole folder (server unreachable,
+        login refused) is the exception of each of its jobs. Folders are
+        fetched concurrently, each account within its ``fetch_connections``.
+        """
+        results: list[FetchedMessage | SourceUnavailable | Exception | None] = [None] * len(jobs)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, job in enumerate(jobs):
+            pointer = job.pointer
+            assert isinstance(pointer, ImapPointer), f"not an IMAP pointer: {type(pointer).__name__}"
+            groups.setdefault((pointer.account, pointer.folder), []).append(index)
+
+        async def fetch_group(account: str, folder: str, indexes: list[int]) -> None:
+            pointers = [jobs[i].pointer for i in indexes]
+            started = trio.current_time()
+            try:
+                found = await self._on_connection(
+                    account, lambda conn: self._fetch_many_on(conn, folder, pointers, max_size))  # type: ignore[arg-type]
+            except (TransientError, FolderError, LookupError) as exc:
+                found = [exc] * len(indexes)
+            self._count(account, found, started)
+            for index, result in zip(indexes, found):
+                results[index] = result
+
+        async with trio.open_nursery() as nursery:
+            for (account, folder), indexes in groups.items():
+                nursery.start_soon(fetch_group, account, folder, indexes)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _count(account: str, results: Sequence[Any], started: float) -> None:
+        for result in results:
+            if isinstance(result, FetchedMessage):
+                outcome = "fetched"
+            elif isinstance(result, SourceUnavailable):
+                outcome = result.reason
+            elif isinstance(result, TransientError):
+                outcome = "unavailable"
+            else:
+                continue
+            metrics.child(metrics.imap_fetches, account, outcome).inc()
+        if any(isinstance(r, (FetchedMessage, SourceUnavailable)) for r in results):
+            metrics.imap_fetch_seconds.observe(trio.current_time() - started)
+
+    async def _on_connection(self, account: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """``await work(conn)`` on a pooled connection of *account*, with fetch's failure mapping.
+
+        A dead reused connection is replaced once; the server unreachable,
+        the login refused or commands failing raise
+        :class:`~inboundd.outcomes.TransientError`; a :class:`FolderError`
+        (e.g. no permission) is raised as it is: a job error.
+        """
+        pool = self._pool(account)
         for attempt in (1, 2):
             fresh = True  # a failure to open a connection is never retried here
             try:
                 async with pool.connection() as (conn, fresh):
-                    result = await self._fetch_on(conn, pointer, max_size)
+                    return await work(conn)
             except _STALE as exc:
                 if fresh or attempt == 2:
-                    metrics.imap_fetches.labels(pointer.account, "unavailable").inc()
-                    raise TransientError(f"IMAP server of {pointer.account!r} unavailable: {describe(exc)}") from exc
+                    raise TransientError(f"IMAP server of {account!r} unavailable: {describe(exc)}") from exc
                 continue
             except (AuthError, ImapError) as exc:
                 if isinstance(exc, FolderError):
                     raise  # e.g. no permission: a job error, visible in the DLQ if it persists
                 # Login refused or the server failing commands: the mailbox is still there,
                 # so back off without burning the job's attempts.
-                metrics.imap_fetches.labels(pointer.account, "unavailable").inc()
-                raise TransientError(f"IMAP {pointer.account!r}: {describe(exc)}",
+                raise TransientError(f"IMAP {account!r}: {describe(exc)}",
                                      retry_after=AUTH_RETRY_AFTER if isinstance(exc, AuthError) else None) from exc
-            outcome = "fetched" if isinstance(result, FetchedMessage) else result.reason
-            metrics.imap_fetches.labels(pointer.account, outcome).inc()
-            metrics.imap_fetch_seconds.observe(trio.current_time() - started)
-            return result
         raise AssertionError("unreachable")
 
     async def _fetch_on(self, conn: Connection, pointer: ImapPointer, max_size: int) -> FetchedMessage | SourceUnavailable:
+        return (await self._fetch_many_on(conn, pointer.folder, [pointer], max_size))[0]
+
+    async def _fetch_many_on(self, conn: Connection, folder: str, pointers: Sequence[ImapPointer],
+                             max_size: int) -> list[FetchedMessage | SourceUnavailable]:
+        """Fetch *pointers* (all in *folder*) on *conn*: EXAMINE, sizes, then the bodies of those to download."""
         try:
-            selected = await conn.select(pointer.folder, readonly=True)
+            selected = await conn.select(folder, readonly=True)
         except FolderError as exc:
             if _folder_missing(str(exc)):
-                return SourceUnavailable("source_deleted", f"folder {pointer.folder!r} no longer exists")
+                return [SourceUnavailable("source_deleted", f"folder {folder!r} no longer exists")] * len(pointers)
             raise
-        uid = pointer.uid
-        size = None
-        if selected.uidvalidity == pointer.uidvalidity:
-            sizes = await conn.call(_fetch, conn, uid, [b"RFC822.SIZE"])
-            size = sizes.get(b"RFC822.SIZE") if sizes else None
-        skip = proto.check_fetch(pointer.uidvalidity, selected.uidvalidity, size, max_size)
-        if skip is not None:
-            return SourceUnavailable(*skip)
-        data = await conn.call(_fetch, conn, uid, _FETCH_ITEMS)
-        raw = data.get(b"BODY[]") if data else None
-        if raw is None:
-            return SourceUnavailable("source_deleted", "message expunged while being fetched")
-        internal = data.get(b"INTERNALDATE")
-        if isinstance(internal, datetime) and internal.tzinfo is None:
-            internal = internal.replace(tzinfo=timezone.utc)
-        return FetchedMessage(
-            raw=bytes(raw),
-            provider_message_id=f"{pointer.uidvalidity}:{uid}",
-            folder=pointer.folder,
-            size=int(data.get(b"RFC822.SIZE") or len(raw)),
-            internal_date=internal,
-        )
+        current = [p.uid for p in pointers if p.uidvalidity == selected.uidvalidity]
+        sizes = await conn.call(_fetch_uids, conn, sorted(set(current)), [b"RFC822.SIZE"]) if current else {}
+        skips: list[tuple[str, str] | None] = []
+        wanted: list[int] = []
+        for pointer in pointers:
+            size = sizes.get(pointer.uid, {}).get(b"RFC822.SIZE") if pointer.uidvalidity == selected.uidvalidity \
+                else None
+            skip = proto.check_fetch(pointer.uidvalidity, selected.uidvalidity, size, max_size)
+            skips.append(skip)
+            if skip is None:
+                wanted.append(pointer.uid)
+        data: dict[int, dict[bytes, Any]] = {}
+        for chunk in _chunks(sorted(set(wanted)), {uid: int(sizes[uid][b"RFC822.SIZE"]) for uid in wanted}):
+            data.update(await conn.call(_fetch_uids, conn, chunk, _FETCH_ITEMS))
+        results: list[FetchedMessage | SourceUnavailable] = []
+        for pointer, skip in zip(pointers, skips):
+            if skip is not None:
+                results.append(SourceUnavailable(*skip))
+                continue
+            item = data.get(pointer.uid) or {}
+            raw = item.get(b"BODY[]")
+            if raw is None:
+                results.append(SourceUnavailable("source_deleted", "message expunged while being fetched"))
+                continue
+            internal = item.get(b"INTERNALDATE")
+            if isinstance(internal, datetime) and internal.tzinfo is None:
+                internal = internal.replace(tzinfo=timezone.utc)
+            results.append(FetchedMessage(
+                raw=bytes(raw),
+                provider_message_id=f"{pointer.uidvalidity}:{pointer.uid}",
+                folder=folder,
+                size=int(item.get(b"RFC822.SIZE") or len(raw)),
+                internal_date=internal,
+            ))
+        return results
 
     # ------------------------------------------------------------------ post-actions
 
@@ -328,29 +411,47 @@ class ImapFetcher:
         return "done"
 
 
-def _fetch(conn: Connection, uid: int, items: list[bytes]) -> dict[bytes, Any] | None:
-    """``UID FETCH uid items`` → that UID's data, or None when the UID does not exist.
+def _chunks(uids: list[int], sizes: dict[int, int]) -> list[list[int]]:
+    """*uids* in order, cut so that each chunk's messages add up to at most ``FETCH_MANY_BYTES`` (≥ 1 UID each)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for uid in uids:
+        if current and total + sizes[uid] > FETCH_MANY_BYTES:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(uid)
+        total += sizes[uid]
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _fetch_uids(conn: Connection, uids: Sequence[int], items: list[bytes]) -> dict[int, dict[bytes, Any]]:
+    """``UID FETCH <uids> items`` → each existing UID's data (a UID that does not exist is absent).
 
     imapclient's ``fetch`` keys answers by UID but unsolicited FETCH responses
     (another client changed flags) by sequence number, so the two can
-    collide; parse with explicit UIDs and keep only the UID asked for.
+    collide; parse with explicit UIDs and keep only the UIDs asked for.
     """
     client = conn.client
     imap = client._imap
+    wanted = set(uids)
     try:
-        tag = imap._command("UID", "FETCH", str(uid), seq_to_parenstr_upper(items))
+        tag = imap._command("UID", "FETCH", proto.uid_set(sorted(wanted)), seq_to_parenstr_upper(items))
         typ, data = imap._command_complete("FETCH", tag)
         if typ != "OK":
-            raise ImapError(f"UID FETCH {uid} failed: {typ} {data[0]!r}")
+            raise ImapError(f"UID FETCH {proto.uid_set(sorted(wanted))} failed: {typ} {data[0]!r}")
         typ, data = imap._untagged_response(typ, data, "FETCH")
         parsed = parse_fetch_response(data, client.normalise_times, uid_is_key=False) if data != [None] else {}
     finally:
         imap.untagged_responses.clear()
-    merged: dict[bytes, Any] = {}
+    merged: dict[int, dict[bytes, Any]] = {}
     for item in parsed.values():
-        if item.get(b"UID") == uid:
-            merged.update(item)
-    return merged or None
+        uid = item.get(b"UID")
+        if uid in wanted:
+            merged.setdefault(uid, {}).update(item)
+    return merged
 
 
 def _folder_missing(message: str) -> bool:
