@@ -152,6 +152,6 @@ def test_large_columns_compress_with_lz4_and_only_indexes_a_query_uses_remain(pg
     assert method == "lz4"
     assert indexes == {
         "inbound_messages_pkey", "inbound_messages_identity_key", "inbound_messages_message_id_idx",
-        "inbound_attachments_pkey", "inbound_attachments_position_key",
-        "inbound_ledger_pkey", "inbound_ledger_open_idx", "inbound_ledger_message_idx",
+        "inbound_messages_received_idx", "inbound_attachments_pkey", "inbound_attachments_position_key",
+        "inbound_ledger_pkey", "inbound_ledger_open_idx", "inbound_ledger_message_idx", "inbound_ledger_job_idx",
     }

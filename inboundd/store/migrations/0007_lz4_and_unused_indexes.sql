@@ -28,21 +28,27 @@ $$;
 --    * inbound_messages_pkey (id): the ledger's and attachments' foreign keys,
 --      messages.get_message;
 --    * inbound_messages_identity_key (tenant, account, identity): the store's
---      last line against a second copy of one identity (exactly once);
+--      last line against a second copy of one identity (exactly once), and
+--      lookup.stored (inboundctl trace);
 --    * inbound_messages_message_id_idx (tenant, account, md5(message_id)):
---      messages.find_by_message_id, the Message-ID dedupe of every store;
+--      messages.find_by_message_id, the Message-ID dedupe of every store, and
+--      lookup.keys_for_message_id;
+--    * inbound_messages_received_idx (tenant, account, received_at):
+--      lookup.recent (inboundctl messages);
 --    * inbound_attachments_position_key (message_id, position):
---      messages.attachments, and the cascade when a message is deleted;
+--      messages.attachments, the attachment counts of lookup, and the cascade
+--      when a message is deleted;
 --    * inbound_ledger_pkey (tenant, account, identity): every claim, hold,
---      finish and fail;
+--      finish and fail, and lookup.ledger_rows;
 --    * inbound_ledger_open_idx (status, updated_at) for processing/failed rows:
 --      the lease renewal and the take-back of a dead life's claims
 --      (status = 'processing' …), and operators looking for stuck rows;
---    * inbound_ledger_message_idx (message_id): the ON DELETE SET NULL of the
---      ledger's foreign key when a message is deleted (retention).
---    Applications that look messages up by thread or by time can create the
---    index they need (CREATE INDEX CONCURRENTLY … ON inbound_messages (tenant,
---    account, md5(thread_key)) or (tenant, account, received_at)).
+--    * inbound_ledger_message_idx (message_id): lookup.keys_for_message_id
+--      (the duplicates recorded against a message), and the ON DELETE SET
+--      NULL of the ledger's foreign key when a message is deleted;
+--    * inbound_ledger_job_idx (job_id): lookup.keys_for_job (inboundctl trace).
+--    Applications that look messages up by thread can create the index they
+--    need (CREATE INDEX CONCURRENTLY … ON inbound_messages (tenant, account,
+--    md5(thread_key))).
 DROP INDEX IF EXISTS inbound_messages_thread_idx;
-DROP INDEX IF EXISTS inbound_messages_received_idx;
 DROP INDEX IF EXISTS inbound_attachments_sha256_idx;
