@@ -58,8 +58,9 @@ APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 APT_OPTIONS = ["-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300"]
 
 
-def run(argv: list[str], timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+def run(argv: list[str], timeout: float = 120, check: bool = True, text: bool = True,
+        **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=text, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
     return result
@@ -190,6 +191,14 @@ def test_every_lintian_override_has_a_reason() -> None:
             above = lines[index - 1] if index else ""
             assert above.startswith("#") or above.startswith("inboundd:"), f"override without a reason: {line}"
     assert lines[0].startswith("#")
+
+
+def test_nothing_in_the_package_names_the_build_directory(deb: Path) -> None:
+    """Builds of one commit are identical (scripts/deb builds in a new inboundd-deb.XXXXXX each time)."""
+    data = run(["dpkg-deb", "--fsys-tarfile", str(deb)], text=False).stdout
+    control = run(["dpkg-deb", "--ctrl-tarfile", str(deb)], text=False).stdout
+    for member, content in (("data", data), ("control", control)):
+        assert len(content) > 1000 and b"/inboundd-deb." not in content, f"{member} names the build directory"
 
 
 # ---------------------------------------------------------------------- installed files
