@@ -36,6 +36,7 @@ from .config_schema import QueueConfig
 from .jobs import Job
 from .outcomes import Outcome, PermanentError, TransientError
 from .queue import Claimed, Queue
+from .redisio import failure_level
 
 __all__ = ["ConsumerPool", "Decision", "Handler", "decide"]
 
@@ -245,7 +246,7 @@ class ConsumerPool:
                     await self.queue.recover(me.name, own, why="consumer restarted")
             except (redis.RedisError, OSError) as exc:
                 delay = retry.failed()
-                log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
+                log.event(_log, "consumer.redis_error", level=failure_level(exc), consumer=me.name, error=str(exc),
                           retry_in=delay)
                 if not started:
                     task_status.started()
@@ -267,7 +268,7 @@ class ConsumerPool:
                 retry.reset()
             except (redis.RedisError, OSError) as exc:
                 delay = retry.failed()
-                log.event(_log, "consumer.redis_error", level=logging.WARNING, consumer=me.name, error=str(exc),
+                log.event(_log, "consumer.redis_error", level=failure_level(exc), consumer=me.name, error=str(exc),
                           retry_in=delay)
                 me.claiming = False
                 self._notify()

@@ -14,7 +14,11 @@ from typing import Any, Protocol
 
 from quart_trio import QuartTrio
 
-__all__ = ["create_control_app", "secure_socket", "ControlRuntime"]
+__all__ = ["ControlRuntime", "SocketInUse", "create_control_app", "prepare_socket_path", "secure_socket"]
+
+
+class SocketInUse(FileExistsError):
+    """The control socket's path is taken: another daemon answers on it, or it is not a socket."""
 
 
 class ControlRuntime(Protocol):
@@ -64,8 +68,9 @@ def secure_socket(path: str, mode: str, group: str) -> None:
 def prepare_socket_path(path: str) -> None:
     """Create the socket's directory and remove a stale socket left by a crash.
 
-    Refuses (``FileExistsError``) when *path* exists and is not a socket, or
-    when another daemon still answers on it.
+    Refuses (:class:`SocketInUse`) when *path* exists and is not a socket, or
+    when another daemon still answers on it; ``OSError`` when the directory
+    cannot be made.
     """
     import socket
     import stat
@@ -77,7 +82,7 @@ def prepare_socket_path(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(info.st_mode):
-        raise FileExistsError(f"control.socket: {path} exists and is not a socket")
+        raise SocketInUse(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -86,4 +91,4 @@ def prepare_socket_path(path: str) -> None:
         return
     finally:
         probe.close()
-    raise FileExistsError(f"control.socket: another inboundd is running on {path}")
+    raise SocketInUse("another inboundd is running on it (give each daemon its own control.socket)")

@@ -3,10 +3,17 @@
 Task tree (every task has an owner nursery and a way to stop)::
 
     Daemon.run
-     └─ root nursery: signal handler, watchdog
-         └─ http nursery: public server, control server (stopped by trigger)
-             └─ worker nursery: enqueue batcher, reclaim timer, consumers, every provider's tasks
-                                (IMAP listeners …)
+     └─ root nursery: signal handler
+         └─ http nursery: public server, control server (stopped by trigger), listening from the start
+             └─ Pipeline.open: the Redis and PostgreSQL pools; waits for PostgreSQL (state "starting")
+                 └─ worker nursery: enqueue batcher, reclaim timer, consumers, every provider's tasks
+                                    (IMAP listeners …), watchdog, the ready announcement
+
+While it starts, ``/healthz`` answers, ``/readyz`` answers 503 naming what it
+waits for (``"failed": ["intake", "postgres"]`` with PostgreSQL's last error)
+and the control socket reports ``starting`` with the same detail. An address
+it cannot listen on (``http.listen``, ``control.socket``) ends it at once
+with one line naming the key and the address, and exit status 3.
 
 Shutdown (SIGTERM/SIGINT) is a deadline, not a kill: intake stops first
 (providers stop: listeners log out, webhooks answer 503), consumers finish in-flight jobs
@@ -29,11 +36,12 @@ import msgspec
 import trio
 
 from . import __version__, clock, config as config_mod, log, systemd
-from .control import create_control_app, prepare_socket_path, secure_socket
+from .control import SocketInUse, create_control_app, prepare_socket_path, secure_socket
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
 from .provider import ReadinessCheck
 from .providers import REGISTRY, Registry
-from .web import create_app, serve_app
+from .outage import Unreachable
+from .web import ListenError, create_app, readiness, serve_app
 
 __all__ = ["Daemon", "main"]
 
@@ -45,6 +53,22 @@ RESTART_SECTIONS = ("redis", "postgres", "queue", "processing", "store", "http",
 HTTP_STOP_MARGIN = 1.0
 #: Exit status after a second signal forced an immediate stop.
 EXIT_FORCED = 130
+#: Exit status when an address in ``http.listen`` or ``control.socket`` cannot be listened on.
+EXIT_CANNOT_LISTEN = 3
+#: How often a running daemon that is not ready yet checks again before it logs ``daemon.ready``.
+READY_POLL_INTERVAL = 1.0
+#: How long the PostgreSQL readiness check waits for an answer before it reports the pool's last error.
+POSTGRES_CHECK_TIMEOUT = 1.5
+
+
+class CannotListen(Exception):
+    """The daemon cannot listen on an address of its configuration: *key*, *address*, and why."""
+
+    def __init__(self, key: str, address: str, reason: str) -> None:
+        super().__init__(f"{key}: cannot listen on {address}: {reason}")
+        self.key = key
+        self.address = address
+        self.reason = reason
 #: ``--is-configured`` exit statuses, chosen for systemd's ExecCondition=: 1-254 skip the
 #: start quietly (the unit is not failed), 255 fails the unit.
 EXIT_NOT_CONFIGURED = 1
@@ -69,6 +93,10 @@ class Daemon:
         self.http_binds: list[str] = []
         self.exit_status = 0
         self.components: Any = None  # the pipeline (queue, consumers, provider runtimes), see pipeline.py
+        #: While starting: what the daemon waits for (``waiting for postgres (last error: …)``).
+        self.detail: str | None = None
+        self._rio: Any = None  # the pools, from the moment they exist (before the pipeline)
+        self._db: Any = None
         self._stop_requested = trio.Event()
         self._http_shutdown = trio.Event()
         self._root_scope: trio.CancelScope | None = None
@@ -81,6 +109,10 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped by a signal or :meth:`request_stop`.
 
+        The HTTP server and the control socket listen first, so ``/healthz``,
+        ``/readyz`` and ``inboundctl status`` answer (``starting: …``) while
+        the pools wait for PostgreSQL. A listening address that cannot be taken
+        ends the run with one logged line and :data:`EXIT_CANNOT_LISTEN`.
         Reports started once every component is running and READY=1 was sent.
         Returns after every task ended, pools are closed and the control
         socket file is removed.
@@ -92,43 +124,81 @@ class Daemon:
             await root.start(self._handle_signals)
             self.notifier.status("starting")
             try:
-                async with Pipeline.open(self, registry=self.registry) as pipeline:
-                    self.components = pipeline
-                    await self._serve(pipeline, task_status)
+                async with trio.open_nursery() as http:
+                    try:
+                        await self._listen(http)
+                    except CannotListen as exc:
+                        self.exit_status = EXIT_CANNOT_LISTEN
+                        log.event(_log, "daemon.cannot_listen", level=logging.ERROR, key=exc.key,
+                                  address=exc.address, error=exc.reason, problem=str(exc))
+                        http.cancel_scope.cancel()
+                        return
+                    try:
+                        async with Pipeline.open(self, registry=self.registry) as pipeline:
+                            self.components = pipeline
+                            await self._work(pipeline, task_status)
+                    finally:
+                        self._http_shutdown.set()
+                        http.cancel_scope.deadline = (trio.current_time() + self.cfg.http.graceful_timeout
+                                                      + HTTP_STOP_MARGIN)
             finally:
                 self._remove_control_socket()
                 root.cancel_scope.cancel()
         log.event(_log, "daemon.stopped", exit_status=self.exit_status)
 
-    async def _serve(self, pipeline: Any, task_status: trio.TaskStatus[None]) -> None:
+    async def _listen(self, nursery: trio.Nursery) -> None:
+        """Start the public HTTP server and the control server in *nursery*; :class:`CannotListen` if one cannot."""
         cfg = self.cfg
-        async with trio.open_nursery() as http:
-            self.http_binds = await http.start(
+        try:
+            self.http_binds = await nursery.start(
                 partial(
                     serve_app, create_app(self, self.registry), cfg.http.listen,
                     shutdown_trigger=self._http_shutdown.wait,
                     graceful_timeout=cfg.http.graceful_timeout, name="public",
                 )
             )
-            log.event(_log, "http.listening", binds=",".join(self.http_binds))
-            await self._start_control(http)
-            try:
-                async with trio.open_nursery() as workers:
-                    self._worker_nursery = workers
-                    await pipeline.start(workers)
-                    interval = systemd.watchdog_interval()
-                    if interval:
-                        await workers.start(systemd.run_watchdog, self.notifier, interval)
-                        log.event(_log, "systemd.watchdog", interval=interval)
-                    self._set_state("running")
-                    self.notifier.ready(self._status_line())
-                    log.event(_log, "daemon.ready", pid=os.getpid(), version=__version__, config=self.config_path)
-                    task_status.started()
-                    await self._stop_requested.wait()
-                    await self._shutdown_workers(pipeline, workers)
-            finally:
-                self._http_shutdown.set()
-                http.cancel_scope.deadline = trio.current_time() + cfg.http.graceful_timeout + HTTP_STOP_MARGIN
+        except ListenError as exc:
+            raise CannotListen("http.listen", exc.address, exc.reason) from None
+        log.event(_log, "http.listening", binds=",".join(self.http_binds))
+        await self._start_control(nursery)
+
+    async def _work(self, pipeline: Any, task_status: trio.TaskStatus[None]) -> None:
+        """Run the pipeline's workers until a stop is requested, then shut them down within the grace."""
+        async with trio.open_nursery() as workers:
+            self._worker_nursery = workers
+            await pipeline.start(workers)
+            interval = systemd.watchdog_interval()
+            if interval:
+                await workers.start(systemd.run_watchdog, self.notifier, interval)
+                log.event(_log, "systemd.watchdog", interval=interval)
+            self.detail = None
+            self._set_state("running")
+            self.notifier.ready(self._status_line())
+            workers.start_soon(self._announce_ready)
+            task_status.started()
+            await self._stop_requested.wait()
+            await self._shutdown_workers(pipeline, workers)
+
+    async def _announce_ready(self) -> None:
+        """Log ``daemon.ready`` once ``/readyz`` would say ready; until then, once, what it is waiting for.
+
+        Started when the daemon runs; a daemon whose Redis is down runs (it
+        says so, and takes work once Redis is back) but is not ready, and
+        the log never says otherwise.
+        """
+        waiting = False
+        while True:
+            ready, checks = await readiness(self)
+            if ready:
+                log.event(_log, "daemon.ready", pid=os.getpid(), version=__version__, config=self.config_path)
+                return
+            if not waiting:
+                failed = {name: value for name, value in checks.items() if value != "ok"}
+                log.event(_log, "daemon.not_ready", level=logging.WARNING, failed=",".join(failed),
+                          checks="; ".join(f"{name}: {value}" for name, value in failed.items()),
+                          note="running, but /readyz answers 503 until these pass")
+                waiting = True
+            await trio.sleep(READY_POLL_INTERVAL)
 
     async def _shutdown_workers(self, pipeline: Any, workers: trio.Nursery) -> None:
         grace = self.cfg.daemon.shutdown_grace
@@ -147,14 +217,21 @@ class Daemon:
         control = self.cfg.control
         if not control.socket:
             return
-        prepare_socket_path(control.socket)
-        await nursery.start(
-            partial(
-                serve_app, create_control_app(self), [f"unix:{control.socket}"],
-                shutdown_trigger=self._http_shutdown.wait,
-                graceful_timeout=self.cfg.http.graceful_timeout, name="control",
+        try:
+            prepare_socket_path(control.socket)
+            await nursery.start(
+                partial(
+                    serve_app, create_control_app(self), [f"unix:{control.socket}"],
+                    shutdown_trigger=self._http_shutdown.wait,
+                    graceful_timeout=self.cfg.http.graceful_timeout, name="control",
+                )
             )
-        )
+        except SocketInUse as exc:
+            raise CannotListen("control.socket", control.socket, str(exc)) from None
+        except ListenError as exc:
+            raise CannotListen("control.socket", control.socket, exc.reason) from None
+        except OSError as exc:  # its directory cannot be made
+            raise CannotListen("control.socket", control.socket, exc.strerror or str(exc)) from None
         self._control_socket = control.socket
         secure_socket(control.socket, control.mode, control.group)
         log.event(_log, "control.listening", socket=control.socket, mode=control.mode)
@@ -290,11 +367,37 @@ class Daemon:
     def intake_open(self) -> bool:
         return self.state == "running"
 
+    def attach_pools(self, rio: Any, db: Any) -> None:
+        """The Redis and PostgreSQL pools, as soon as they exist: readiness checks them while starting."""
+        self._rio, self._db = rio, db
+
+    def starting(self, detail: str) -> None:
+        """Say what the starting daemon waits for (status, ``/readyz``, systemd's STATUS line)."""
+        self.detail = detail
+        self.notifier.status(f"starting: {detail}")
+
+    def _pools(self) -> tuple[Any, Any]:
+        if self._rio is None or self._db is None:
+            raise Unreachable("not connected yet")
+        return self._rio, self._db
+
     async def check_redis(self) -> None:
-        await self.components.rio.ping()
+        rio, _ = self._pools()
+        await rio.ping()
 
     async def check_postgres(self) -> None:
-        await self.components.db.ping()
+        """Raise unless PostgreSQL answers; while the pool cannot connect, with the pool's last error."""
+        _, db = self._pools()
+        with trio.move_on_after(POSTGRES_CHECK_TIMEOUT):
+            try:
+                await db.ping()
+                return
+            except Exception:
+                if not db.outage.down:
+                    raise
+        if db.outage.down:
+            raise Unreachable(db.outage.last_error or "cannot connect")
+        raise Unreachable(f"no answer within {POSTGRES_CHECK_TIMEOUT:g}s")
 
     async def refresh_queue_gauges(self) -> None:
         await self.components.refresh_gauges()
@@ -309,6 +412,7 @@ class Daemon:
         """The daemon's view for ``inboundctl status`` (queue and every provider's part included)."""
         daemon = {
             "state": self.state,
+            **({"detail": self.detail} if self.detail else {}),
             "pid": os.getpid(),
             "version": __version__,
             "uptime": round(clock.wall() - self.started_at, 3),
@@ -354,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
             "trial: 'inboundd trial' runs the daemon on the embedded trial configuration with a private\n"
             "  Redis, PostgreSQL and Dovecot under ./state (what scripts/run does; see inboundd trial --help).\n"
             "signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads the configuration.\n"
-            "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 130 forced stop;\n"
+            "exit status: 0 clean stop, 1 runtime failure, 2 invalid configuration, 3 cannot listen on an\n"
+            "  address (http.listen, control.socket), 130 forced stop;\n"
             "  --is-configured: 0 configured, 1 no account, 255 invalid (for systemd's ExecCondition=).\n"
             "examples:\n"
             "  inboundd -c /etc/inboundd.toml\n"

@@ -22,6 +22,7 @@ from .backoff import Backoff
 from .consumer import ConsumerPool
 from .ingress.cursors import DbCursorStore
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .outage import one_line
 from .parsing import Parser, ProcessParser
 from .processing import Processor
 from .provider import Context, ReadinessCheck, Runtime
@@ -85,6 +86,7 @@ class Pipeline:
             db = Database(cfg.postgres, _secret(cfg, "postgres.password"))
             try:
                 await db.open()
+                daemon.attach_pools(rio, db)
                 await cls._migrate_when_reachable(daemon, db)
                 async with ProcessParser.open() as parser:
                     pipeline = cls(cfg, rio, db, registry=registry, parser=parser)
@@ -103,6 +105,13 @@ class Pipeline:
 
     @staticmethod
     async def _migrate_when_reachable(daemon: Any, db: Database) -> None:
+        """Apply the migrations, waiting for PostgreSQL as long as it takes (saying so through *daemon*).
+
+        While the pool cannot connect, the outage is logged by the pool
+        (``postgres.down``, ``postgres.still_down``); what the daemon waits
+        for names the pool's last error (refused, authentication, no such
+        database), not the pool's timeout that ended the attempt.
+        """
         retry = Backoff(STARTUP_RETRY_BASE, STARTUP_RETRY_CAP, jitter="none")
         while True:
             try:
@@ -111,8 +120,11 @@ class Pipeline:
                 raise
             except Exception as exc:  # PostgreSQL not up yet: wait rather than crash-loop
                 delay = retry.failed()
-                log.event(_log, "postgres.unavailable", level=logging.WARNING, error=str(exc), retry_in=delay)
-                daemon.notifier.status(f"waiting for PostgreSQL: {exc}")
+                error = db.outage.last_error if db.outage.down else one_line(exc)
+                # The outage itself is logged once by the pool; anything else (a failing migration) here.
+                log.event(_log, "postgres.unavailable", level=logging.DEBUG if db.outage.down else logging.WARNING,
+                          error=error, retry_in=delay)
+                daemon.starting(f"waiting for postgres (last error: {error})")
                 await trio.sleep(delay)
                 continue
             if applied:

@@ -8,18 +8,28 @@ waits for a connection while holding a limiter slot.
 Usage: ``await rio.run(fn, *args)`` runs ``fn(client, *args)`` in a thread and
 returns its result. Batch work inside ``fn`` (pipelines, scripts): a thread
 hop costs ~0.15 ms.
+
+Every call reports to ``rio.outage`` whether Redis answered, so an outage is
+logged once by its changes of state (``redis.down``, ``redis.still_down``
+every minute, ``redis.up``) however many tasks find it down; the tasks
+themselves log their failures at debug level (:func:`failure_level`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, TypeVar
 
 import redis
 import trio
 
+from . import log
 from .config_schema import RedisConfig
+from .outage import Outage
 
-__all__ = ["RedisIO", "tagged_key"]
+__all__ = ["RedisIO", "failure_level", "tagged_key", "unreachable"]
+
+_log = log.get_logger("redis")
 
 T = TypeVar("T")
 
@@ -39,6 +49,8 @@ class RedisIO:
     def __init__(self, client: redis.Redis, threads: int) -> None:
         self.client = client
         self.limiter = trio.CapacityLimiter(threads)
+        #: Whether Redis answers, as the calls found it (logs the outage's changes of state).
+        self.outage = Outage("redis", _log, now=trio.current_time)
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, password: str | None = None) -> "RedisIO":
@@ -61,7 +73,14 @@ class RedisIO:
         Cancellation waits for the call to finish (Redis calls are bounded by
         ``socket_timeout``), so no thread is left holding a half-read reply.
         """
-        return await trio.to_thread.run_sync(fn, self.client, *args, limiter=self.limiter)
+        try:
+            result = await trio.to_thread.run_sync(fn, self.client, *args, limiter=self.limiter)
+        except Exception as exc:
+            if unreachable(exc):
+                self.outage.failed(exc)
+            raise
+        self.outage.succeeded()
+        return result
 
     async def ping(self) -> None:
         """Raise unless Redis answers PING."""
@@ -70,3 +89,13 @@ class RedisIO:
     async def close(self) -> None:
         """Close every pooled connection."""
         await trio.to_thread.run_sync(self.client.connection_pool.disconnect)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether *exc* means Redis cannot be reached or used (refused, timed out, authentication, loading)."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError))
+
+
+def failure_level(exc: BaseException) -> int:
+    """The level a task logs a failed Redis call at: debug when it is the outage ``RedisIO`` already logs."""
+    return logging.DEBUG if unreachable(exc) else logging.WARNING

@@ -18,21 +18,24 @@ The app reads everything it reports from a :class:`Runtime`-like object
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Config as HypercornConfig, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from . import clock, log, metrics
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
+from .outage import Unreachable
 from .provider import Provider, ReadinessCheck
 
-__all__ = ["create_app", "serve_app", "Runtime"]
+__all__ = ["ListenError", "create_app", "open_sockets", "readiness", "serve_app", "Runtime"]
 
 _log = log.get_logger("web")
 
@@ -72,6 +75,9 @@ async def readiness(runtime: Runtime) -> tuple[bool, dict[str, str]]:
         with trio.move_on_after(READINESS_TIMEOUT) as scope:
             try:
                 await check()
+            except Unreachable as exc:  # already says what went wrong, its type included
+                checks[name] = f"error: {exc}"
+                return
             except Exception as exc:  # any failure means "not ready", with its reason shown
                 checks[name] = f"error: {type(exc).__name__}: {exc}"
                 return
@@ -151,6 +157,37 @@ async def _request_value() -> WebhookRequest:
     )
 
 
+class ListenError(Exception):
+    """An address of a server could not be listened on: *address* as configured, and why."""
+
+    def __init__(self, address: str, error: OSError) -> None:
+        self.address = address
+        self.reason = (error.strerror or str(error)).lower() if error.errno else str(error)
+        super().__init__(f"cannot listen on {address}: {self.reason}")
+
+
+def open_sockets(binds: list[str], hconfig: HypercornConfig) -> Sockets:
+    """Bind and listen on every address of *binds* (hypercorn's forms: ``HOST:PORT``, ``unix:/path``).
+
+    Raises :class:`ListenError` naming the first address that cannot be
+    taken (in use, not permitted, no such host), the others closed again.
+    """
+    opened: list[socket.socket] = []
+    for bind in binds:
+        one = HypercornConfig()
+        one.bind = [bind]
+        try:
+            created = one.create_sockets()
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            raise ListenError(bind, exc) from None
+        for sock in created.insecure_sockets:
+            sock.listen(hconfig.backlog)
+            opened.append(sock)
+    return Sockets(secure_sockets=[], insecure_sockets=opened, quic_sockets=[])
+
+
 async def serve_app(
     app: Any,
     binds: list[str],
@@ -162,14 +199,22 @@ async def serve_app(
 ) -> None:
     """Serve *app* on *binds* until *shutdown_trigger* returns.
 
-    Reports the bound addresses through ``task_status`` once listening. Stop
-    it with the trigger, not by cancelling: a cancel drops in-flight requests.
+    Binds every address first and raises :class:`ListenError` before
+    reporting started when one cannot be taken. Reports the bound addresses
+    through ``task_status`` once listening. Stop it with the trigger, not by
+    cancelling: a cancel drops in-flight requests.
     """
     hconfig = HypercornConfig()
-    hconfig.bind = list(binds)
     hconfig.graceful_timeout = graceful_timeout
     hconfig.accesslog = None
     hconfig.errorlog = log.get_logger(f"http.{name}")
     hconfig.keep_alive_timeout = 5
     hconfig.include_server_header = False
-    await serve(app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    sockets = open_sockets(binds, hconfig)
+    try:
+        # hypercorn's serve() with sockets we bound, so a bind error names its address.
+        await worker_serve(wrap_app(app, hconfig.wsgi_max_body_size, None), hconfig, sockets=sockets,
+                           shutdown_trigger=shutdown_trigger, task_status=task_status)
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()

@@ -371,3 +371,63 @@ def imap_section(directory: Path, port: int, user: str, password: str, account: 
               "reconnect_cap": '"1s"', "lease": "0"}
     values.update(settings)
     return "[[imap]]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+
+
+class TcpForwarder:
+    """A server that comes up later: once started, listens on *port* and forwards each connection to *target_port*.
+
+    Before :meth:`start` nothing listens on *port* (connections are refused),
+    as with a PostgreSQL that is not up yet. Threads, so it serves a daemon
+    subprocess whatever the test does meanwhile.
+    """
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port = port
+        self.target_port = target_port
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> "TcpForwarder":
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    downstream, _ = listener.accept()
+                except OSError:
+                    return  # stopped
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                self._sockets += [downstream, upstream]
+                threading.Thread(target=pump, args=(downstream, upstream), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, downstream), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone may not)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()

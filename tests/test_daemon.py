@@ -168,12 +168,127 @@ def test_sigterm_while_waiting_for_postgresql_at_start(daemon_factory, redis_url
 
     absent = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     daemon = daemon_factory(redis_url, absent).start(wait_ready=False)
-    daemon.wait_event("postgres.unavailable", timeout=30)
+    daemon.wait_event("postgres.down", timeout=30)
     begin = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=15) == 0, daemon.log_text()[-3000:]
     assert time.monotonic() - begin < 5
     assert not daemon.notify.seen("READY", "1")
+
+
+# --------------------------------------------------------------------------- the bad day at start
+
+
+def _errors_and_tracebacks(daemon: DaemonProcess) -> tuple[list[dict], list[str]]:
+    return ([e for e in daemon.events() if e["level"] in ("error", "critical")],
+            [line for line in daemon.log_text().splitlines() if "Traceback" in line])
+
+
+def test_an_http_port_in_use_is_one_line_naming_the_key_and_address(daemon_factory, redis_url: str,
+                                                                     pg_dsn: str) -> None:
+    import socket
+
+    daemon = daemon_factory(redis_url, pg_dsn)
+    with socket.create_server(("127.0.0.1", daemon.port)):      # someone else listens there
+        daemon.start(wait_ready=False)
+        assert daemon.wait_exit(timeout=30) == 3
+    errors, tracebacks = _errors_and_tracebacks(daemon)
+    assert tracebacks == [] and len(errors) == 1, daemon.log_text()
+    [error] = errors
+    assert (error["event"], error["key"], error["address"], error["error"]) == (
+        "daemon.cannot_listen", "http.listen", f"127.0.0.1:{daemon.port}", "address already in use")
+    assert error["problem"] == f"http.listen: cannot listen on 127.0.0.1:{daemon.port}: address already in use"
+    assert not daemon.control_socket.exists() and not daemon.notify.seen("READY", "1")
+
+
+def test_a_control_socket_in_use_is_one_line_and_the_other_daemon_keeps_running(daemon_factory, redis_url: str,
+                                                                                pg_dsn: str) -> None:
+    first = daemon_factory(redis_url, pg_dsn, name="first").start()
+    second = daemon_factory(redis_url, pg_dsn, name="second")
+    second.write_config(second.config_text().replace(str(second.control_socket), str(first.control_socket)))
+    second.start(wait_ready=False)
+    assert second.wait_exit(timeout=30) == 3
+    errors, tracebacks = _errors_and_tracebacks(second)
+    assert tracebacks == [] and [(e["key"], e["address"]) for e in errors] == [
+        ("control.socket", str(first.control_socket))]
+    assert "another inboundd is running on it" in errors[0]["problem"]
+    assert first.control("GET", "/status").json()["daemon"]["state"] == "running"  # untouched
+
+
+def test_postgresql_down_at_start_serves_health_readiness_and_status_from_the_first_second(
+        daemon_factory, redis_url: str, pg_server, pg_dsn: str, capsys) -> None:
+    from daemon_harness import TcpForwarder
+    from inboundd import cli
+    from services import free_port
+
+    port = free_port()
+    later = TcpForwarder(port, pg_server.port)          # PostgreSQL "comes up" when this starts
+    daemon = daemon_factory(redis_url, pg_dsn.replace(f":{pg_server.port}/", f":{port}/"))
+    daemon.start(wait_ready=False)
+    try:
+        health = wait_for(lambda: daemon.get("/healthz", timeout=2), 15, what="/healthz while starting")
+        assert health.status_code == 200 and health.json()["state"] == "starting"
+        daemon.wait_event("postgres.down")
+        ready = daemon.get("/readyz")
+        body = ready.json()
+        assert ready.status_code == 503 and body["state"] == "starting"
+        assert "postgres" in body["failed"] and "Connection refused" in body["checks"]["postgres"], body
+        assert body["checks"]["redis"] == "ok"
+        wait_for(lambda: "waiting for postgres" in daemon.control("GET", "/status").json()["daemon"].get(
+            "detail", ""), 15, what="the status saying what the daemon waits for")
+        code = cli.main(["-c", str(daemon.config_path), "status"])
+        first_line = capsys.readouterr().out.splitlines()[0]
+        assert code == cli.EXIT_FAILED
+        assert first_line.startswith("starting: waiting for postgres (last error: OperationalError: connection "
+                                     "failed: ") and "Connection refused" in first_line, first_line
+
+        wait_for(lambda: daemon.notify.seen("STATUS") and any(
+            m["STATUS"].startswith("starting: waiting for postgres") for _, m in daemon.notify.seen("STATUS")),
+            15, what="systemd STATUS saying what it waits for")
+        later.start()
+        daemon.wait_ready(timeout=60)
+        daemon.wait_event("daemon.ready")
+        assert daemon.get("/readyz").status_code == 200
+    finally:
+        daemon.stop()
+        later.stop()
+    text = daemon.log_text()
+    # The pool's own retries (several a second, two lines each) are not in the log; the outage is, once.
+    assert "error connecting in" not in text and "reconnection attempt" not in text
+    assert [e["event"] for e in daemon.events() if e["event"].startswith("postgres.")] == [
+        "postgres.down", "postgres.up"]
+    [down] = daemon.events("postgres.down")
+    assert down["level"] == "warning" and "Connection refused" in down["error"] and "\n" not in down["error"]
+
+
+def test_redis_down_is_logged_by_its_changes_and_ready_only_when_ready(daemon_factory, make_redis,
+                                                                       pg_dsn: str) -> None:
+    redis = make_redis()
+    redis.stop()                                          # down from the start
+    daemon = daemon_factory(redis.url, pg_dsn, daemon_section='consumers = 3\nshutdown_grace = "5s"').start()
+    [not_ready] = daemon.wait_event("daemon.not_ready")
+    assert not_ready["failed"] == "redis" and daemon.get("/readyz").status_code == 503
+    assert not daemon.events("daemon.ready")
+    daemon.wait_event("redis.down")
+    redis.start()
+    [ready] = daemon.wait_event("daemon.ready", timeout=30)
+    assert daemon.get("/readyz").status_code == 200
+    [up] = daemon.wait_event("redis.up")
+    assert up["failures"] >= 1 and up["last_error"]
+
+    redis.stop()                                          # and an outage while running
+    wait_for(lambda: len(daemon.events("redis.down")) == 2, 20, what="the second outage logged")
+    wait_for(lambda: daemon.get("/readyz").status_code == 503, 20, what="/readyz 503")
+    redis.start()
+    wait_for(lambda: len(daemon.events("redis.up")) == 2, 30, what="redis back, logged")
+    daemon.stop()
+    warnings = [e for e in daemon.events() if e["level"] == "warning"]
+    # Three consumers, the reclaim timer and /readyz all found Redis down, again and again:
+    # two outages are two lines (no minute passed, so no still_down), and nothing else repeats them.
+    assert [e["event"] for e in warnings if e["event"].startswith("redis.")] == ["redis.down", "redis.down"]
+    assert not [e for e in warnings if e["event"] in ("consumer.redis_error", "reclaim.failed",
+                                                      "queue.redis_unavailable")]
+    assert ready["ts"] >= up["ts"]
 
 
 def test_a_killed_daemon_takes_its_jobs_back_at_restart(daemon_factory, redis_url: str, pg_dsn: str) -> None:

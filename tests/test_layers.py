@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "inboundd", "inboundd.clock", "inboundd.log", "inboundd.metrics", "inboundd.outcomes", "inboundd.jobs",
         "inboundd.source", "inboundd.message", "inboundd.mime", "inboundd.mime.*", "inboundd.health",
         "inboundd.backoff", "inboundd.config_convert", "inboundd.config_schema", "inboundd.trace",
+        "inboundd.outage",
     )),
     ("infrastructure", (
         "inboundd.redisio", "inboundd.systemd", "inboundd.store", "inboundd.store.*", "inboundd.queue",

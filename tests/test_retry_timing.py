@@ -7,6 +7,7 @@ the attempts are exact, whatever the machine's load.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import trio.testing
 from inboundd.config import QueueConfig
 from inboundd.consumer import REDIS_RETRY_CAP, ConsumerPool
 from inboundd.outcomes import Outcome
+from inboundd.outage import Outage
 from inboundd.pipeline import STARTUP_RETRY_CAP, Pipeline
 
 
@@ -80,17 +82,14 @@ async def test_a_consumer_retries_redis_with_doubling_delays_reset_by_a_success(
     assert gaps[:7] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, REDIS_RETRY_CAP])  # reset, then doubling
 
 
-class Notifier:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def status(self, line: str) -> None:
-        self.lines.append(line)
-
-
 class Daemon:
+    """What the start-up wait tells the daemon: what it is waiting for."""
+
     def __init__(self) -> None:
-        self.notifier = Notifier()
+        self.details: list[str] = []
+
+    def starting(self, detail: str) -> None:
+        self.details.append(detail)
 
 
 class UnreachableDb:
@@ -99,6 +98,7 @@ class UnreachableDb:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls: list[float] = []
+        self.outage = Outage("postgres", logging.getLogger("test"))
 
     async def run(self, fn: Any) -> list[int]:
         self.calls.append(trio.current_time())
@@ -111,4 +111,4 @@ async def test_start_up_waits_for_postgresql_with_doubling_delays_up_to_the_cap(
     daemon, db = Daemon(), UnreachableDb(failures=7)
     await Pipeline._migrate_when_reachable(daemon, db)  # type: ignore[arg-type]
     assert db.calls == pytest.approx([0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 15.5 + STARTUP_RETRY_CAP, 25.5 + STARTUP_RETRY_CAP])
-    assert daemon.notifier.lines[0] == "waiting for PostgreSQL: connection refused"
+    assert daemon.details[0] == "waiting for postgres (last error: OSError: connection refused)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import msgspec
@@ -11,7 +10,7 @@ import redis
 from .. import jobs as jobs_mod, log
 from ..config_schema import QueueConfig
 from ..jobs import Job, JobDecodeError
-from ..redisio import RedisIO, tagged_key
+from ..redisio import RedisIO, failure_level, tagged_key
 from .scripts import Scripts
 
 __all__ = ["GROUP", "PAGE", "Claimed", "Keys", "QueueBase"]
@@ -102,5 +101,5 @@ class QueueBase:
             await self.ensure_group()
             return True
         except (redis.RedisError, OSError) as exc:
-            log.event(_log, "queue.redis_unavailable", level=logging.WARNING, error=str(exc))
+            log.event(_log, "queue.redis_unavailable", level=failure_level(exc), error=str(exc))
             return False

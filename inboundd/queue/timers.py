@@ -8,7 +8,6 @@ in the DLQ instead of looping.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import redis
@@ -17,6 +16,7 @@ import trio
 from .. import clock, log, metrics
 from ..config_schema import QueueConfig
 from .base import GROUP, PAGE, Claimed, decode_entry, text
+from ..redisio import failure_level
 from .leases import Leases
 
 if TYPE_CHECKING:
@@ -122,5 +122,5 @@ class ReclaimTimer:
                 if ticks % 360 == 0:
                     await self.queue.forget_idle_consumers()
             except (redis.RedisError, OSError) as exc:
-                log.event(_log, "reclaim.failed", level=logging.WARNING, error=str(exc))
+                log.event(_log, "reclaim.failed", level=failure_level(exc), error=str(exc))
             await trio.sleep(self.cfg.reclaim_interval)

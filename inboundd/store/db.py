@@ -8,10 +8,20 @@ context commits when ``fn`` returns and rolls back when it raises.
 Cancellation: the waiting task is released at once; the running statement is
 cancelled server-side (``cancel_safe``, shielded, bounded), so the thread ends
 quickly and its connection goes back to the pool healthy.
+
+While PostgreSQL cannot be reached, the pool's workers retry connecting in
+the background and psycopg-pool logs every failed attempt (several lines
+a second, libpq's message split over two). Those lines are taken out of its
+log and reported to ``db.outage`` instead, which logs the outage by its
+changes of state with the real error (``postgres.down``,
+``postgres.still_down`` every minute with the count, ``postgres.up`` when a
+connection is made again); ``outage.last_error`` is what the daemon shows
+while it waits for PostgreSQL at start.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -23,6 +33,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import log
 from ..config_schema import PostgresConfig
+from ..outage import Outage
 
 __all__ = ["Database"]
 
@@ -36,6 +47,31 @@ CANCEL_TIMEOUT = 2.0
 # jsonb columns are written with msgspec (fast, and it knows datetimes).
 set_json_dumps(lambda obj: msgspec.json.encode(obj).decode())
 
+#: psycopg-pool's logger, and its messages about background connection attempts.
+POOL_LOGGER = "psycopg.pool"
+_CONNECT_FAILED = "error connecting in %r: %s"
+_GAVE_UP = "reconnection attempt in pool %r failed after %s sec"
+
+_pool_numbers = itertools.count(1)
+
+
+class _PoolLog(logging.Filter):
+    """Takes one pool's connection-attempt lines out of psycopg-pool's log and reports them to an outage."""
+
+    def __init__(self, pool_name: str, outage: Outage) -> None:
+        super().__init__()
+        self.pool_name = pool_name
+        self.outage = outage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not args or args[0] != self.pool_name:
+            return True
+        if record.msg == _CONNECT_FAILED and len(args) == 2:
+            self.outage.failed(args[1] if isinstance(args[1], BaseException) else str(args[1]))
+            return False
+        return record.msg != _GAVE_UP  # the pool tries again on the next request: nothing to tell
+
 
 class Database:
     """The shared PostgreSQL pool and its thread limiter."""
@@ -45,21 +81,29 @@ class Database:
         kwargs: dict[str, Any] = {"connect_timeout": max(1, int(cfg.connect_timeout)), "application_name": "inboundd"}
         if password:
             kwargs["password"] = password
+        #: Whether PostgreSQL can be connected to, as the pool found it (logs the outage's changes of state).
+        self.outage = Outage("postgres", _log)
         self.pool = ConnectionPool(
             cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, kwargs=kwargs,
-            timeout=cfg.connect_timeout, open=False, name="inboundd",
+            timeout=cfg.connect_timeout, open=False, name=f"inboundd-{next(_pool_numbers)}",
+            configure=lambda conn: self.outage.succeeded(),
         )
+        self._pool_log = _PoolLog(self.pool.name, self.outage)
         # One thread per pooled connection: a thread never waits for a connection
         # while other tasks could have used its slot.
         self.limiter = trio.CapacityLimiter(cfg.pool_max)
 
     async def open(self) -> None:
         """Start the pool; connections are made in the background (never blocks on an absent server)."""
+        logging.getLogger(POOL_LOGGER).addFilter(self._pool_log)
         await trio.to_thread.run_sync(lambda: self.pool.open(wait=False))
 
     async def close(self) -> None:
         """Close the pool and every connection (an unclosed pool stalls exit)."""
-        await trio.to_thread.run_sync(lambda: self.pool.close(timeout=CANCEL_TIMEOUT))
+        try:
+            await trio.to_thread.run_sync(lambda: self.pool.close(timeout=CANCEL_TIMEOUT))
+        finally:
+            logging.getLogger(POOL_LOGGER).removeFilter(self._pool_log)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a transaction on a pooled connection; return its result."""
