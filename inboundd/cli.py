@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import re
 import sys
 import time
@@ -543,10 +544,7 @@ def cmd_trace(services: Services, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
-        text = trace.render(doc, clock.wall())
-        for name, error in sorted(doc["errors"].items()):
-            text += f"! {name}: {error}\n"
-        sys.stdout.write(text)
+        sys.stdout.write(trace.render(doc, clock.wall()))
     if doc["errors"]:
         return EXIT_UNAVAILABLE
     return EXIT_OK if doc["found"] else EXIT_FAILED
@@ -764,7 +762,19 @@ def load_config(path: str | None) -> config_mod.Config:
         _fail(f"{exc.source}: {first}{more}", EXIT_USAGE)
 
 
+def _quiet_logs() -> None:
+    """Keep the daemon's log events (``redis.down`` …) off inboundctl's terminal: it says what failed itself.
+
+    Without any handler, Python would print each warning's bare event name
+    on stderr beside inboundctl's own one-line error.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(handler, logging.NullHandler) for handler in root.handlers):
+        root.addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_logs()
     args = build_parser().parse_args(argv)
     if getattr(args, "limit", 1) is not None and getattr(args, "limit", 1) < 1:
         print("inboundctl: --limit must be at least 1", file=sys.stderr)

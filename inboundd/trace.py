@@ -175,15 +175,21 @@ def _stored_line(row: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any], now: float) -> str:
-    """The trace on one screen: per message its outcome, ledger row, stored row and queue jobs."""
+    """The trace on one screen: per message its outcome, ledger row, stored row and queue jobs.
+
+    The sources that could not be asked (``doc["errors"]``) are named last.
+    """
     query = doc["query"]
+    errors = doc.get("errors") or {}
     lines = [f"TRACE {query['by'].replace('_', ' ')} {query['value']}"]
+    problems = [f"! {name}: {error}" for name, error in sorted(errors.items())]
     if not doc["found"]:
-        lines.append("  nothing found in the ledger, the store or the queue")
+        asked = "the ledger, the store or the queue" if not errors else "what could be asked (see below)"
+        lines.append(f"  nothing found in {asked}")
         if query["by"] == "message_id":
             lines.append("  (a Message-ID is known once the message is stored; before that, trace its job id "
                          "or identity from the logs or `inboundctl dlq`)")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + problems) + "\n"
     for item in doc["messages"]:
         lines.append("")
         lines.append(f"{item['identity']}  account {item['account']}  tenant {item['tenant']}"
@@ -213,4 +219,6 @@ def render(doc: dict[str, Any], now: float) -> str:
     for place in doc["unplaced"]:
         lines.append("")
         lines.append(f"job {place['job_id']} (payload not decodable): {place_line(place, now)}")
+    if problems:
+        lines += ["", *problems]
     return "\n".join(lines) + "\n"

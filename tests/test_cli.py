@@ -354,3 +354,12 @@ def test_redis_unreachable_is_one_line_naming_the_server(capsys, tmp_path: Path,
         code, out, err = run(capsys, "-c", str(path), *argv)
         assert code == cli.EXIT_UNAVAILABLE and out == ""
         assert err.startswith(f"inboundctl: Redis at redis://127.0.0.1:{port}/0 unreachable: ") and err.count("\n") == 1
+
+
+def test_the_console_script_prints_one_line_and_no_log_events_when_redis_is_down(tmp_path: Path,
+                                                                                 pg_dsn: str) -> None:
+    path = write_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", pg_dsn)
+    result = subprocess.run([str(INBOUNDCTL), "-c", str(path), "dlq"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == cli.EXIT_UNAVAILABLE and result.stdout == ""
+    assert result.stderr.startswith("inboundctl: Redis at redis://127.0.0.1:") and result.stderr.count("\n") == 1, \
+        result.stderr                                       # no bare "redis.down" from the daemon's logging
