@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -168,10 +168,16 @@ class HttpConfig(Section):
     graceful_timeout: Annotated[Duration, doc(
         "Time given to in-flight requests on shutdown (keep just above the longest request).")] = 2.5
     public_url: Annotated[str, doc(
-        "The public https URL providers reach this daemon at, for the webhook subscriptions providers make "
-        "themselves; not used by this build's providers.")] = ""
+        "The public https URL providers reach this daemon at (a reverse proxy in front of listen, say), "
+        "without a trailing slash. Required once a [[microsoft]] account exists: Graph posts change "
+        "notifications to PUBLIC_URL/webhooks/microsoft and lifecycle events to "
+        "PUBLIC_URL/webhooks/microsoft/lifecycle, and calls https URLs only.")] = ""
 
     def check(self, path: str, problems: list[str]) -> None:
+        self.public_url = self.public_url.rstrip("/")
+        if self.public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", self.public_url):
+            problems.append(f"{path}.public_url: expected an https:// URL without query or fragment "
+                            f"(what providers call back), got {self.public_url!r}")
         for index, bind in enumerate(self.listen):
             if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}|unix:/.+", bind):
                 problems.append(
@@ -191,6 +197,9 @@ class ControlConfig(Section):
 
 class AccountConfig(Section):
     """What every provider's account table has: an id unique across every provider, and a tenant."""
+
+    #: The provider calls the daemon back at ``[http] public_url``: required once such an account exists.
+    needs_public_url: ClassVar[bool] = False
 
     id: Annotated[str, doc(
         "Account id (letters, digits, _ . @ -), unique among every provider's accounts; used in jobs, cursors, "
@@ -224,6 +233,9 @@ class CoreConfig(Section):
                 if account.id in seen:
                     problems.append(f"{where}: duplicate account id {account.id!r} (also {seen[account.id]})")
                 seen.setdefault(account.id, where)
+            if accounts and type(accounts[0]).needs_public_url and not self.http.public_url:
+                problems.append(f"http.public_url: required once a [[{name}]] account exists "
+                                f"(the provider calls the daemon back there)")
 
     def account_lists(self) -> list[tuple[str, list[AccountConfig]]]:
         """Every provider's ``[[name]]`` tables, in section order."""

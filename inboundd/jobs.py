@@ -52,9 +52,12 @@ class ImapPointer(_Pointer, tag="imap"):
 
 
 class MicrosoftPointer(_Pointer, tag="microsoft"):
-    subscription_id: str
     #: Immutable Graph message id.
     message_id: str
+    #: The configured folder (well-known name or folder id) the message was seen in.
+    folder: str = ""
+    #: The subscription that notified it; "" when a delta reconciliation found it.
+    subscription_id: str = ""
     change_type: str = "created"
 
     def identity(self) -> str:

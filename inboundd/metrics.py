@@ -93,6 +93,55 @@ imap_post_actions = Counter(
     ["account", "action", "outcome"], registry=REGISTRY,
 )
 
+# Microsoft Graph (providers/microsoft): webhook items, subscriptions, delta, fetches, post-actions.
+microsoft_notifications = Counter(
+    "inboundd_microsoft_notifications_total",
+    "Graph notification items by outcome (accepted, lifecycle, or why refused); account empty when unknown",
+    ["account", "outcome"], registry=REGISTRY,
+)
+microsoft_webhook_seconds = Histogram(
+    "inboundd_microsoft_webhook_seconds", "Time to answer one Graph notification POST (enqueue included)",
+    registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+microsoft_subscription_events = Counter(
+    "inboundd_microsoft_subscription_events_total",
+    "Subscription operations (created, renewed, recreated, deleted) by account",
+    ["account", "event"], registry=REGISTRY,
+)
+microsoft_renew_failures = Counter(
+    "inboundd_microsoft_renew_failures_total", "Subscription creations and renewals that failed", ["account"],
+    registry=REGISTRY,
+)
+microsoft_subscription_expiry = Gauge(
+    "inboundd_microsoft_subscription_expiry_seconds",
+    "Seconds until the folder's Graph subscription expires (negative: expired; absent: none)", _MAILBOX,
+    registry=REGISTRY,
+)
+microsoft_lifecycle_events = Counter(
+    "inboundd_microsoft_lifecycle_events_total", "Lifecycle events received (reauthorizationRequired, …)",
+    ["account", "event"], registry=REGISTRY,
+)
+microsoft_delta_walks = Counter(
+    "inboundd_microsoft_delta_walks_total", "Delta reconciliations by reason (first_start, resume, sync_reset)",
+    ["account", "reason"], registry=REGISTRY,
+)
+microsoft_delta_enqueued = Counter(
+    "inboundd_microsoft_delta_enqueued_total", "Pointer jobs a delta reconciliation had acknowledged by Redis",
+    _MAILBOX, registry=REGISTRY,
+)
+microsoft_lease_events = Counter(
+    "inboundd_microsoft_lease_events_total", "Account ownership lease events (acquired, released, lost, expired)",
+    ["event"], registry=REGISTRY,
+)
+microsoft_fetches = Counter(
+    "inboundd_microsoft_fetches_total", "Consume-time $value fetches by outcome (fetched, the skip reason, "
+    "throttled, unavailable, auth_failed, error)", ["account", "outcome"], registry=REGISTRY,
+)
+microsoft_post_actions = Counter(
+    "inboundd_microsoft_post_actions_total", "Post-actions after commit (mark_read, move) by outcome",
+    ["account", "action", "outcome"], registry=REGISTRY,
+)
+
 
 _children: dict[tuple[object, tuple[str, ...]], Any] = {}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, AsyncIterator
 
 import msgspec
@@ -50,14 +51,14 @@ class Pipeline:
     """Everything the daemon runs besides its HTTP servers."""
 
     def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database, *, registry: Registry = REGISTRY,
-                 parser: Parser | None = None) -> None:
+                 parser: Parser | None = None, intake_open: Callable[[], bool] = lambda: True) -> None:
         self.cfg = cfg
         self.rio = rio
         self.db = db
         instance = cfg.daemon.instance_id
         self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
         context = Context(cfg=cfg, queue=self.queue, rio=rio, db=db, cursors=DbCursorStore(db),
-                          instance_id=instance, key_prefix=cfg.redis.key_prefix)
+                          instance_id=instance, key_prefix=cfg.redis.key_prefix, intake_open=intake_open)
         #: One runtime per registered provider, by provider name (registry order).
         self.runtimes: dict[str, Runtime] = {provider.name: provider.build(context) for provider in registry}
         self.sources = SourceRegistry()
@@ -89,7 +90,8 @@ class Pipeline:
                 daemon.attach_pools(rio, db)
                 await cls._migrate_when_reachable(daemon, db)
                 async with ProcessParser.open() as parser:
-                    pipeline = cls(cfg, rio, db, registry=registry, parser=parser)
+                    pipeline = cls(cfg, rio, db, registry=registry, parser=parser,
+                                   intake_open=lambda: daemon.intake_open)
                     try:
                         yield pipeline
                     finally:
@@ -201,6 +203,8 @@ class Pipeline:
         return "; ".join(parts)
 
     async def refresh_gauges(self) -> None:
+        for runtime in self.runtimes.values():
+            await runtime.refresh_gauges()
         await self.queue.refresh_gauges()
 
     async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply:

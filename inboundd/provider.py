@@ -52,6 +52,9 @@ class Context:
     cursors: "CursorStore"
     instance_id: str
     key_prefix: str
+    #: Whether the daemon serves its webhook routes now (not while starting or draining): a provider
+    #: whose subscription needs a callback answered at once (Graph's validation handshake) waits for it.
+    intake_open: Callable[[], bool] = lambda: True
 
 
 class Runtime:
@@ -97,6 +100,9 @@ class Runtime:
     def summary(self) -> str | None:
         """A few words for systemd's STATUS line (e.g. ``listeners: 2 idle``), or None."""
         return None
+
+    async def refresh_gauges(self) -> None:
+        """Bring this provider's gauges up to date (called before ``/metrics`` renders)."""
 
     async def aclose(self) -> None:
         """Release what the runtime holds (connection pools); called once, shielded."""

@@ -29,6 +29,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import clock, log, metrics
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
@@ -43,6 +44,8 @@ _log = log.get_logger("web")
 READINESS_TIMEOUT = 2.0
 #: Retry-After (seconds) sent with a 503 while draining or when Redis refused an enqueue.
 RETRY_AFTER = 30
+#: Largest request body a provider route reads: webhooks carry pointers, never mail.
+MAX_BODY = 1024 * 1024
 
 
 class Runtime(Protocol):
@@ -97,7 +100,7 @@ async def readiness(runtime: Runtime) -> tuple[bool, dict[str, str]]:
 def create_app(runtime: Runtime, providers: Iterable[Provider] = ()) -> QuartTrio:
     """The public app bound to *runtime*, serving the routes of *providers* (the registry)."""
     app = QuartTrio("inboundd")
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # webhooks carry pointers, never mail
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
     @app.get("/healthz")
     async def healthz() -> Any:
@@ -127,7 +130,12 @@ def create_app(runtime: Runtime, providers: Iterable[Provider] = ()) -> QuartTri
     async def provider_route(provider: str, route: Route, **_: Any) -> Any:
         if not runtime.intake_open:
             return closed()
-        reply = await runtime.handle_webhook(provider, route, await _request_value())
+        try:
+            value = await _request_value()
+        except RequestEntityTooLarge:
+            # A 400 with the reason, like any other body the provider cannot take.
+            return {"error": f"body larger than {MAX_BODY} bytes"}, 400
+        reply = await runtime.handle_webhook(provider, route, value)
         return Response(reply.body, status=reply.status, headers=list(reply.headers))
 
     for provider in providers:

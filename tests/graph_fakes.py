@@ -382,8 +382,8 @@ class FakeGraph(_FakeServer):
         #: Delta tokens issued before this generation are refused with 410 syncStateNotFound.
         self.delta_generation = 0
         self.failures: dict[str, list[Failure]] = {}
-        #: (method, route, path, headers) of every authorised call, in order.
-        self.calls: list[tuple[str, str, str, dict[str, str]]] = []
+        #: (method, route, path, headers, wall time) of every authorised call, in order.
+        self.calls: list[tuple[str, str, str, dict[str, str], float]] = []
         #: Bytes of $value bodies actually written, by message id.
         self.bytes_sent: dict[str, int] = {}
         #: $value bodies sent chunked (no Content-Length) for these message ids.
@@ -429,7 +429,7 @@ class FakeGraph(_FakeServer):
         with self.lock:
             self.delta_generation += 1
 
-    def calls_to(self, route: str) -> list[tuple[str, str, str, dict[str, str]]]:
+    def calls_to(self, route: str) -> list[tuple[str, str, str, dict[str, str], float]]:
         with self.lock:
             return [call for call in self.calls if call[1] == route]
 
@@ -497,7 +497,7 @@ class FakeGraph(_FakeServer):
         name, action = self._match(request.method, path, raw)
         issued = self._authorise(request)
         with self.lock:
-            self.calls.append((request.method, name, request.raw_path, dict(request.headers)))
+            self.calls.append((request.method, name, request.raw_path, dict(request.headers), time.time()))
             pending = self.failures.get(name)
             if pending:
                 failure = pending[0]

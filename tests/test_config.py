@@ -199,9 +199,9 @@ password_file = "pw"
 
 def test_unsupported_provider_sections_are_named() -> None:
     with pytest.raises(config.ConfigError) as caught:
-        config.load_text('[[microsoft]]\nid = "m"\n')
+        config.load_text('[[google]]\nid = "g"\n')
     assert caught.value.problems == [
-        "microsoft: [[microsoft]] accounts (Graph change notifications) are not supported by this build yet"
+        "google: [[google]] accounts (Gmail Pub/Sub push) are not supported by this build yet"
     ]
 
 
@@ -356,16 +356,40 @@ def test_a_registered_provider_s_section_is_documented_from_its_schema() -> None
     assert '# How long the toy rests.\n#pause = "1h30m"\n' in example
 
 
+def uncommented(text: str, section: str) -> str:
+    """The commented-out ``[[section]]`` example of *text*, uncommented (up to the next section)."""
+    start = text.index(f"#[[{section}]]")
+    end = text.find("\n#[[", start + 1)
+    lines = text[start:end if end >= 0 else None].splitlines()
+    return "\n".join(line[1:] for line in lines if re.match(rf"^#(\[\[{section}\]\]|[a-z_]+ = )", line))
+
+
 def test_commented_imap_example_is_valid_when_uncommented(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     start = text.index("#[[imap]]")
-    block = "\n".join(
-        line[1:] for line in text[start:].splitlines() if re.match(r"^#(\[\[imap\]\]|[a-z_]+ = )", line)
-    )
+    block = uncommented(text, "imap")
     (tmp_path / "support.password").write_text("pw")
     block = block.replace('"/etc/inboundd/support.password"', '"support.password"')
     cfg = config.load_text(text[:start] + block, base=tmp_path)
     assert cfg.imap[0].id == "support" and cfg.imap[0].port == 993
+
+
+def test_commented_microsoft_example_is_valid_when_uncommented(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    start = text.index("#[[imap]]")
+    (tmp_path / "m365.secret").write_text("s3cret")
+    block = uncommented(text, "microsoft").replace('"/etc/inboundd/m365.secret"', '"m365.secret"')
+    head = text[:start].replace('public_url = ""', 'public_url = "https://inbound.example.com"')
+    cfg = config.load_text(head + block, base=tmp_path)
+    (account,) = cfg.microsoft
+    assert (account.id, account.mailbox, account.folders, account.subscription_lifetime) == \
+        ("support-m365", "support@acme.com", ["Inbox"], 70 * 3600.0)
+    assert cfg.secret("microsoft[0].client_secret").reveal() == "s3cret"
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text(text[:start] + block, base=tmp_path)
+    assert caught.value.problems == [
+        "http.public_url: required once a [[microsoft]] account exists (the provider calls the daemon back there)"
+    ]
 
 
 def test_the_schema_describes_each_key_for_generated_documentation() -> None:

@@ -224,7 +224,7 @@ async def test_delta_pages_then_only_what_is_new(client, graph):
     new = [graph.add_message(MAILBOX, "Inbox", b"Subject: new\r\n\r\nx") for _ in range(2)]
     ids, link2, pages = await walk(client, link=link)
     assert ids == new and pages == 1
-    assert all('IdType="ImmutableId"' in headers["prefer"] for *_, headers in graph.calls_to("delta"))
+    assert all('IdType="ImmutableId"' in headers["prefer"] for _, _, _, headers, _ in graph.calls_to("delta"))
 
 
 async def test_delta_filter_since(client, graph):

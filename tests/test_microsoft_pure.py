@@ -45,6 +45,8 @@ TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
     (b"validationToken=bytes%21", "bytes!"),
     ({"validationToken": "from a mapping"}, "from a mapping"),
     ({"other": "x"}, None),
+    ((("acct", "x"), ("validationToken", "first"), ("validationToken", "second")), "first"),
+    ((), None),
 ])
 def test_validation_token(query, expected):
     assert validation_token(query) == expected

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from ..config_schema import AccountConfig
 from ..provider import Context, Provider, Runtime, StatusView
-from . import imap
+from . import imap, microsoft
 
 __all__ = ["REGISTRY", "Context", "Provider", "Registry", "Runtime", "StatusView"]
 
@@ -76,9 +76,9 @@ class Registry:
 REGISTRY = Registry(
     [
         imap.PROVIDER,
+        microsoft.PROVIDER,
     ],
     planned={
-        "microsoft": "[[microsoft]] accounts (Graph change notifications) are not supported by this build yet",
         "google": "[[google]] accounts (Gmail Pub/Sub push) are not supported by this build yet",
     },
 )

@@ -8,13 +8,13 @@ file itself).
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated
 
 import msgspec
 
-from ...config_convert import Duration, SecretKey, Section
+from ...config_convert import Duration, ReadableFile, SecretKey, doc
+from ...config_schema import AccountConfig
 from ...ingress.start import parse_start_from
 from .proto import parse_post_action
 from .renewal import MIN_LIFETIME
@@ -22,27 +22,49 @@ from .renewal import MIN_LIFETIME
 __all__ = ["MicrosoftAccountConfig"]
 
 
-class MicrosoftAccountConfig(Section):
-    #: Unique among the accounts of every provider.
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]+$")]
-    #: Azure AD tenant of the mailbox (GUID or domain).
-    directory_id: str
-    #: Application (client) id of the Azure app registration.
-    client_id: str
-    #: User id or UPN of the mailbox.
-    mailbox: str
-    tenant: str = "default"
-    client_secret_file: Annotated[str, SecretKey.file(required=True)] = ""
-    client_secret_credential: Annotated[str, SecretKey.credential(required=True)] = ""
-    folders: list[str] = msgspec.field(default_factory=lambda: ["Inbox"])
-    post_action: str = "none"
-    subscription_lifetime: Duration = 70 * 3600.0
-    delta_interval: Duration = 15 * 60.0
-    #: What the first delta walk of a folder enqueues: "now" (nothing old), "all" or "last:N".
-    start_from: str = "now"
-    authority_url: str = "https://login.microsoftonline.com"
-    graph_url: str = "https://graph.microsoft.com/v1.0"
-    ca_file: str = ""
+class MicrosoftAccountConfig(AccountConfig, kw_only=True):
+    about = (
+        "One [[microsoft]] table per Microsoft 365 mailbox, read through Microsoft Graph (none by default). "
+        "Needs [http] public_url. In Azure AD, register an app with the application permission Mail.Read "
+        "(Mail.ReadWrite when post_action is mark_read or move:), grant admin consent, and create a client secret."
+    )
+
+    # Graph posts notifications to {public_url}/webhooks/microsoft.
+    needs_public_url = True
+
+    directory_id: Annotated[str, doc(
+        "Azure AD tenant of the mailbox: its GUID or a domain.", examples=["acme.onmicrosoft.com"])]
+    client_id: Annotated[str, doc(
+        "Application (client) id of the app registration.", examples=["00000000-0000-0000-0000-000000000000"])]
+    mailbox: Annotated[str, doc("The mailbox: user id or user principal name.", examples=["support@acme.com"])]
+    client_secret_file: Annotated[str, SecretKey.file(required=True), doc(
+        "File holding the app's client secret.", examples=["/etc/inboundd/m365.secret"])] = ""
+    client_secret_credential: Annotated[str, SecretKey.credential(required=True), doc(
+        "Systemd credential holding the client secret, instead of client_secret_file.")] = ""
+    folders: Annotated[list[str], doc(
+        "Folders to subscribe to, one Graph subscription each: well-known names (Inbox, Archive …) or folder "
+        "ids.")] = msgspec.field(default_factory=lambda: ["Inbox"])
+    post_action: Annotated[str, doc(
+        "What to do with a message in the mailbox once stored: \"none\", \"mark_read\" or \"move:FOLDER\" "
+        "(both need Mail.ReadWrite).")] = "none"
+    subscription_lifetime: Annotated[Duration, doc(
+        "Lifetime requested for each Graph subscription, renewed at half-life; at least 45m, and longer values "
+        "are capped at the Outlook maximum (4230m = 70h30m).")] = 70 * 3600.0
+    delta_interval: Annotated[Duration, doc(
+        "Reconciliation by delta query every this long, also without any lifecycle event (notifications can "
+        "be lost); at least 1m.")] = 15 * 60.0
+    start_from: Annotated[str, doc(
+        "What the first delta walk of a folder enqueues: \"now\" (nothing old), \"all\" (every message in "
+        "it), or \"last:N\" (the N most recently received).")] = "now"
+    authority_url: Annotated[str, doc(
+        "Azure AD authority, https only (sovereign clouds: https://login.microsoftonline.us …).")] = (
+        "https://login.microsoftonline.com")
+    graph_url: Annotated[str, doc(
+        "Microsoft Graph base URL (sovereign clouds: https://graph.microsoft.us/v1.0 …).")] = (
+        "https://graph.microsoft.com/v1.0")
+    ca_file: Annotated[ReadableFile, doc(
+        "Extra CA bundle (PEM) trusted for the authority and Graph besides the system's (an inspecting "
+        "proxy); \"\": the system's only.")] = ""
 
     def check(self, path: str, problems: list[str]) -> None:
         self.authority_url = self.authority_url.rstrip("/")
@@ -85,5 +107,3 @@ class MicrosoftAccountConfig(Section):
                             f"got {self.authority_url!r}")
         if not re.match(r"https?://[^/]+", self.graph_url):
             problems.append(f"{path}.graph_url: expected an https:// URL, got {self.graph_url!r}")
-        if self.ca_file and not os.path.isfile(self.ca_file):
-            problems.append(f"{path}.ca_file: no such file: {self.ca_file!r}")

@@ -68,25 +68,24 @@ class BadRequest(ValueError):
 # --------------------------------------------------------------------------- handshake
 
 
-def validation_token(query: str | bytes | Mapping[str, str]) -> str | None:
+def validation_token(query: str | bytes | Mapping[str, str] | Iterable[tuple[str, str]]) -> str | None:
     """The decoded ``validationToken`` of a POST's query, or None when there is none.
 
     *query* is the raw query string (decoded here, ``+`` as space, as form
-    encoding says) or an already-decoded mapping. A present but unusable
-    token raises :class:`BadRequest`: empty, longer than
-    :data:`TOKEN_LIMIT`, or containing control characters (the token is
+    encoding says), or already-decoded parameters: a mapping, or (name,
+    value) pairs in arrival order (the first ``validationToken`` counts). A
+    present but unusable token raises :class:`BadRequest`: empty, longer
+    than :data:`TOKEN_LIMIT`, or containing control characters (the token is
     echoed as ``text/plain``; refusing control characters keeps it from
     splitting anything downstream).
     """
     if isinstance(query, Mapping):
         token = query.get("validationToken")
     else:
-        text = query.decode("latin-1") if isinstance(query, bytes) else query
-        token = None
-        for key, value in parse_qsl(text, keep_blank_values=True):
-            if key == "validationToken":
-                token = value
-                break
+        if isinstance(query, (str, bytes)):
+            text = query.decode("latin-1") if isinstance(query, bytes) else query
+            query = parse_qsl(text, keep_blank_values=True)
+        token = next((value for key, value in query if key == "validationToken"), None)
     if token is None:
         return None
     if not token:

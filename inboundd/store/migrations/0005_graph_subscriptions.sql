@@ -21,8 +21,7 @@ CREATE TABLE inbound_graph_subscriptions (
     -- Failed renewals since the last success, and the last error.
     renew_failures   integer     NOT NULL DEFAULT 0,
     last_error       text,
-    -- Fencing token of the account lease under which the row was written: a writer holding
-    -- an older lease (a daemon that lost the account) cannot overwrite a newer owner's row.
+    -- Fencing token of the account lease the row was written under (only the owner writes).
     fence            bigint      NOT NULL DEFAULT 0,
     PRIMARY KEY (account, folder)
 );
