@@ -383,7 +383,7 @@ def test_commented_microsoft_example_is_valid_when_uncommented(tmp_path: Path) -
     cfg = config.load_text(head + block, base=tmp_path)
     (account,) = cfg.microsoft
     assert (account.id, account.mailbox, account.folders, account.subscription_lifetime) == \
-        ("support-m365", "support@acme.com", ["Inbox"], 70 * 3600.0)
+        ("support", "support@acme.com", ["Inbox"], 70 * 3600.0)
     assert cfg.secret("microsoft[0].client_secret").reveal() == "s3cret"
     with pytest.raises(config.ConfigError) as caught:
         config.load_text(text[:start] + block, base=tmp_path)
