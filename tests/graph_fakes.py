@@ -369,8 +369,11 @@ _RESOURCE = re.compile(r"users/([^/]+)/mailFolders\('((?:[^']|'')+)'\)/messages"
 class FakeGraph(_FakeServer):
     """Microsoft Graph v1.0 for Outlook messages, in memory (``graph_url`` = :attr:`url`)."""
 
-    def __init__(self, aad: FakeAzureAD, *, validate_urls: bool = True) -> None:
+    def __init__(self, aad: FakeAzureAD, *, validate_urls: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
+        #: Graph's own clock for subscription expiries (a test may move it, with inboundd's).
+        self.clock = clock
         self.aad = aad
         self.url = f"http://127.0.0.1:{self.port}/v1.0"
         self.validate_urls = validate_urls
@@ -582,7 +585,7 @@ class FakeGraph(_FakeServer):
             requested = _parse_time(text)
         except ValueError:
             raise _error(400, "InvalidRequest", f"expirationDateTime '{text}' is not a date") from None
-        now = time.time()
+        now = self.clock()
         if requested > now + MAX_LIFETIME:
             raise _error(400, "InvalidRequest",
                          "Subscription expiration can only be 4230 minutes in the future.")

@@ -140,6 +140,8 @@ class AccountRenewer:
         self.notification_url, self.lifecycle_url = notification_urls(deps.public_url)
         self._state = "starting"
         self._error: str | None = None
+        #: Passes made while owner (each looks at requests, subscriptions and due walks).
+        self.rounds = 0
         self._wake = trio.Event()
         self._backoff = Backoff(RETRY_BASE, RETRY_CAP)
         self._retry_at: float | None = None  # wall time
@@ -202,6 +204,7 @@ class AccountRenewer:
                 await self._round()
             except Exception as exc:  # noqa: BLE001 - Graph, Redis, PostgreSQL: back off, never crash the daemon
                 self._failed(exc)
+            self.rounds += 1
             with trio.move_on_at(self._next_wake()):
                 await self._wake.wait()
 
