@@ -90,6 +90,8 @@ class DaemonProcess:
         self.pg_dsn = pg_dsn
         self.daemon_section = daemon_section or 'consumers = 2\nshutdown_grace = "10s"'
         self.extra_config = extra_config
+        #: More ``[http]`` keys (``public_url = "…"``); the port is :attr:`port`.
+        self.http_extra = ""
         self.env = env or {}
         self.notify = NotifyListener(directory / "notify.sock", abstract=abstract_notify)
         #: The daemon's argv before ``-c FILE``: this checkout's by default, an installed one if given.
@@ -108,7 +110,7 @@ class DaemonProcess:
             'log_format = "json"\n'
             f'[redis]\nurl = "{self.redis_url}"\nsocket_timeout = "2s"\n'
             f'[postgres]\ndsn = "{self.pg_dsn}"\nconnect_timeout = "2s"\n'
-            f'[http]\nlisten = ["127.0.0.1:{self.port}"]\ngraceful_timeout = "1s"\n'
+            f'[http]\nlisten = ["127.0.0.1:{self.port}"]\ngraceful_timeout = "1s"\n{self.http_extra}\n'
             f'[control]\nsocket = "{self.control_socket}"\n'
             f"{extra if extra is not None else self.extra_config}\n"
         )

@@ -13,6 +13,7 @@ from inboundd.providers.microsoft import delta, proto, renewal, webhook
 from inboundd.providers.microsoft.delta import DeltaCursor, DeltaMessage, DeltaStart
 from inboundd.providers.microsoft.proto import GraphFailure, PostAction
 from inboundd.providers.microsoft.renewal import Desired, Plan, Stored
+from inboundd.providers.microsoft.status import VIEW
 from inboundd.providers.microsoft.token import graph_scope, token_tenant
 from inboundd.providers.microsoft.webhook import (
     Accepted,
@@ -533,3 +534,46 @@ def test_token_tenant(token, tenant):
 ])
 def test_graph_scope(graph_url, scope):
     assert graph_scope(graph_url) == scope
+
+
+# --------------------------------------------------------------------------- status view
+
+
+def folder_status(**changes):
+    item = {"account": "support-m365", "folder": "Inbox", "tenant": "acme", "state": "active",
+            "subscription_id": "sub-1", "expires_at": T0 + 40 * HOUR, "renewed_at": T0 - 2 * HOUR,
+            "renew_failures": 0, "last_error": None, "last_delta_at": T0 - 60, "delta_enqueued": 3,
+            "retry_at": None, "lease_token": 4}
+    item.update(changes)
+    return item
+
+
+def test_status_view_normalizes_times_relative_to_now():
+    (item,) = VIEW.normalize([folder_status()], T0)
+    assert (item["expires_in"], item["renewed_age"], item["last_delta_age"], item["retry_in"], item["error"]) == \
+        (40 * HOUR, 2 * HOUR, 60.0, None, None)
+    assert "last_error" not in item and item["delta_enqueued"] == 3
+    assert VIEW.normalize(None, T0) == []
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({}, None),
+    ({"state": "standby"}, None),
+    ({"state": "auth_failed", "last_error": "invalid_client"}, "microsoft support-m365/Inbox is auth_failed: invalid_client"),
+    ({"state": "backoff", "last_error": "503"}, "microsoft support-m365/Inbox is backoff: 503"),
+    ({"subscription_id": None, "expires_at": None}, "microsoft support-m365/Inbox has no subscription"),
+    ({"expires_at": T0 + 1800, "renew_failures": 9},
+     "microsoft support-m365/Inbox: subscription expires in 30m (9 failed renewals)"),
+    ({"expires_at": T0 - 10}, "microsoft support-m365/Inbox: subscription expires in 0s (0 failed renewals)"),
+])
+def test_status_view_problems(changes, problem):
+    problems = VIEW.problems(VIEW.normalize([folder_status(**changes)], T0))
+    assert problems == ([problem] if problem else [])
+
+
+def test_status_view_renders_a_table():
+    lines = VIEW.render(VIEW.normalize([folder_status(), folder_status(folder="Archive", expires_at=T0 - 5)], T0))
+    assert lines[0] == "SUBSCRIPTIONS (Microsoft Graph)"
+    assert lines[1].split() == ["account", "folder", "state", "expires", "in", "last", "delta", "failures", "error"]
+    assert "expired" in lines[2] and "40.0h" in lines[3]
+    assert VIEW.render([]) == []
