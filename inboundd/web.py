@@ -7,7 +7,9 @@ PostgreSQL and every provider's checks pass, and not draining), ``GET
 
 A provider's route never sees Quart: this module turns the request into a
 frozen :class:`~inboundd.ingress.webhook.WebhookRequest` and the provider's
-:class:`~inboundd.ingress.webhook.WebhookReply` back into a response. While
+:class:`~inboundd.ingress.webhook.WebhookReply` back into a response, in an
+ASGI middleware in front of Quart (:class:`ProviderRoutes`: webhooks are the
+hot path). While
 intake is stopped (starting, draining) every webhook answers 503 with
 ``Retry-After``; a ``/webhooks/…`` path no provider serves answers 404.
 
@@ -20,8 +22,8 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterable, Mapping
-from functools import partial
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import trio
 from hypercorn.config import Config as HypercornConfig, Sockets
@@ -29,7 +31,6 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import clock, log, metrics
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
@@ -127,21 +128,7 @@ def create_app(runtime: Runtime, providers: Iterable[Provider] = ()) -> QuartTri
     def closed() -> Any:
         return {"error": f"daemon is {runtime.state}; retry later"}, 503, {"Retry-After": str(RETRY_AFTER)}
 
-    async def provider_route(provider: str, route: Route, **_: Any) -> Any:
-        if not runtime.intake_open:
-            return closed()
-        try:
-            value = await _request_value()
-        except RequestEntityTooLarge:
-            # A 400 with the reason, like any other body the provider cannot take.
-            return {"error": f"body larger than {MAX_BODY} bytes"}, 400
-        reply = await runtime.handle_webhook(provider, route, value)
-        return Response(reply.body, status=reply.status, headers=list(reply.headers))
-
-    for provider in providers:
-        for route in provider.routes:
-            app.add_url_rule(route.path, endpoint=f"{provider.name} {route.method} {route.path}",
-                             view_func=partial(provider_route, provider.name, route), methods=[route.method])
+    app.asgi_app = ProviderRoutes(app.asgi_app, runtime, providers)  # type: ignore[method-assign]
 
     @app.route("/webhooks/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unserved_webhook(rest: str) -> Any:
@@ -152,17 +139,77 @@ def create_app(runtime: Runtime, providers: Iterable[Provider] = ()) -> QuartTri
     return app
 
 
-async def _request_value() -> WebhookRequest:
-    """The current Quart request as the frozen value providers see (body read in full, within the size cap)."""
-    received_at = clock.wall()
-    return WebhookRequest(
-        method=request.method,
-        path=request.path,
-        query=tuple(request.args.items(multi=True)),
-        headers=tuple((name.lower(), value) for name, value in request.headers.items()),
-        body=await request.get_data(cache=False),
-        received_at=received_at,
-    )
+class ProviderRoutes:
+    """ASGI middleware: the providers' routes answered directly, everything else by the Quart app.
+
+    Webhooks are the hot path (Graph throttles an endpoint slower than 3 s,
+    and a provider may post hundreds of times a second), so their requests do
+    not go through Quart's request and response machinery: the ASGI scope and
+    body become the frozen :class:`~inboundd.ingress.webhook.WebhookRequest`
+    (query decoded as form data, header names lower-case), and the provider's
+    :class:`~inboundd.ingress.webhook.WebhookReply` is sent as is. While intake
+    is closed the answer is 503 with ``Retry-After``; a body over
+    :data:`MAX_BODY` is a 400 naming the limit, before the provider sees it.
+    """
+
+    def __init__(self, inner: Any, runtime: Runtime, providers: Iterable[Provider]) -> None:
+        self.inner = inner
+        self.runtime = runtime
+        self.routes = {(route.method, route.path): (provider.name, route)
+                       for provider in providers for route in provider.routes}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            found = self.routes.get((scope["method"], scope["path"]))
+            if found is not None:
+                await self._serve(found[0], found[1], scope, receive, send)
+                return
+        await self.inner(scope, receive, send)
+
+    async def _serve(self, provider: str, route: Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received_at = clock.wall()
+        runtime = self.runtime
+        if not runtime.intake_open:
+            reply = WebhookReply.json(503, {"error": f"daemon is {runtime.state}; retry later"},
+                                      headers=(("retry-after", str(RETRY_AFTER)),))
+        else:
+            body = await _read_body(receive, MAX_BODY)
+            if body is None:
+                reply = WebhookReply.json(400, {"error": f"body larger than {MAX_BODY} bytes"})
+            else:
+                request = WebhookRequest(
+                    method=scope["method"],
+                    path=scope["path"],
+                    query=tuple(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"),
+                                          keep_blank_values=True)),
+                    headers=tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
+                                  for name, value in scope.get("headers", ())),
+                    body=body,
+                    received_at=received_at,
+                )
+                reply = await runtime.handle_webhook(provider, route, request)
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers]
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes *limit* bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
 
 
 class ListenError(Exception):
