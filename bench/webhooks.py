@@ -73,14 +73,12 @@ def serve_bare(port: int) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
+    from graph_fakes import asgi_lifespan
+
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].rsplit(".", 1)[-1]
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
+            await asgi_lifespan(receive, send)
+            return
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
@@ -168,6 +166,21 @@ class Result:
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
 
+    async def send(self, conn: Connection, path: str, body: bytes, batch: int, *, since: float) -> bool:
+        """POST *body* and record its answer, timed from *since*; False when the connection broke."""
+        try:
+            status = await conn.post(path, body)
+        except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
+            self.error(type(exc).__name__)
+            return False
+        self.latencies.append(trio.current_time() - since)
+        if status == 202:
+            self.requests += 1
+            self.notifications += batch
+        else:
+            self.error(f"HTTP {status}")
+        return True
+
     @property
     def rate(self) -> float:
         return self.notifications / self.elapsed if self.elapsed else 0.0
@@ -187,18 +200,8 @@ async def closed_loop(port: int, path: str, bodies: Callable[[], bytes], batch: 
 
     async def client(conn: Connection) -> None:
         while trio.current_time() < deadline:
-            sent = trio.current_time()
-            try:
-                status = await conn.post(path, bodies())
-            except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
-                result.error(type(exc).__name__)
+            if not await result.send(conn, path, bodies(), batch, since=trio.current_time()):
                 return
-            result.latencies.append(trio.current_time() - sent)
-            if status == 202:
-                result.requests += 1
-                result.notifications += batch
-            else:
-                result.error(f"HTTP {status}")
 
     async with trio.open_nursery() as nursery:
         for conn in conns:
@@ -222,18 +225,8 @@ async def open_loop(port: int, path: str, bodies: Callable[[], bytes], batch: in
     start = trio.current_time() + 0.05
 
     async def one(conn: Connection, due: float) -> None:
-        try:
-            status = await conn.post(path, bodies())
-        except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
-            result.error(type(exc).__name__)
-            return
-        result.latencies.append(trio.current_time() - due)
-        if status == 202:
-            result.requests += 1
-            result.notifications += batch
-        else:
-            result.error(f"HTTP {status}")
-        free.send_nowait(conn)
+        if await result.send(conn, path, bodies(), batch, since=due):
+            free.send_nowait(conn)
 
     async with trio.open_nursery() as nursery:
         for index in range(total):

@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 
-__all__ = ["FakeAzureAD", "FakeGraph", "graph_time", "make_ca"]
+__all__ = ["FakeAzureAD", "FakeGraph", "asgi_lifespan", "graph_time", "make_ca"]
 
 MAX_LIFETIME = 4230 * 60
 MIN_LIFETIME = 45 * 60
@@ -64,6 +64,16 @@ def _b64(obj: Any) -> str:
 
 def _unb64(text: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
+async def asgi_lifespan(receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """Answer an ASGI lifespan scope (startup, shutdown) for a bare test endpoint."""
+    while True:
+        message = await receive()
+        kind = message["type"].rsplit(".", 1)[-1]
+        await send({"type": f"lifespan.{kind}.complete"})
+        if kind == "shutdown":
+            return
 
 
 def make_ca(directory: Path) -> tuple[Any, str]:

@@ -8,13 +8,15 @@ loopback fakes of ``graph_fakes``.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from graph_fakes import FakeAzureAD, FakeGraph, make_ca
 from services import free_port
 
-__all__ = ["GraphBed", "MAILBOX", "SECRET", "mime"]
+__all__ = ["GraphBed", "MAILBOX", "SECRET", "mime", "pools"]
 
 MAILBOX = "support@acme.com"
 SECRET = "app-s3cret"
@@ -59,6 +61,14 @@ class GraphBed:
         lines = ["[[microsoft]]"] + [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         return "\n".join(lines) + "\n"
 
+    def load_account(self, clients: Any, account_id: str = "support-m365", **keys: Any) -> Any:
+        """A run-time ``MicrosoftAccount`` of :meth:`account`'s table, loaded by the real configuration loader."""
+        from inboundd import config
+        from inboundd.providers.microsoft.account import MicrosoftAccount
+
+        cfg = config.load_text(f'[http]\npublic_url = "{self.public_url}"\n' + self.account(account_id, **keys))
+        return MicrosoftAccount(cfg.microsoft[0], cfg.secret("microsoft[0].client_secret"), clients)
+
     def config(self, redis_url: str, pg_dsn: str, accounts: str | None = None, *, consumers: int = 2,
                control: Path | None = None, extra: str = "") -> str:
         """A whole configuration file for a daemon in this process."""
@@ -75,3 +85,25 @@ class GraphBed:
     def close(self) -> None:
         self.graph.stop()
         self.aad.stop()
+
+
+@asynccontextmanager
+async def pools(redis_url: str, pg_dsn: str) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """The daemon's Redis pool, PostgreSQL pool (migrated) and HTTP clients on the suite's servers; closed after."""
+    from inboundd.config_schema import PostgresConfig, RedisConfig
+    from inboundd.ingress.httpclients import HttpClients
+    from inboundd.redisio import RedisIO
+    from inboundd.store.db import Database
+    from inboundd.store.migrate import migrate
+
+    rio = RedisIO.from_config(RedisConfig(url=redis_url))
+    db = Database(PostgresConfig(dsn=pg_dsn))
+    clients = HttpClients()
+    try:
+        await db.open()
+        await db.run(migrate)
+        yield rio, db, clients
+    finally:
+        await clients.aclose()
+        await db.close()
+        await rio.close()

@@ -16,7 +16,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from graph_fakes import FakeAzureAD, FakeGraph, make_ca
+from graph_fakes import FakeAzureAD, FakeGraph, asgi_lifespan, make_ca
 from waiting import eventually
 from inboundd.providers.microsoft import proto, webhook
 from inboundd.ingress.httpclients import HttpClients
@@ -130,12 +130,8 @@ async def test_an_untrusted_authority_certificate_is_refused(clients, aad, graph
 async def handshake_app(scope, receive, send):
     """A bare ASGI endpoint answering Graph's validation handshake with the pure check."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = message["type"].rsplit(".", 1)[-1]
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
+        await asgi_lifespan(receive, send)
+        return
     while (await receive()).get("more_body"):
         pass
     try:

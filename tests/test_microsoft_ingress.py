@@ -17,8 +17,8 @@ import pytest
 import redis
 import trio
 
-from inboundd import config, jobs
-from inboundd.config_schema import PostgresConfig, QueueConfig, RedisConfig
+from inboundd import jobs
+from inboundd.config_schema import QueueConfig
 from inboundd.ingress.httpclients import HttpClients
 from inboundd.ingress.webhook import WebhookRequest
 from inboundd.jobs import MicrosoftPointer, new_job
@@ -33,19 +33,18 @@ from inboundd.redisio import RedisIO
 from inboundd.source import FetchedMessage, SourceUnavailable
 from inboundd.store import graph_subscriptions as rows
 from inboundd.store.db import Database
-from inboundd.store.migrate import migrate
-from m365_bed import MAILBOX, GraphBed, mime
+from m365_bed import MAILBOX, GraphBed, mime, pools
 
 TENANT_GUID = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
 
 
 class Env:
-    def __init__(self, bed: GraphBed, db: Database, rio: RedisIO, redis_url: str) -> None:
+    def __init__(self, bed: GraphBed, db: Database, rio: RedisIO, clients: HttpClients, redis_url: str) -> None:
         self.bed = bed
         self.db = db
         self.rio = rio
         self.redis_url = redis_url
-        self.clients = HttpClients()
+        self.clients = clients
         self.accounts: dict[str, MicrosoftAccount] = {}
         self.book = SubscriptionBook(db, lambda a: self.accounts[a].tenant_ids() if a in self.accounts else None)
         self.requests = LifecycleRequests(rio, "inboundd")
@@ -55,9 +54,7 @@ class Env:
         self.source = MicrosoftSource(lambda: self.accounts)
 
     def add_account(self, account_id: str = "support-m365", **keys: object) -> MicrosoftAccount:
-        cfg = config.load_text(f'[http]\npublic_url = "{self.bed.public_url}"\n' + self.bed.account(account_id, **keys))
-        account = MicrosoftAccount(cfg.microsoft[0], cfg.secret("microsoft[0].client_secret"), self.clients)
-        self.accounts[account_id] = account
+        account = self.accounts[account_id] = self.bed.load_account(self.clients, account_id, **keys)
         return account
 
     async def store_subscription(self, sub_id: str, secret: str, account: str = "support-m365",
@@ -86,17 +83,10 @@ def item(sub: str, secret: str, message: str = "m1", tenant: str = TENANT_GUID, 
 @pytest.fixture
 async def env(tmp_path: Path, redis_url: str, pg_dsn: str) -> AsyncIterator[Env]:
     bed = GraphBed(tmp_path / "m365", validate_urls=False)
-    rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    db = Database(PostgresConfig(dsn=pg_dsn))
-    await db.open()
-    await db.run(migrate)
-    environment = Env(bed, db, rio, redis_url)
     try:
-        yield environment
+        async with pools(redis_url, pg_dsn) as (rio, db, clients):
+            yield Env(bed, db, rio, clients, redis_url)
     finally:
-        await environment.clients.aclose()
-        await db.close()
-        await rio.close()
         bed.close()
 
 

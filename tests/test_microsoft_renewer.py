@@ -18,8 +18,8 @@ import pytest
 import redis
 import trio
 
-from inboundd import clock, config, jobs
-from inboundd.config_schema import PostgresConfig, QueueConfig, RedisConfig
+from inboundd import clock, jobs
+from inboundd.config_schema import QueueConfig
 from inboundd.ingress.cursors import DbCursorStore
 from inboundd.ingress.httpclients import HttpClients
 from inboundd.providers.microsoft.account import MicrosoftAccount
@@ -29,8 +29,7 @@ from inboundd.providers.microsoft.renewer import AccountRenewer, RenewerDeps
 from inboundd.queue import Queue
 from inboundd.redisio import RedisIO
 from inboundd.store.db import Database
-from inboundd.store.migrate import migrate
-from m365_bed import MAILBOX, GraphBed, mime
+from m365_bed import MAILBOX, GraphBed, mime, pools
 from waiting import eventually
 
 HOUR = 3600.0
@@ -54,22 +53,20 @@ def wall(monkeypatch) -> WallClock:
 
 
 class Env:
-    def __init__(self, bed: GraphBed, rio: RedisIO, db: Database, redis_url: str, pg_dsn: str) -> None:
+    def __init__(self, bed: GraphBed, rio: RedisIO, db: Database, clients: HttpClients, redis_url: str,
+                 pg_dsn: str) -> None:
         self.bed = bed
         self.rio = rio
         self.db = db
         self.redis_url = redis_url
         self.pg_dsn = pg_dsn
-        self.clients = HttpClients()
+        self.clients = clients
         self.accounts: dict[str, MicrosoftAccount] = {}
         self.book = SubscriptionBook(db, lambda account: self.accounts[account].tenant_ids()
                                      if account in self.accounts else None)
 
     def account(self, account_id: str = "support-m365", **keys: Any) -> MicrosoftAccount:
-        text = (f'[http]\npublic_url = "{self.bed.public_url}"\n' + self.bed.account(account_id, **keys))
-        cfg = config.load_text(text)
-        account = MicrosoftAccount(cfg.microsoft[0], cfg.secret("microsoft[0].client_secret"), self.clients)
-        self.accounts[account_id] = account
+        account = self.accounts[account_id] = self.bed.load_account(self.clients, account_id, **keys)
         return account
 
     def renewer(self, account: MicrosoftAccount, instance: str = "a", lease_ttl: float = 30.0) -> AccountRenewer:
@@ -100,17 +97,10 @@ class Env:
 async def env(tmp_path: Path, redis_url: str, pg_dsn: str, wall: WallClock) -> AsyncIterator[Env]:
     bed = GraphBed(tmp_path / "m365", validate_urls=False)
     bed.graph.clock = wall
-    rio = RedisIO.from_config(RedisConfig(url=redis_url))
-    db = Database(PostgresConfig(dsn=pg_dsn))
-    await db.open()
-    await db.run(migrate)
-    environment = Env(bed, rio, db, redis_url, pg_dsn)
     try:
-        yield environment
+        async with pools(redis_url, pg_dsn) as (rio, db, clients):
+            yield Env(bed, rio, db, clients, redis_url, pg_dsn)
     finally:
-        await environment.clients.aclose()
-        await db.close()
-        await rio.close()
         bed.close()
 
 
