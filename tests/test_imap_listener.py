@@ -415,7 +415,9 @@ async def test_missing_folder_fails_alone(dovecot, imap_user, tmp_path):
         await nursery.start(group.run)
         states = {s.folder: s for s in group.status()}
         assert states["INBOX"].state == "idle"
-        assert states["Nope"].state == "backoff" and "Nope" in states["Nope"].last_error
+        # Nope retries every 25-50 ms (reconnect_base): on a loaded machine the snapshot may
+        # catch it connecting again; what matters is that it fails, with its folder named.
+        assert states["Nope"].state in ("backoff", "connecting") and "Nope" in states["Nope"].last_error
         [uid] = await append(dovecot.port, user, password)
         await eventually(lambda: queue.uids() == [uid], 5, "INBOX mail")
         nursery.cancel_scope.cancel()
