@@ -1,10 +1,10 @@
-"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, trace, messages, migrate).
+"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, trace, messages, migrate, unsubscribe).
 
 Every command reads the daemon's configuration file (``-c``,
 ``$INBOUNDD_CONFIG``, ``/etc/inboundd.toml``) to find the control socket,
 Redis and PostgreSQL. ``status``, ``dlq``, ``redrive``, ``trace``,
-``messages`` and ``migrate`` talk to Redis and PostgreSQL directly, so they
-work with the daemon stopped; ``drain`` and ``resume`` need the running
+``messages``, ``migrate`` and ``unsubscribe`` talk to Redis and PostgreSQL (and
+the provider) directly, so they work with the daemon stopped; ``drain`` and ``resume`` need the running
 daemon's control socket.
 
 Errors are one line on stderr naming what failed and where (which file,
@@ -610,6 +610,38 @@ def cmd_migrate(services: Services, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_unsubscribe(services: Services, args: argparse.Namespace) -> int:
+    from .provider import AccountBusy
+
+    cfg = services.cfg
+    found = next((name for name, accounts in cfg.account_lists() for account in accounts
+                  if account.id == args.account), None)
+    if found is None:
+        raise CtlError(f"{cfg.source}: no account {args.account!r} (unsubscribe uses the account's "
+                       "credentials from the configuration)", EXIT_USAGE)
+    provider = REGISTRY.get(found)
+    if provider.unsubscribe is None:
+        raise CtlError(f"account {args.account!r} is a [[{found}]] account: it registers nothing at its provider",
+                       EXIT_USAGE)
+    unsubscribe = provider.unsubscribe
+
+    class Db:
+        run = staticmethod(services.pg)
+
+    async def run() -> list[tuple[str, str]]:
+        return await services.redis_call(unsubscribe, cfg, args.account, services.rio(), Db())
+
+    try:
+        results = trio.run(run)
+    except AccountBusy as exc:
+        raise CtlError(str(exc)) from None
+    for what, outcome in results:
+        print(f"{what}: {outcome}")
+    if not results:
+        print(f"account {args.account!r}: nothing registered")
+    return EXIT_OK if all(outcome in ("deleted", "gone") for _, outcome in results) else EXIT_FAILED
+
+
 # --------------------------------------------------------------------------- command line
 
 _EPILOG = """\
@@ -687,6 +719,15 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         "while daemons run: migrations are serialised by an advisory lock.",
         ["inboundctl migrate"],
     ),
+    "unsubscribe": (
+        "delete an account's subscriptions at its provider (Microsoft Graph)",
+        "Delete what the account keeps registered at its provider, with its credentials from the\n"
+        "configuration: the Graph subscriptions of a [[microsoft]] account, so Graph stops calling. For an\n"
+        "account being retired: run it with the daemon stopped (a running daemon that owns the account\n"
+        "would renew them, so the command refuses; removing the account from the configuration and\n"
+        "reloading deletes them too). Exit status 1 when a subscription could not be deleted.",
+        ["inboundctl unsubscribe support-m365"],
+    ),
 }
 
 
@@ -694,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundctl",
         description="Operate the inboundd email ingestion daemon: status, drain, resume, dlq, redrive, trace, messages,\n"
-                    "migrate.",
+                    "migrate, unsubscribe.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -731,6 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub["messages"].add_argument("--since", metavar="D", default="1h", help="how far back, e.g. 30m, 1h, 2d (default 1h)")
     sub["messages"].add_argument("--limit", metavar="N", type=int, default=50, help="show at most N messages (default 50)")
     sub["messages"].add_argument("--json", action="store_true", help="print a JSON array for scripts")
+    sub["unsubscribe"].add_argument("account", metavar="ACCOUNT", help="the account (its id in the configuration)")
     return parser
 
 
@@ -743,6 +785,7 @@ _HANDLERS: dict[str, Callable[[Services, argparse.Namespace], int]] = {
     "trace": cmd_trace,
     "messages": cmd_messages,
     "migrate": cmd_migrate,
+    "unsubscribe": cmd_unsubscribe,
 }
 
 

@@ -33,10 +33,19 @@ if TYPE_CHECKING:
     from .redisio import RedisIO
     from .store.db import Database
 
-__all__ = ["Context", "Provider", "ReadinessCheck", "Runtime", "StatusView"]
+__all__ = ["AccountBusy", "Context", "Provider", "ReadinessCheck", "Runtime", "StatusView", "Unsubscribe"]
 
 #: A readiness check: returns when ready, raises (with the reason) when not.
 ReadinessCheck = Callable[[], Awaitable[None]]
+
+#: ``inboundctl unsubscribe``: ``await unsubscribe(cfg, account_id, rio, db)`` deletes what the provider
+#: keeps registered for the account at its side (Graph subscriptions, a Gmail watch) and returns one
+#: (what, outcome) pair per item; raises :class:`AccountBusy` while a running daemon owns the account.
+Unsubscribe = Callable[[Any, str, Any, Any], Awaitable[list[tuple[str, str]]]]
+
+
+class AccountBusy(Exception):
+    """A running daemon owns the account (holds its lease): leave its registrations alone."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,8 @@ class Provider:
     routes: tuple[Route, ...] = ()
     #: How ``inboundctl status`` shows the provider's part; None: nothing to show.
     status_view: StatusView | None = None
+    #: ``inboundctl unsubscribe``; None: the provider registers nothing at its side.
+    unsubscribe: Unsubscribe | None = None
 
     def accounts(self, cfg: Any) -> list[Any]:
         """The ``[[name]]`` tables of *cfg*."""

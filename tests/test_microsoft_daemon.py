@@ -322,3 +322,27 @@ async def test_a_restart_reuses_the_stored_subscription(bed, redis_url, pg_dsn):
         message = bed.graph.add_message(MAILBOX, "Inbox", mime(9))
         assert (await run.call(bed.graph.notify, [message])).status_code == 202
         await eventually(lambda: len(run.stored()) == 1, 20, "stored through the reused subscription")
+
+
+async def test_inboundctl_unsubscribe_refuses_while_a_daemon_owns_the_account_then_deletes(
+        bed, redis_url, pg_dsn, capsys):
+    async with running(bed, redis_url, pg_dsn) as run:
+        (sub,) = await subscribed(run)
+        code = await trio.to_thread.run_sync(cli.main, ["-c", str(run.path), "unsubscribe", "support-m365"])
+        err = capsys.readouterr().err
+        assert code == cli.EXIT_FAILED and "owned by a running daemon" in err
+        assert list(bed.graph.subscriptions) == [sub.id]
+    # The daemon stopped (its lease released): the account can be retired.
+    code = await trio.to_thread.run_sync(cli.main, ["-c", str(run.path), "unsubscribe", "support-m365"])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_OK and out == f"Inbox subscription {sub.id}: deleted\n"
+    assert bed.graph.subscriptions == {} and run.subscriptions() == []
+    code = await trio.to_thread.run_sync(cli.main, ["-c", str(run.path), "unsubscribe", "support-m365"])
+    assert code == cli.EXIT_OK and capsys.readouterr().out == "account 'support-m365': nothing registered\n"
+
+
+async def test_inboundctl_unsubscribe_needs_a_configured_microsoft_account(bed, redis_url, pg_dsn, capsys):
+    path = bed.directory / "inboundd.toml"
+    path.write_text(bed.config(redis_url, pg_dsn))
+    code = await trio.to_thread.run_sync(cli.main, ["-c", str(path), "unsubscribe", "nobody"])
+    assert code == cli.EXIT_USAGE and "no account 'nobody'" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from __future__ import annotations
 from ...ingress.webhook import Route
 from ...provider import Provider
 from .config import MicrosoftAccountConfig
-from .runtime import MicrosoftRuntime
+from .runtime import MicrosoftRuntime, unsubscribe_account
 from .status import VIEW
 
 __all__ = ["PROVIDER", "ROUTES"]
@@ -35,4 +35,4 @@ ROUTES = (Route("POST", "/webhooks/microsoft"), Route("POST", "/webhooks/microso
 
 #: Microsoft 365 through Graph, as the registry lists it.
 PROVIDER = Provider(name="microsoft", account_config=MicrosoftAccountConfig, build=MicrosoftRuntime, routes=ROUTES,
-                    status_view=VIEW)
+                    status_view=VIEW, unsubscribe=unsubscribe_account)

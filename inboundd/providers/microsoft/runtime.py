@@ -24,17 +24,17 @@ from ...ingress.httpclients import HttpClients
 from ...ingress.lease import Lease, lease_keys
 from ...ingress.supervisor import Supervisor
 from ...ingress.webhook import Route, WebhookReply, WebhookRequest
-from ...provider import Context, Runtime
+from ...provider import AccountBusy, Context, Runtime
 from ...store import graph_subscriptions as rows
 from .account import MicrosoftAccount, build_accounts
 from .book import SubscriptionBook
 from .graph import GraphError
 from .ingress import WebhookHandler
 from .lifecycle import LifecycleRequests
-from .renewer import AccountRenewer, RenewerDeps
+from .renewer import LEASE_TTL, AccountRenewer, RenewerDeps
 from .source import MicrosoftSource
 
-__all__ = ["MicrosoftRuntime", "REQUEST_POLL"]
+__all__ = ["MicrosoftRuntime", "REQUEST_POLL", "delete_subscriptions", "unsubscribe_account"]
 
 _log = log.get_logger("microsoft")
 
@@ -124,42 +124,22 @@ class MicrosoftRuntime(Runtime):
                 self.book.forget_account(account_id)
                 await self.unsubscribe(account)
 
-    async def unsubscribe(self, account: MicrosoftAccount) -> int:
-        """Delete every stored subscription of *account* at Graph and here; returns how many.
+    async def unsubscribe(self, account: MicrosoftAccount) -> None:
+        """Delete the subscriptions of an account this daemon no longer has (reload); never raises.
 
-        Done under the account's lease, so no owner renews them meanwhile;
-        when another daemon holds it (it still has the account), nothing is
-        deleted. Failures are logged: a subscription left behind expires by
+        When another daemon holds the account's lease (it still has the
+        account), nothing is deleted. A subscription left behind expires by
         itself and its notifications are refused (unknown subscription).
         """
-        lease = Lease(self.ctx.rio, lease_keys(self.ctx.key_prefix, "microsoft", account.id),
-                      instance=self.ctx.instance_id, ttl=self.deps.lease_ttl)
-        deleted = 0
         try:
-            if await lease.try_acquire() is not None:
-                log.event(_log, "microsoft.unsubscribe.skipped", level=logging.WARNING, account=account.id,
-                          note="another daemon owns this account and still has it configured")
-                return 0
-            stored = [row for row in await self.ctx.db.run(rows.list_all) if row.account == account.id]
-            for row in stored:
-                try:
-                    await account.graph.delete_subscription(row.subscription_id)
-                except GraphError as exc:
-                    log.event(_log, "microsoft.subscription.delete_failed", level=logging.WARNING,
-                              account=account.id, folder=row.folder, subscription_id=row.subscription_id,
-                              error=str(exc))
-                    continue
-                await self.ctx.db.run(rows.delete, row.account, row.folder, row.subscription_id)
-                metrics.microsoft_subscription_events.labels(account.id, "deleted").inc()
-                log.event(_log, "microsoft.subscription.delete", account=account.id, folder=row.folder,
-                          subscription_id=row.subscription_id, reason="account_removed")
-                deleted += 1
+            await delete_subscriptions(account, self.ctx.rio, self.ctx.db, self.ctx.key_prefix,
+                                       self.ctx.instance_id, reason="account_removed")
+        except AccountBusy as exc:
+            log.event(_log, "microsoft.unsubscribe.skipped", level=logging.WARNING, account=account.id,
+                      note=str(exc))
         except Exception as exc:  # noqa: BLE001 - a reload must not fail on Redis or PostgreSQL trouble
             log.event(_log, "microsoft.unsubscribe.failed", level=logging.WARNING, account=account.id,
                       error=f"{type(exc).__name__}: {exc}")
-        finally:
-            await lease.release()
-        return deleted
 
     # ------------------------------------------------------------------ routes and reporting
 
@@ -184,3 +164,50 @@ class MicrosoftRuntime(Runtime):
 
     async def aclose(self) -> None:
         await self.clients.aclose()
+
+
+async def delete_subscriptions(account: MicrosoftAccount, rio: Any, db: Any, key_prefix: str, instance_id: str,
+                               *, reason: str) -> list[tuple[str, str]]:
+    """Delete every stored subscription of *account* at Graph and in PostgreSQL, under the account's lease.
+
+    Returns one (what, outcome) pair per subscription: ``deleted``, ``gone``
+    (Graph no longer had it) or the error that kept it. Raises
+    :class:`~inboundd.provider.AccountBusy` when a running daemon holds the
+    lease (it would renew them), and what Redis or PostgreSQL raise.
+    """
+    lease = Lease(rio, lease_keys(key_prefix, "microsoft", account.id), instance=instance_id, ttl=LEASE_TTL)
+    results: list[tuple[str, str]] = []
+    try:
+        if await lease.try_acquire() is not None:
+            raise AccountBusy(f"account {account.id!r} is owned by a running daemon, which renews its "
+                              "subscriptions: remove it from that daemon's configuration and reload (its "
+                              "subscriptions are then deleted), or stop the daemon first")
+        stored = [row for row in await db.run(rows.list_all) if row.account == account.id]
+        for row in stored:
+            what = f"{row.folder} subscription {row.subscription_id}"
+            try:
+                existed = await account.graph.delete_subscription(row.subscription_id)
+            except GraphError as exc:
+                log.event(_log, "microsoft.subscription.delete_failed", level=logging.WARNING, account=account.id,
+                          folder=row.folder, subscription_id=row.subscription_id, error=str(exc))
+                results.append((what, f"kept: {exc}"))
+                continue
+            await db.run(rows.delete, row.account, row.folder, row.subscription_id)
+            metrics.microsoft_subscription_events.labels(account.id, "deleted").inc()
+            log.event(_log, "microsoft.subscription.delete", account=account.id, folder=row.folder,
+                      subscription_id=row.subscription_id, reason=reason)
+            results.append((what, "deleted" if existed else "gone"))
+    finally:
+        await lease.release()
+    return results
+
+
+async def unsubscribe_account(cfg: Any, account_id: str, rio: Any, db: Any) -> list[tuple[str, str]]:
+    """``inboundctl unsubscribe``: delete the Graph subscriptions of the configured account *account_id*."""
+    clients = HttpClients()
+    try:
+        account = build_accounts(cfg, clients)[account_id]
+        return await delete_subscriptions(account, rio, db, cfg.redis.key_prefix, cfg.daemon.instance_id,
+                                          reason="inboundctl")
+    finally:
+        await clients.aclose()
