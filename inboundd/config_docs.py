@@ -61,7 +61,8 @@ def spelled(key: KeyInfo, value: Any) -> str:
 
 
 def _name(key: KeyInfo) -> str:
-    return key.path.rsplit(".", 1)[1]
+    """The key as written inside its table: ``consumers``, or dotted in a table within it (``match.tenant``)."""
+    return key.path.split(".", 1)[1]
 
 
 def _twin(key: KeyInfo) -> str:
@@ -153,6 +154,9 @@ def render_example(registry: Registry = REGISTRY) -> str:
             out += about + [f"[{table.name}]"]
         mark = "#" if table.array else ""
         for key in table.keys:
+            if key.kind == "table":  # its keys follow, dotted (match.tenant = …)
+                out += _comment(key.about)
+                continue
             out += _comment(" ".join([key.doc, *_facts(key, typed=False)]))
             value = key.example if key.example is not None else key.default
             out.append(f"{mark}{_name(key)} = {spelled(key, value)}")
@@ -219,10 +223,12 @@ On
 .Dv SIGHUP
 the daemon re-reads the file: the
 .Ic daemon
-section's log settings and consumer count and the accounts
+section's log settings and consumer count, the accounts
 ({accounts})
-apply at once; changes to the other sections are logged as needing a
-restart.
+and the
+.Ic [[deliver]]
+targets apply at once (Python handlers are imported again); changes to the
+other sections are logged as needing a restart.
 An invalid file is rejected and the daemon keeps its running configuration.
 .Pp
 The annotated example,
@@ -298,6 +304,9 @@ def render_manual(registry: Registry = REGISTRY) -> str:
         out.append(".Bl -tag -width Ds")
         for key in table.keys:
             out.append(f".It Ic {_name(key)}")
+            if key.kind == "table":
+                out += _sentences(f"{key.about} A table; its keys follow as {_name(key)}.KEY.")
+                continue
             out += _sentences(key.doc)
             out += _sentences(" ".join(_facts(key)))
         out.append(".El")

@@ -23,6 +23,8 @@ __all__ = [
     "ControlConfig",
     "CoreConfig",
     "DaemonConfig",
+    "DeliverConfig",
+    "DeliverMatch",
     "HttpConfig",
     "PostgresConfig",
     "ProcessingConfig",
@@ -195,6 +197,97 @@ class ControlConfig(Section):
     group: Annotated[str, doc("Group owning the socket; \"\" keeps the daemon's group.")] = ""
 
 
+class DeliverMatch(Section):
+    """Which stored messages a ``[[deliver]]`` target gets; both empty: every message."""
+
+    about = "Which messages go to this target: one tenant and/or some account ids (both empty: every message)."
+
+    tenant: Annotated[str, doc("Only messages of this tenant (\"\": any tenant).")] = ""
+    accounts: Annotated[list[str], doc(
+        "Only messages of these account ids (empty: any account).")] = msgspec.field(default_factory=list)
+
+
+#: What a ``[[deliver]]`` target of each kind must name; keys of the other kinds are refused.
+_DELIVER_KIND_KEYS = {"webhook": ("url", "secret"), "action_mailbox": ("url", "password"), "python": ("handler",)}
+
+
+class DeliverConfig(Section):
+    """One ``[[deliver]]`` target: where stored messages go (``inboundd/deliver/``)."""
+
+    about = (
+        "One [[deliver]] table per target that stored messages are delivered to (none by default): the "
+        "transaction that stores a message owes each matching target the message, and the deliverer sends it "
+        "until delivered or dead (README: \"Getting mail into your application\"). 2xx delivers; 408, 429, "
+        "5xx, timeouts and connection errors retry; any other answer is dead at once (inboundctl deliveries "
+        "--dead; inboundctl redeliver). Targets are added, changed and removed on SIGHUP."
+    )
+
+    id: Annotated[str, doc(
+        "Target id (letters, digits, _ . @ -), unique among the targets; in metrics, logs and inboundctl.",
+        pattern=r"^[A-Za-z0-9_.@-]+$", examples=["helpdesk"])]
+    kind: Annotated[Literal["webhook", "action_mailbox", "python"], doc(
+        "webhook: a JSON POST signed per Standard Webhooks; action_mailbox: the raw message to a Rails Action "
+        "Mailbox relay ingress; python: a callable run inside the store transaction.", examples=["webhook"])]
+    match: DeliverMatch = msgspec.field(default_factory=DeliverMatch)
+    url: Annotated[str, doc(
+        "webhook: the receiver's URL; action_mailbox: the relay ingress, e.g. "
+        "\"https://app.example.com/rails/action_mailbox/relay/inbound_emails\".")] = ""
+    secret_file: Annotated[str, SecretKey.file(), doc(
+        "webhook: file holding the signing secret, \"whsec_\" + base64 of 24 to 64 random bytes "
+        "(printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\").")] = ""
+    secret_credential: Annotated[str, SecretKey.credential(), doc(
+        "webhook: systemd credential holding the signing secret, instead of secret_file.")] = ""
+    password_file: Annotated[str, SecretKey.file(), doc(
+        "action_mailbox: file holding the ingress password (Rails' action_mailbox.ingress_password or "
+        "RAILS_INBOUND_EMAIL_PASSWORD).")] = ""
+    password_credential: Annotated[str, SecretKey.credential(), doc(
+        "action_mailbox: systemd credential holding the ingress password, instead of password_file.")] = ""
+    handler: Annotated[str, doc(
+        "python: \"package.module:function\", called as function(conn, inbound) in the store transaction; "
+        "imported at start and again on SIGHUP (an import error is a configuration error). Its exception rolls "
+        "the message back and the job is retried (queue.max_attempts applies, not the keys below).")] = ""
+    timeout: Annotated[Duration, doc(
+        "Deadline of one delivery request, from connecting to the last byte of the answer.")] = 10.0
+    max_attempts: Annotated[int, doc(
+        "Attempts of one delivery before it is dead.", ge=1, le=1000)] = 12
+    backoff_base: Annotated[Duration, doc(
+        "Retry backoff of one delivery (exponential from backoff_base, capped at backoff_cap, equal jitter; a "
+        "Retry-After is honoured), and of the whole target while it is unreachable.")] = 5.0
+    backoff_cap: Annotated[Duration, doc("Longest wait between two attempts.")] = 3600.0
+    concurrency: Annotated[int, doc("Requests in flight to this target at once.", ge=1, le=256)] = 8
+    ca_file: Annotated[str, doc(
+        "CA bundle to verify an https receiver with, besides the system's trust store.")] = ""
+    inline_max: Annotated[Size, doc(
+        "webhook: attachment contents are inlined (base64) while the message's running total stays within "
+        "this; the others are sent without content (content_omitted).")] = 10 * 1024**2
+    pending_alert: Annotated[Duration, doc(
+        "inboundctl status reports \"degraded\" when this target's oldest pending delivery is older.")] = 900.0
+
+    def secret_needed(self, name: str, required: bool) -> bool:
+        return name in _DELIVER_KIND_KEYS[self.kind]
+
+    def check(self, path: str, problems: list[str]) -> None:
+        wanted = _DELIVER_KIND_KEYS[self.kind]
+        given = {"url": self.url, "handler": self.handler,
+                 "secret": self.secret_file or self.secret_credential,
+                 "password": self.password_file or self.password_credential}
+        for name, value in given.items():
+            if value and name not in wanted:
+                key = name if name in ("url", "handler") else f"{name}_file"
+                problems.append(f"{path}.{key}: not used by kind = \"{self.kind}\"")
+        if "url" in wanted:
+            if not self.url:
+                problems.append(f"{path}.url: required for kind = \"{self.kind}\"")
+            elif not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", self.url):
+                problems.append(f"{path}.url: expected an http:// or https:// URL, got {self.url!r}")
+        if "handler" in wanted and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", self.handler):
+            problems.append(f"{path}.handler: expected \"package.module:function\", got {self.handler!r}")
+        if self.timeout <= 0:
+            problems.append(f"{path}.timeout: must be greater than 0")
+        if self.backoff_cap < self.backoff_base:
+            problems.append(f"{path}.backoff_cap: must not be smaller than backoff_base")
+
+
 class AccountConfig(Section):
     """What every provider's account table has: an id unique across every provider, and a tenant."""
 
@@ -218,6 +311,7 @@ class CoreConfig(Section):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
+    deliver: list[DeliverConfig] = msgspec.field(default_factory=list)
     #: Where the configuration was read from (not a TOML key).
     source: Annotated[str, INTERNAL] = ""
     #: Secrets read at load time, keyed by the key path that named them.
@@ -236,6 +330,15 @@ class CoreConfig(Section):
             if accounts and type(accounts[0]).needs_public_url and not self.http.public_url:
                 problems.append(f"http.public_url: required once a [[{name}]] account exists "
                                 f"(the provider calls the daemon back there)")
+        targets: dict[str, int] = {}
+        for index, target in enumerate(self.deliver):
+            if target.id in targets:
+                problems.append(f"deliver[{index}].id: duplicate target id {target.id!r}"
+                                f" (also deliver[{targets[target.id]}])")
+            targets.setdefault(target.id, index)
+            for account in target.match.accounts:
+                if account not in seen:
+                    problems.append(f"deliver[{index}].match.accounts: no account has id {account!r}")
 
     def account_lists(self) -> list[tuple[str, list[AccountConfig]]]:
         """Every provider's ``[[name]]`` tables, in section order."""

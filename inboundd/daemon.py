@@ -37,6 +37,7 @@ import trio
 
 from . import __version__, clock, config as config_mod, log, systemd
 from .control import SocketInUse, create_control_app, prepare_socket_path, secure_socket
+from .deliver.targets import resolve as resolve_targets
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
 from .provider import ReadinessCheck
 from .providers import REGISTRY, Registry
@@ -293,6 +294,8 @@ class Daemon:
         try:
             try:
                 new = config_mod.load(self.config_path)
+                # Python handlers are imported (their modules reloaded) now: an import error rejects the reload.
+                targets = resolve_targets(new, reload_modules=True)
             except config_mod.ConfigError as exc:
                 for problem in exc.problems:
                     log.event(_log, "config.reload_rejected", level=logging.ERROR, file=exc.source, problem=problem)
@@ -306,7 +309,7 @@ class Daemon:
             log.configure(new.daemon.log_level, new.daemon.log_format)
             if self.components is not None:
                 try:
-                    await self.components.apply_config(new)
+                    await self.components.apply_config(new, targets=targets)
                 except Exception as exc:  # a reload never takes the daemon down
                     log.event(_log, "config.apply_failed", level=logging.ERROR, error=f"{type(exc).__name__}: {exc}",
                               note="the previous configuration stays in effect where it was not applied")
@@ -516,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.config or config_mod.default_config_path()
     try:
         cfg = config_mod.load(path)
+        resolve_targets(cfg)  # secrets checked, Python handlers imported: a failure is a configuration error
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
@@ -526,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         for warning in cfg.warnings:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         accounts = "".join(f"{len(provider.accounts(cfg))} {provider.name} account(s), " for provider in REGISTRY)
-        print(f"{path}: configuration is valid ({accounts}{cfg.daemon.consumers} consumers)")
+        print(f"{path}: configuration is valid ({accounts}{len(cfg.deliver)} deliver target(s), "
+              f"{cfg.daemon.consumers} consumers)")
         return 0
     log.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     log_warnings(cfg)

@@ -142,6 +142,28 @@ microsoft_post_actions = Counter(
     ["account", "action", "outcome"], registry=REGISTRY,
 )
 
+# Deliveries to [[deliver]] targets (inboundd/deliver/).
+deliveries_delivered = Counter(
+    "inboundd_deliveries_delivered_total", "Deliveries a target accepted (a Python handler: committed with its message)",
+    ["target"], registry=REGISTRY,
+)
+deliveries_failed = Counter(
+    "inboundd_deliveries_failed_total", "Delivery attempts that failed, by what follows (retry or dead)",
+    ["target", "outcome"], registry=REGISTRY,
+)
+delivery_seconds = Histogram(
+    "inboundd_delivery_seconds", "Time of one delivery request, answered or not", ["target"], registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+delivery_pauses = Counter(
+    "inboundd_delivery_pauses_total", "Times a target was found unavailable and held back", ["target"],
+    registry=REGISTRY,
+)
+deliveries_pending = Gauge("inboundd_deliveries_pending", "Deliveries not yet delivered nor dead", ["target"],
+                           registry=REGISTRY)
+deliveries_dead = Gauge("inboundd_deliveries_dead", "Deliveries that gave up (inboundctl redeliver)", ["target"],
+                        registry=REGISTRY)
+
 
 _children: dict[tuple[object, tuple[str, ...]], Any] = {}
 

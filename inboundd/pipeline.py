@@ -1,4 +1,4 @@
-"""The daemon's work, wired: shared pools, queue, consumers, reclaim timer, and every provider's runtime.
+"""The daemon's work, wired: shared pools, queue, consumers, reclaim timer, deliverer, every provider's runtime.
 
 :class:`Pipeline` owns the one Redis pool and the one PostgreSQL pool for the
 daemon's lifetime (``async with Pipeline.open(daemon)``), starts every worker
@@ -6,6 +6,9 @@ task in the nursery the daemon gives it, and is the daemon's single handle on
 intake (stop/resume), idleness (for drain and shutdown), live reconfiguration,
 provider routes, readiness and status. Providers come from the registry
 (``inboundd.providers``): one runtime each, built here; none is named.
+Deliveries to ``[[deliver]]`` targets are not a provider: the processor
+routes each stored message to them (``deliver.targets.Router``) and the
+deliverer (``deliver.deliverer``) sends what the outbox owes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import trio
 from . import config as config_mod, log
 from .backoff import Backoff
 from .consumer import ConsumerPool
+from .deliver.deliverer import Deliverer
+from .deliver.targets import Router, Target, resolve as resolve_targets
 from .ingress.cursors import DbCursorStore
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
 from .outage import one_line
@@ -51,7 +56,8 @@ class Pipeline:
     """Everything the daemon runs besides its HTTP servers."""
 
     def __init__(self, cfg: config_mod.Config, rio: RedisIO, db: Database, *, registry: Registry = REGISTRY,
-                 parser: Parser | None = None, intake_open: Callable[[], bool] = lambda: True) -> None:
+                 parser: Parser | None = None, intake_open: Callable[[], bool] = lambda: True,
+                 targets: list[Target] | None = None) -> None:
         self.cfg = cfg
         self.rio = rio
         self.db = db
@@ -65,7 +71,10 @@ class Pipeline:
         for name, runtime in self.runtimes.items():
             if runtime.source is not None:
                 self.sources.register(name, runtime.source)
-        self.processor = Processor(db, self.sources, cfg, instance, parser=parser)
+        targets = resolve_targets(cfg) if targets is None else targets
+        self.router = Router(targets)
+        self.processor = Processor(db, self.sources, cfg, instance, parser=parser, router=self.router)
+        self.deliverer = Deliverer(db, targets, instance)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")
         self._nursery: trio.Nursery | None = None
@@ -140,6 +149,7 @@ class Pipeline:
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
         await nursery.start(self.consumers.run)
+        await nursery.start(self.deliverer.run)
         for runtime in self.runtimes.values():
             await nursery.start(runtime.run)
 
@@ -158,8 +168,11 @@ class Pipeline:
     # ------------------------------------------------------------------ intake
 
     def stop_intake(self) -> None:
-        """Consumers stop claiming, every provider stops intake (in the background); in-flight jobs go on."""
+        """Consumers and the deliverer stop claiming, every provider stops intake (in the background).
+
+        In-flight jobs and delivery requests go on."""
         self.consumers.drain()
+        self.deliverer.drain()
         self._intake_stopped = trio.Event()
         self._worker_nursery().start_soon(self._stop_providers, self._intake_stopped)
 
@@ -173,12 +186,14 @@ class Pipeline:
 
     def resume_intake(self) -> None:
         self.consumers.resume()
+        self.deliverer.resume()
         for runtime in self.runtimes.values():
             self._worker_nursery().start_soon(runtime.resume_intake)
 
     async def wait_idle(self) -> None:
-        """Return once no job is in flight and every provider stopped its intake (listeners logged out)."""
+        """Return once no job nor delivery is in flight and every provider stopped its intake (listeners logged out)."""
         await self.consumers.wait_drained()
+        await self.deliverer.wait_idle()
         await self._intake_stopped.wait()
 
     def _worker_nursery(self) -> trio.Nursery:
@@ -187,8 +202,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------ reload
 
-    async def apply_config(self, new: config_mod.Config) -> None:
-        """Apply what can change live: consumer count and every provider's accounts."""
+    async def apply_config(self, new: config_mod.Config, *, targets: list[Target] | None = None) -> None:
+        """Apply what can change live: consumer count, ``[[deliver]]`` targets, every provider's accounts.
+
+        *targets*: *new*'s targets already resolved (else resolved here, handler modules reloaded).
+        """
+        targets = resolve_targets(new, reload_modules=True) if targets is None else targets
+        self.router.update(targets)
+        await self.deliverer.apply_config(targets)
         if new.daemon.consumers != self.consumers.count:
             log.event(_log, "consumers.resize", before=self.consumers.count, after=new.daemon.consumers)
             self.consumers.resize(new.daemon.consumers)
@@ -200,12 +221,23 @@ class Pipeline:
     def summary(self) -> str:
         parts = [f"{self.consumers.count} consumers"]
         parts += [text for runtime in self.runtimes.values() if (text := runtime.summary())]
+        if deliver := self.deliverer.summary():
+            parts.append(deliver)
         return "; ".join(parts)
 
     async def refresh_gauges(self) -> None:
+        """Every provider's gauges, then the queue's (Redis) and the deliveries' (PostgreSQL): one down does
+        not stop the other."""
         for runtime in self.runtimes.values():
             await runtime.refresh_gauges()
-        await self.queue.refresh_gauges()
+        failures = []
+        for refresh in (self.queue.refresh_gauges, self.deliverer.refresh_gauges):
+            try:
+                await refresh()
+            except Exception as exc:  # noqa: BLE001 - raised below, after the other one ran
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply:
         """*provider*'s answer to *request* on its *route*."""
@@ -219,7 +251,8 @@ class Pipeline:
         return checks
 
     async def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"consumers": {"count": self.consumers.count, "busy": self.consumers.busy}}
+        body: dict[str, Any] = {"consumers": {"count": self.consumers.count, "busy": self.consumers.busy},
+                                "deliverer": self.deliverer.status()}
         for runtime in self.runtimes.values():
             body.update(await runtime.status())
         try:

@@ -22,7 +22,9 @@ consumer retries or dead-letters; see ``outcomes.py``):
 4. **Store**, one transaction: lock the ledger row and check the claim is
    still ours (fencing); Message-ID dedupe within the account under an
    advisory lock (``processing.dedupe_message_id``); insert message +
-   attachments; ledger → ``processed``; ``NOTIFY inbound_message, '<id>'``.
+   attachments; an outbox row per matching ``[[deliver]]`` target and the
+   matching Python handlers (``inboundd/deliver/``); ledger → ``processed``;
+   ``NOTIFY inbound_message, '<id>'``.
 5. **After commit**: ``source.after_commit(job, outcome)``, best effort.
 
 On any failure after the claim the ledger row becomes ``failed`` with
@@ -44,12 +46,14 @@ import trio
 
 from . import log, metrics
 from .config_schema import CoreConfig
+from .deliver.python import Inbound, run_handlers
+from .deliver.targets import NOTHING, Plan, Router
 from .jobs import Job
 from .mime import Message
 from .outcomes import Outcome, PermanentError, TransientError
 from .parsing import Parser, ThreadParser
 from .source import FetchedMessage, Source, SourceRegistry, SourceUnavailable
-from .store import ledger, messages
+from .store import ledger, messages, outbox
 from .store.db import Database
 
 __all__ = ["Processor", "StoreResult", "commit_message", "is_transient_db_error"]
@@ -88,11 +92,13 @@ class StoreResult(NamedTuple):
 
 def commit_message(
     conn: Any, key: ledger.Key, owner: str, job: Job, fetched: FetchedMessage, message: Message,
-    *, dedupe_message_id: bool, keep_raw: bool,
+    *, dedupe_message_id: bool, keep_raw: bool, plan: Plan = NOTHING,
 ) -> StoreResult:
-    """The store transaction (run through ``db.run``): fence, dedupe, insert, finish, notify.
+    """The store transaction (run through ``db.run``): fence, dedupe, insert, deliveries, finish, notify.
 
     Lock order is ledger row, then Message-ID advisory lock, everywhere.
+    *plan* names the outbox rows owed and the Python handlers to run
+    (a handler that raises rolls the whole transaction back).
     """
     row = ledger.hold(conn, key, owner)
     if row is None or row.status != "processing" or row.lease_owner != owner:
@@ -104,6 +110,12 @@ def commit_message(
             ledger.finish(conn, key, owner, "duplicate", reason="message_id", message_id=original)
             return StoreResult("duplicate", original)
     message_row_id = messages.insert_message(conn, job, fetched, message, keep_raw=keep_raw)
+    outbox.insert(conn, plan.rows(message_row_id, fetched.raw, keep_raw=keep_raw))
+    if plan.handlers:
+        run_handlers(conn, plan.handlers, Inbound(
+            message_row_id=message_row_id, tenant=job.tenant, account=job.account, provider=job.provider,
+            identity=job.identity(), provider_message_id=fetched.provider_message_id, folder=fetched.folder,
+            message=message, raw=fetched.raw))
     ledger.finish(conn, key, owner, "processed", message_id=message_row_id)
     messages.notify(conn, message_row_id)
     return StoreResult("stored", message_row_id)
@@ -126,9 +138,11 @@ class Processor:
 
     def __init__(
         self, db: Database, sources: SourceRegistry, cfg: CoreConfig, instance: str,
-        *, parser: Parser | None = None,
+        *, parser: Parser | None = None, router: Router | None = None,
     ) -> None:
         self.db = db
+        #: Which ``[[deliver]]`` targets each stored message is owed to (swapped on reload).
+        self.router = router or Router()
         self.sources = sources
         self.cfg = cfg
         self.instance = instance or "inboundd"
@@ -208,9 +222,10 @@ class Processor:
 
         message = await self.parser.parse(fetched.raw)
         dedupe, keep_raw = cfg.processing.dedupe_message_id, cfg.store.keep_raw
+        plan = self.router.plan(job.tenant, job.account)
         result = await self.db.run(
             lambda conn: commit_message(conn, key, owner, job, fetched, message,
-                                        dedupe_message_id=dedupe, keep_raw=keep_raw)
+                                        dedupe_message_id=dedupe, keep_raw=keep_raw, plan=plan)
         )
         if result.kind == "lost":
             current = result.row

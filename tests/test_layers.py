@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "inboundd.queue.*", "inboundd.queue_scripts", "inboundd.trial.servers", "inboundd.parsing",
     )),
     ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer",
-              "inboundd.provider")),
+              "inboundd.provider", "inboundd.deliver", "inboundd.deliver.*")),
     ("providers", ("inboundd.providers.*",)),
     ("registry", ("inboundd.providers",)),
     ("assembly", ("inboundd.config", "inboundd.pipeline")),
@@ -58,6 +58,7 @@ PURE = (
     "inboundd.providers.*.proto", "inboundd.providers.*.status", "inboundd.providers.imap.proto",
     "inboundd.providers.microsoft.webhook", "inboundd.providers.microsoft.renewal",
     "inboundd.providers.microsoft.delta",
+    "inboundd.deliver.signing", "inboundd.deliver.payload", "inboundd.deliver.wire", "inboundd.deliver.gate",
 )
 IO_LIBRARIES = {"socket", "ssl", "subprocess", "trio", "redis", "psycopg", "psycopg_pool", "imapclient", "imaplib",
                 "httpx", "quart", "quart_trio", "hypercorn", "msal", "google", "trio_parallel"}

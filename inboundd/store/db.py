@@ -83,6 +83,7 @@ class Database:
             kwargs["password"] = password
         #: Whether PostgreSQL can be connected to, as the pool found it (logs the outage's changes of state).
         self.outage = Outage("postgres", _log)
+        self._connect_kwargs = kwargs
         self.pool = ConnectionPool(
             cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, kwargs=kwargs,
             timeout=cfg.connect_timeout, open=False, name=f"inboundd-{next(_pool_numbers)}",
@@ -129,6 +130,10 @@ class Database:
                     except Exception as exc:  # the statement then ends by itself
                         log.event(_log, "postgres.cancel_failed", level=logging.WARNING, error=str(exc))
             raise
+
+    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        """A new connection outside the pool, for a ``LISTEN`` (blocking: call it in a thread); the caller closes it."""
+        return psycopg.connect(self.cfg.dsn, **self._connect_kwargs, **options)
 
     async def ping(self) -> None:
         """Raise unless PostgreSQL answers ``SELECT 1``."""

@@ -9,7 +9,7 @@ NUL characters: any left in a string are replaced by U+FFFD here.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from psycopg.types.json import Jsonb
 
@@ -20,10 +20,12 @@ from ..source import FetchedMessage
 __all__ = [
     "MESSAGE_ID_LOCK_CLASS",
     "attachments",
+    "attachments_by_message",
     "find_by_message_id",
     "get_message",
     "insert_message",
     "lock_message_id",
+    "messages_by_id",
     "notify",
 ]
 
@@ -153,3 +155,43 @@ def attachments(conn: Any, message_row_id: int) -> list[dict[str, Any]]:
     names = [column.name for column in cur.description]
     return [{name: (bytes(value) if name == "data" else value) for name, value in zip(names, row)}
             for row in cur.fetchall()]
+
+
+def messages_by_id(conn: Any, message_row_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Stored messages by id, as column → value dicts, without ``raw`` (the deliverer's payloads)."""
+    cur = conn.execute(f"SELECT {_COLUMNS_BUT_RAW} FROM inbound_messages WHERE id = ANY(%s)", (list(message_row_ids),))
+    names = [column.name for column in cur.description]
+    return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+
+
+_COLUMNS_BUT_RAW = (
+    'id, tenant, account, provider, identity, provider_message_id, folder, labels, job_id, message_id, in_reply_to,'
+    ' "references", thread_key, from_name, from_address, to_addresses, cc_addresses, reply_to_addresses, sender,'
+    ' return_path, subject, sent_at, internal_date, received_at, text_body, html_body, headers, size,'
+    ' is_auto_reply, is_bounce, auto_reason, defects'
+)
+
+
+def attachments_by_message(
+    conn: Any, message_row_ids: Sequence[int], *, inline_max: int
+) -> dict[int, list[dict[str, Any]]]:
+    """The attachments of each message, in order, as column → value dicts.
+
+    ``data`` is the content (bytes) while the message's running total of
+    attachment sizes stays within *inline_max*, else None: large contents
+    never leave the database only to be dropped.
+    """
+    cur = conn.execute(
+        "SELECT message_id, position, filename, content_type, size, sha256, content_id, inline,"
+        " CASE WHEN sum(size) OVER (PARTITION BY message_id ORDER BY position) <= %s THEN data END AS data"
+        " FROM inbound_attachments WHERE message_id = ANY(%s) ORDER BY message_id, position",
+        (inline_max, list(message_row_ids)),
+    )
+    names = [column.name for column in cur.description]
+    found: dict[int, list[dict[str, Any]]] = {}
+    for row in cur.fetchall():
+        values = dict(zip(names, row))
+        if values["data"] is not None:
+            values["data"] = bytes(values["data"])
+        found.setdefault(values["message_id"], []).append(values)
+    return found
