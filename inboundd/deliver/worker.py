@@ -2,13 +2,15 @@
 
 :class:`TargetWorker` runs three kinds of task in its own nursery:
 
-* the **claim loop** leases as many of the target's oldest due rows as the
-  gate allows (``gate.py``: the target's concurrency, one probe, or none)
-  minus the requests in flight, in one transaction that also reads their
-  messages and builds the bodies (``payload.py``), and starts one send
-  task per row. With nothing due it sleeps until the next row is due, a
-  ``NOTIFY`` wakes it (:meth:`TargetWorker.wake`), a request ends, or the
-  fallback poll (:data:`POLL_INTERVAL`) passes;
+* the **claim loop** keeps a buffer of the target's oldest due rows,
+  leased in batches (one transaction that also reads their messages and
+  builds the bodies, ``payload.py``) whenever it is half empty, and starts
+  one send task per row as the gate allows (``gate.py``: the target's
+  concurrency, one probe, or none). Rows it holds but has not sent are
+  handed back, their attempt uncounted, when the gate pauses or on drain.
+  With nothing due it sleeps until the next row is due, a ``NOTIFY``
+  wakes it (:meth:`TargetWorker.wake`), a request ends, or the fallback
+  poll (:data:`POLL_INTERVAL`) passes;
 * a **send task** per row: the request (``wire.py``), the verdict, the
   gate's update, metrics and the ``delivery.*`` log event;
 * the **recorder** writes every outcome that arrived meanwhile in one
@@ -20,7 +22,8 @@
 Drain (:meth:`TargetWorker.drain`) stops claiming; :meth:`TargetWorker.wait_idle`
 returns once no request is in flight and every outcome is recorded.
 Cancellation (shutdown past the grace) abandons requests in flight: their
-rows stay leased until the lease (``timeout`` + :data:`LEASE_MARGIN`) ends,
+rows stay leased until the lease (the ``timeout`` of each request a row may
+wait behind, plus :data:`LEASE_MARGIN`) ends,
 or until this instance restarts and takes them back, and are then sent again
 under the same delivery id. Outcomes already answered are still recorded
 (shielded, bounded).
@@ -29,8 +32,10 @@ under the same delivery id. Outcomes already answered are still recorded
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import ssl
+from collections import deque
 from typing import Any, NamedTuple
 
 import httpx
@@ -48,14 +53,15 @@ from .wire import (
     webhook_request,
 )
 
-__all__ = ["CLAIM_BATCH", "LEASE_MARGIN", "POLL_INTERVAL", "TargetWorker"]
+__all__ = ["LEASE_MARGIN", "MIN_PREFETCH", "POLL_INTERVAL", "TargetWorker"]
 
 _log = log.get_logger("deliver")
 
 #: A claimed row's lease outlives its request's timeout by this much (recording included).
 LEASE_MARGIN = 30.0
-#: Rows claimed per transaction, at most.
-CLAIM_BATCH = 64
+#: Claimed rows kept ready for the next free request slot: the concurrency, at least this many.
+#: A claim tops the buffer up once it is half empty, so each claim takes many rows.
+MIN_PREFETCH = 16
 #: With nothing due and no NOTIFY, look again after this long anyway.
 POLL_INTERVAL = 5.0
 #: A short claim whose next row is already due (another daemon holds it) looks again after this long.
@@ -105,6 +111,11 @@ class TargetWorker:
         #: Seconds of the outage a delivery just ended, until the recorder made its failures due again.
         self._reopen: float | None = None
         self._client: httpx.AsyncClient | None = None
+        #: Claimed rows waiting for a free request slot, oldest first (at most ``_prefetch``).
+        self._ready: deque[_Item] = deque()
+        self._prefetch = max(self.cfg.concurrency, MIN_PREFETCH)
+        # A claimed row may wait behind a full buffer of slow requests before its own.
+        self._lease = self.cfg.timeout * (1 + math.ceil(self._prefetch / self.cfg.concurrency)) + LEASE_MARGIN
 
     # ------------------------------------------------------------------ control
 
@@ -128,7 +139,7 @@ class TargetWorker:
             await self._idle.wait()
 
     def _is_idle(self) -> bool:
-        return self.in_flight == 0 and not self._results and not self._recording
+        return self.in_flight == 0 and not self._ready and not self._results and not self._recording
 
     def _check_idle(self) -> None:
         if self._is_idle():
@@ -165,18 +176,28 @@ class TargetWorker:
         while True:
             changed = self._changed = trio.Event()  # before looking: a wake-up meanwhile is not lost
             now = trio.current_time()
-            allowance = self.gate.allowance(now, self.cfg.concurrency)
-            if self._draining or self._reopen is not None or (allowance and self.in_flight >= allowance):
-                await changed.wait()
-                continue
-            if allowance == 0:
-                with trio.move_on_after(self.gate.wait(now)):
+            state = self.gate.state(now)
+            if self._draining or state == "paused":
+                if self._ready:
+                    await self._release_ready()
+                    continue
+                with trio.move_on_after(self.gate.wait(now) if state == "paused" else math.inf):
                     await changed.wait()
                 continue
-            limit = min(allowance - self.in_flight, CLAIM_BATCH)
-            probing = self.gate.state(now) == "probing"
+            if self._reopen is not None:  # older rows become due first
+                await changed.wait()
+                continue
+            allowance = self.gate.allowance(now, self.cfg.concurrency)
+            self._dispatch(nursery, allowance)
+            if state == "probing":
+                limit = 0 if self.in_flight or self._ready else 1
+            else:
+                limit = self._prefetch - len(self._ready) if len(self._ready) <= self._prefetch // 2 else 0
+            if limit <= 0:
+                await changed.wait()
+                continue
             try:
-                batch = await self.db.run(self._claim, limit, probing)
+                batch = await self.db.run(self._claim, limit, state == "probing")
             except Exception as exc:  # PostgreSQL unavailable: the rows wait in the outbox
                 delay = db_retry.failed()
                 log.event(_log, "delivery.claim_failed", level=logging.WARNING, target=self.cfg.id,
@@ -184,19 +205,36 @@ class TargetWorker:
                 await trio.sleep(delay)
                 continue
             db_retry.reset()
-            for item in batch.items:
-                self.in_flight += 1
-                nursery.start_soon(self._send, item)
-            if len(batch.items) < limit:
+            self._ready.extend(batch.items)
+            self._dispatch(nursery, allowance)
+            if len(batch.items) < limit:  # nothing more is due: wait (a request ending wakes the dispatch)
                 wait = POLL_INTERVAL if batch.next_due is None else min(POLL_INTERVAL, batch.next_due)
                 with trio.move_on_after(max(wait, MIN_CLAIM_WAIT)):
                     await changed.wait()
+
+    def _dispatch(self, nursery: trio.Nursery, allowance: int) -> None:
+        """Start a send task for each ready row the free request slots allow, oldest first."""
+        while self._ready and self.in_flight < allowance:
+            self.in_flight += 1
+            nursery.start_soon(self._send, self._ready.popleft())
+
+    async def _release_ready(self) -> None:
+        """Hand back the claimed rows not sent (paused or draining): due again, their attempt not counted."""
+        items = list(self._ready)
+        self._ready.clear()
+        rows = [(item.row.id, item.row.lease_owner) for item in items]
+        try:
+            await self.db.run(outbox.release, rows)
+        except Exception as exc:  # noqa: BLE001 - their leases run out by themselves
+            log.event(_log, "delivery.release_failed", level=logging.WARNING, target=self.cfg.id, rows=len(rows),
+                      error=f"{type(exc).__name__}: {exc}")
+        self._check_idle()
 
     def _claim(self, conn: Any, limit: int, probing: bool) -> _Batch:
         """Lease rows and make their bodies (in the database thread: JSON and base64 stay off the event loop)."""
         cfg = self.cfg
         owner = f"{self.instance}:{secrets.token_hex(4)}"
-        rows = outbox.claim(conn, cfg.id, owner, limit=limit, lease=cfg.timeout + LEASE_MARGIN,
+        rows = outbox.claim(conn, cfg.id, owner, limit=limit, lease=self._lease,
                             probe_statuses=UNAVAILABLE_STATUSES if probing else None,
                             with_raw=cfg.kind == "action_mailbox")
         items: list[_Item] = []
@@ -329,17 +367,24 @@ class TargetWorker:
         outbox.record(conn, batch)
         if reopen is None:
             return 0
-        window = reopen + self.cfg.timeout + LEASE_MARGIN
+        window = reopen + self._lease  # a failure is recorded up to a lease after its claim
         return outbox.reopen_failed_since(conn, self.cfg.id, window, UNAVAILABLE_STATUSES)
 
     async def _final_record(self) -> None:
-        """Record the outcomes already answered (shielded by the caller, bounded)."""
-        if not self._results:
-            return
+        """Record the outcomes already answered and hand back the rows not sent (shielded by the caller, bounded)."""
         batch, self._results = self._results, []
+        unsent = [(item.row.id, item.row.lease_owner) for item in self._ready]
+        self._ready.clear()
+        if not batch and not unsent:
+            return
+
+        def finish(conn: Any) -> None:
+            outbox.record(conn, batch)
+            outbox.release(conn, unsent)
+
         with trio.move_on_after(FINAL_RECORD_TIMEOUT):
             try:
-                await self.db.run(outbox.record, batch)
+                await self.db.run(finish)
             except Exception as exc:  # noqa: BLE001 - the leases end and the rows are sent again
                 log.event(_log, "delivery.record_failed", level=logging.WARNING, target=self.cfg.id,
                           outcomes=len(batch), error=f"{type(exc).__name__}: {exc}", note="sent again later")

@@ -35,6 +35,7 @@ __all__ = [
     "notify",
     "record",
     "redeliver",
+    "release",
     "release_owned",
     "reopen_failed_since",
 ]
@@ -132,6 +133,20 @@ def claim(conn: Any, target: str, owner: str, *, limit: int, lease: float,
          "statuses": sorted(probe_statuses or ())},
     ).fetchall()
     return [Claimed(*row[:8], bytes(row[8]) if row[8] is not None else None) for row in rows]
+
+
+def release(conn: Any, rows: Sequence[tuple[int, str]]) -> int:
+    """Hand back claimed rows never sent, ``(id, lease_owner)`` each: due now, their attempt not counted; how many."""
+    if not rows:
+        return 0
+    cur = conn.execute(
+        "UPDATE inbound_deliveries d SET lease_owner = NULL, attempts = greatest(d.attempts - 1, 0),"
+        " next_attempt_at = clock_timestamp(), updated_at = clock_timestamp()"
+        " FROM unnest(%s::bigint[], %s::text[]) AS r(id, owner)"
+        " WHERE d.id = r.id AND d.status = 'pending' AND d.lease_owner = r.owner",
+        ([row_id for row_id, _ in rows], [owner for _, owner in rows]),
+    )
+    return cur.rowcount
 
 
 def next_due(conn: Any, target: str) -> float | None:
