@@ -1,11 +1,13 @@
-"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, trace, messages, migrate, unsubscribe).
+"""``inboundctl``: operate inboundd (status, drain, resume, dlq, redrive, trace, messages, deliveries, redeliver,
+migrate, unsubscribe).
 
 Every command reads the daemon's configuration file (``-c``,
 ``$INBOUNDD_CONFIG``, ``/etc/inboundd.toml``) to find the control socket,
 Redis and PostgreSQL. ``status``, ``dlq``, ``redrive``, ``trace``,
-``messages``, ``migrate`` and ``unsubscribe`` talk to Redis and PostgreSQL (and
-the provider) directly, so they work with the daemon stopped; ``drain`` and ``resume`` need the running
-daemon's control socket.
+``messages``, ``deliveries``, ``redeliver``, ``migrate`` and ``unsubscribe``
+talk to Redis and PostgreSQL (and the provider) directly, so they work with
+the daemon stopped; ``drain`` and ``resume`` need the running daemon's
+control socket.
 
 Errors are one line on stderr naming what failed and where (which file,
 socket, Redis URL or PostgreSQL host), and a non-zero exit status:
@@ -262,15 +264,16 @@ class Services:
 # --------------------------------------------------------------------------- status
 
 
-def _ledger_rows(conn: Any) -> tuple[list[tuple[str, str | None, int]], dict[str, float]] | None:
-    from .store import ledger
+def _ledger_rows(conn: Any) -> tuple[list[tuple[str, str | None, int]], dict[str, float], list[Any]] | None:
+    from .store import ledger, outbox
 
     if not ledger.exists(conn):
         return None
     rows = ledger.recent_outcomes(conn, minutes=60)
     finished = ledger.finished_within(conn, THROUGHPUT_WINDOWS)
     throughput = {f"{m}m": round(n / m, 2) for m, n in zip(THROUGHPUT_WINDOWS, finished)}
-    return rows, throughput
+    deliveries = outbox.counts(conn) if outbox.exists(conn) else []
+    return rows, throughput, deliveries
 
 
 async def gather_status(services: Services) -> dict[str, Any]:
@@ -310,9 +313,10 @@ async def gather_status(services: Services) -> dict[str, Any]:
             errors["postgres"] = (f"{services.postgres_where}: table inbound_ledger is missing "
                                   "(run `inboundctl migrate`)")
             return
-        rows, throughput = result
+        rows, throughput, deliveries = result
         parts["ledger"] = ledger_summary(rows)
         parts["throughput"] = throughput
+        parts["deliveries"] = health.deliveries_part([tuple(row) for row in deliveries])
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon_part)
@@ -323,6 +327,7 @@ async def gather_status(services: Services) -> dict[str, Any]:
     return health.build_status(
         parts.get("daemon"), parts.get("daemon_error"), parts.get("queue"), parts.get("ledger"),
         parts.get("throughput"), errors, now=clock.wall(), views=REGISTRY.status_views(),
+        deliveries=parts.get("deliveries"),
     )
 
 
@@ -335,7 +340,8 @@ def cmd_status(services: Services, args: argparse.Namespace) -> int:
 
     status = trio.run(run)
     views = REGISTRY.status_views()
-    code, problems = health.assess(status, services.cfg.queue.oldest_ready_alert, views)
+    alerts = {target.id: target.pending_alert for target in services.cfg.deliver}
+    code, problems = health.assess(status, services.cfg.queue.oldest_ready_alert, views, alerts)
     if args.json:
         status["health"] = {"status": {0: "healthy", 1: "degraded", 3: "not_running"}.get(code, "unknown"),
                             "exit_status": code, "problems": problems,
@@ -589,6 +595,72 @@ def cmd_messages(services: Services, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- deliveries / redeliver
+
+
+def render_deliveries(rows: list[dict[str, Any]], dead: bool) -> str:
+    """The human table of pending (or dead) deliveries, oldest first."""
+    if not rows:
+        return f"no {'dead' if dead else 'pending'} deliveries\n"
+    table = [["DELIVERY ID", "TARGET", "MESSAGE", "ATTEMPTS", "CREATED", "NEXT" if not dead else "LAST",
+              "STATUS", "LAST ERROR"]]
+    for row in rows:
+        when = row["last_attempt_at"] if dead else ("in flight" if row["leased"] else _format_time(row["next_attempt_at"]))
+        table.append([
+            row["delivery_id"], row["target"], str(row["message_row_id"]), str(row["attempts"]),
+            _format_time(row["created_at"]), when if isinstance(when, str) else _format_time(when),
+            str(row["last_status"] or "-"), _one_line(row["last_error"]) or "-",
+        ])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+    return "\n".join(lines) + f"\n{len(rows)} {'dead' if dead else 'pending'} deliveries shown\n"
+
+
+def _require_outbox(conn: Any) -> None:
+    from .store import outbox
+
+    if not outbox.exists(conn):
+        raise CtlError("table inbound_deliveries is missing (run `inboundctl migrate`)")
+
+
+def cmd_deliveries(services: Services, args: argparse.Namespace) -> int:
+    from .store import outbox
+
+    def work(conn: Any) -> list[Any]:
+        _require_outbox(conn)
+        return outbox.listing(conn, target=args.target, dead=args.dead, limit=args.limit)
+
+    rows = [row._asdict() for row in services.pg_run(work)]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+    else:
+        sys.stdout.write(render_deliveries(rows, args.dead))
+    return EXIT_OK
+
+
+def cmd_redeliver(services: Services, args: argparse.Namespace) -> int:
+    from .store import outbox
+
+    if bool(args.all) == bool(args.delivery_ids):
+        raise CtlError("redeliver: give either --all or DELIVERY_ID...", EXIT_USAGE)
+
+    def work(conn: Any) -> list[str]:
+        _require_outbox(conn)
+        return outbox.redeliver(conn, delivery_ids=args.delivery_ids or None, target=args.target,
+                                dry_run=args.dry_run)
+
+    moved = services.pg_run(work)
+    if args.dry_run:
+        print(f"would send {len(moved)} dead delivery(ies) again (dry run: nothing changed)")
+    else:
+        print(f"{len(moved)} dead delivery(ies) pending again, attempts reset; the deliverer sends them now")
+    missing = sorted(set(args.delivery_ids) - set(moved))
+    if missing and not args.dry_run:
+        print(f"inboundctl: not dead (or unknown): {', '.join(missing)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- migrate
 
 
@@ -657,6 +729,8 @@ examples:
   inboundctl redrive --all --dry-run
   inboundctl trace '<CAFx1=abc@mail.example.com>'
   inboundctl messages --account support --since 1h
+  inboundctl deliveries --dead
+  inboundctl redeliver --all --target helpdesk
   inboundctl migrate
 """
 
@@ -713,6 +787,20 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         ["inboundctl messages --account support", "inboundctl messages --account support --since 1d --limit 200",
          "inboundctl messages --account support --json"],
     ),
+    "deliveries": (
+        "list pending or dead deliveries to [[deliver]] targets",
+        "List the deliveries not yet made (or, with --dead, those that gave up), oldest first, with their\n"
+        "attempts, next or last attempt, last HTTP status and error (works with the daemon stopped).",
+        ["inboundctl deliveries", "inboundctl deliveries --target helpdesk --dead", "inboundctl deliveries --json"],
+    ),
+    "redeliver": (
+        "send dead deliveries again",
+        "Make dead deliveries pending again with their attempts reset; the deliverer sends them at once\n"
+        "under the same delivery id (works with the daemon stopped: it sends them when it runs). Give\n"
+        "either --all (every dead delivery, of --target only if given) or DELIVERY_ID....",
+        ["inboundctl redeliver --all --dry-run", "inboundctl redeliver --all --target helpdesk",
+         "inboundctl redeliver msg_0f8e2c1b6a7d4e5f9a0b1c2d3e4f5a6b"],
+    ),
     "migrate": (
         "apply pending database migrations",
         "Apply pending PostgreSQL migrations (the daemon also applies them at start-up). Safe to run\n"
@@ -735,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundctl",
         description="Operate the inboundd email ingestion daemon: status, drain, resume, dlq, redrive, trace, messages,\n"
-                    "migrate, unsubscribe.",
+                    "deliveries, redeliver, migrate, unsubscribe.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -772,6 +860,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub["messages"].add_argument("--since", metavar="D", default="1h", help="how far back, e.g. 30m, 1h, 2d (default 1h)")
     sub["messages"].add_argument("--limit", metavar="N", type=int, default=50, help="show at most N messages (default 50)")
     sub["messages"].add_argument("--json", action="store_true", help="print a JSON array for scripts")
+    sub["deliveries"].add_argument("--target", metavar="ID", help="only deliveries to this [[deliver]] target")
+    sub["deliveries"].add_argument("--dead", action="store_true", help="dead deliveries instead of pending ones")
+    sub["deliveries"].add_argument("--limit", metavar="N", type=int, default=100,
+                                   help="show at most N deliveries (default 100)")
+    sub["deliveries"].add_argument("--json", action="store_true", help="print a JSON array for scripts")
+    sub["redeliver"].add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="dead deliveries to send again")
+    sub["redeliver"].add_argument("--all", action="store_true", help="every dead delivery (of --target, if given)")
+    sub["redeliver"].add_argument("--target", metavar="ID", help="only deliveries to this [[deliver]] target")
+    sub["redeliver"].add_argument("--dry-run", action="store_true", help="only count what would be sent; change nothing")
     sub["unsubscribe"].add_argument("account", metavar="ACCOUNT", help="the account (its id in the configuration)")
     return parser
 
@@ -784,6 +881,8 @@ _HANDLERS: dict[str, Callable[[Services, argparse.Namespace], int]] = {
     "redrive": cmd_redrive,
     "trace": cmd_trace,
     "messages": cmd_messages,
+    "deliveries": cmd_deliveries,
+    "redeliver": cmd_redeliver,
     "migrate": cmd_migrate,
     "unsubscribe": cmd_unsubscribe,
 }

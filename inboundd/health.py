@@ -10,12 +10,12 @@ provider registry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 __all__ = [
-    "EXIT_HEALTHY", "EXIT_DEGRADED", "EXIT_NOT_RUNNING", "StatusView", "age", "assess", "build_status", "render",
-    "summary", "table",
+    "EXIT_HEALTHY", "EXIT_DEGRADED", "EXIT_NOT_RUNNING", "StatusView", "age", "assess", "build_status",
+    "deliveries_part", "render", "summary", "table",
 ]
 
 EXIT_HEALTHY = 0
@@ -54,15 +54,18 @@ def build_status(
     errors: dict[str, str],
     now: float,
     views: Sequence[StatusView] = (),
+    deliveries: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the status document from what each source answered.
 
     *daemon* is the control socket's ``/status`` body (None when the daemon
     did not answer, *daemon_error* says why); *queue* is the queue's stats from
     Redis (None when unreachable, named in *errors*); *ledger* the last hour's
-    outcomes from PostgreSQL. Redis is the source of truth for queue numbers
-    whether or not the daemon runs. Each of *views* normalizes its provider's
-    part (present even when the daemon gave none).
+    outcomes from PostgreSQL, and *deliveries* the outbox's part
+    (:func:`deliveries_part`, None when PostgreSQL did not answer). Redis is
+    the source of truth for queue numbers whether or not the daemon runs.
+    Each of *views* normalizes its provider's part (present even when the
+    daemon gave none).
     """
     body = dict(daemon or {})
     daemon_part = dict(body.pop("daemon", {}) or {})
@@ -84,6 +87,7 @@ def build_status(
         "queue": queue_part,
         **parts,
         "ledger": ledger,
+        "deliveries": deliveries,
         "errors": dict(errors),
     }
     for key, value in body.items():  # anything more the daemon reports (consumers, …)
@@ -91,8 +95,25 @@ def build_status(
     return status
 
 
-def assess(status: dict[str, Any], oldest_ready_alert: float, views: Sequence[StatusView] = ()) -> tuple[int, list[str]]:
-    """Return (exit status, problems, most severe first) for a status document (*views*: as for build_status)."""
+def deliveries_part(counts: Sequence[tuple[str, int, int, float | None]]) -> dict[str, Any]:
+    """The ``deliveries`` part from ``(target, pending, dead, oldest pending age)`` rows of the outbox."""
+    ages = [age for _, pending, _, age in counts if pending and age is not None]
+    return {
+        "pending": sum(pending for _, pending, _, _ in counts),
+        "dead": sum(dead for _, _, dead, _ in counts),
+        "oldest_pending_age": round(max(ages), 3) if ages else None,
+        "targets": [{"target": target, "pending": pending, "dead": dead,
+                     "oldest_pending_age": round(age, 3) if age is not None else None}
+                    for target, pending, dead, age in counts],
+    }
+
+
+def assess(status: dict[str, Any], oldest_ready_alert: float, views: Sequence[StatusView] = (),
+           pending_alerts: Mapping[str, float] | None = None) -> tuple[int, list[str]]:
+    """Return (exit status, problems, most severe first) for a status document (*views*: as for build_status).
+
+    *pending_alerts*: per ``[[deliver]]`` target, the age of its oldest pending delivery that is a problem.
+    """
     problems: list[str] = []
     daemon = status.get("daemon", {})
     state = daemon.get("state", "not_running")
@@ -108,6 +129,7 @@ def assess(status: dict[str, Any], oldest_ready_alert: float, views: Sequence[St
     oldest = queue.get("oldest_ready_age")
     if oldest is not None and oldest > oldest_ready_alert:
         problems.append(f"oldest ready job waits {oldest:.0f}s (alert at {oldest_ready_alert:.0f}s)")
+    problems += _delivery_problems(status, pending_alerts or {})
     if state in ("draining", "drained"):
         problems.append(f"daemon is {state}: intake is stopped (`inboundctl resume` to return to service)")
     if state in ("starting", "stopping"):
@@ -138,6 +160,26 @@ def summary(status: dict[str, Any], code: int, problems: list[str]) -> str:
         return "healthy"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"degraded: {problems[0]}{more}" if problems else "degraded"
+
+
+def _delivery_problems(status: dict[str, Any], pending_alerts: Mapping[str, float]) -> list[str]:
+    problems = []
+    deliveries = status.get("deliveries") or {}
+    for part in deliveries.get("targets", []):
+        target, oldest = part["target"], part.get("oldest_pending_age")
+        alert = pending_alerts.get(target)
+        if part.get("dead"):
+            problems.append(f"deliveries to {target}: {part['dead']} dead (`inboundctl deliveries --dead`, then "
+                            "`inboundctl redeliver`)")
+        if alert is not None and oldest is not None and oldest > alert:
+            problems.append(f"oldest pending delivery to {target} waits {oldest:.0f}s (alert at {alert:.0f}s)")
+        if alert is None and part.get("pending"):
+            problems.append(f"deliveries to {target}: {part['pending']} pending, but no [[deliver]] target "
+                            f"{target!r} is configured")
+    for worker in (status.get("deliverer") or {}).get("targets", []):
+        if worker.get("state") in ("paused", "probing"):
+            problems.append(f"deliveries to {worker['target']} held back: {worker.get('last_error') or 'failing'}")
+    return problems
 
 
 def age(seconds: float | None) -> str:
@@ -209,6 +251,14 @@ def render(status: dict[str, Any], problems: list[str], views: Sequence[StatusVi
         if section:
             lines.append("")
             lines += section
+    deliveries = status.get("deliveries")
+    if deliveries and deliveries.get("targets"):
+        lines.append("")
+        lines.append("DELIVERIES")
+        rows = [["target", "pending", "dead", "oldest pending"]]
+        rows += [[part["target"], str(part["pending"]), str(part["dead"]), age(part.get("oldest_pending_age"))]
+                 for part in deliveries["targets"]]
+        lines += table(rows)
     ledger = status.get("ledger")
     if ledger:
         lines.append("")

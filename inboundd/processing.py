@@ -238,6 +238,8 @@ class Processor:
             # No post-action: a sender may reuse a Message-ID for a different email, and
             # deleting or moving a message that was not stored itself could lose it.
             return Outcome("duplicate", "message_id", result.message_row_id)
+        for target, _ in plan.handlers:
+            metrics.deliveries_delivered.labels(target).inc()
         outcome = Outcome("processed", None, result.message_row_id)
         await self._after_commit(source, job, outcome, cfg)
         return outcome

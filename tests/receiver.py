@@ -52,7 +52,10 @@ class Receiver:
 
     def __init__(self, answer: Callable[[Received], Answer] | None = None) -> None:
         self.answer = answer or (lambda request: Answer(204))
+        #: Requests answered, in order.
         self.requests: list[Received] = []
+        #: Every request as it arrived, answered yet or not (held ones included).
+        self.arrivals: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -76,6 +79,7 @@ class Receiver:
                 request = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                    time.monotonic())
                 with receiver._lock:
+                    receiver.arrivals.append(request)
                     receiver.waiting += 1
                 try:
                     receiver._released.wait(60)
