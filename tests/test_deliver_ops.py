@@ -218,3 +218,49 @@ def test_a_receiver_down_keeps_the_daemon_ready_and_status_degraded(daemon_facto
         assert 'inboundd_deliveries_delivered_total{target="helpdesk"} 1.0' in daemon.get("/metrics").text
     finally:
         receiver.stop()
+
+
+# --------------------------------------------------------------------------- the README's receiver
+
+
+def readme_receiver() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Getting mail into your application", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return "\n".join(line.removeprefix("  ") for line in code.splitlines())
+
+
+def test_the_readme_receiver_verifies_and_dedupes(tmp_path: Path) -> None:
+    import httpx
+    import time
+
+    from inboundd.deliver.signing import parse_secret
+    from inboundd.deliver.wire import webhook_request
+    from services import free_port
+
+    code = readme_receiver()
+    assert len(code.splitlines()) == 10, code
+    port = free_port()
+    (tmp_path / "receiver.py").write_text(code.replace("8080", str(port)))
+    (tmp_path / "helpdesk.whsec").write_text(SECRET + "\n")
+    process = subprocess.Popen([sys.executable, "-u", "receiver.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        def post(delivery_id: str, subject: str, key: bytes = parse_secret(SECRET)) -> int:
+            body = json.dumps({"type": "message.received", "data": {"subject": subject,
+                                                                     "from": {"address": "ann@example.com"}}})
+            request = webhook_request(f"http://127.0.0.1:{port}/", key, delivery_id, int(time.time()),
+                                      body.encode(), "test")
+            try:
+                return httpx.post(request.url, content=request.body, headers=list(request.headers)).status_code
+            except httpx.HTTPError:
+                return 0  # the receiver dropped a request it could not verify
+
+        wait_for(lambda: post("msg_1", "first") == 204, 30, what="the README receiver answering")
+        assert post("msg_1", "first") == 204  # sent again: acknowledged, not acted on twice
+        assert post("msg_2", "second") == 204
+        assert post("msg_3", "forged", key=b"k" * 32) != 204
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=10)
+    assert out.splitlines() == ["ann@example.com first", "ann@example.com second"]
