@@ -69,6 +69,22 @@ def pg_dsn(pg_server: PostgresServer) -> str:
     return pg_server.create_database(f"t{next(_counter)}_{uuid.uuid4().hex[:8]}")
 
 
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator:
+    """The daemon's PostgreSQL pool (inboundd.store.db.Database) on a new, migrated database."""
+    from inboundd.config import PostgresConfig
+    from inboundd.store.db import Database
+    from inboundd.store.migrate import migrate
+
+    database = Database(PostgresConfig(dsn=pg_dsn, pool_min=1, pool_max=8))
+    await database.open()
+    await database.run(migrate)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[DovecotServer]:
     """The suite's private Dovecot, with mailboxes made up front (see :meth:`DovecotServer.take`)."""

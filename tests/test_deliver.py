@@ -17,7 +17,7 @@ import trio
 from standardwebhooks import Webhook
 
 from inboundd import metrics
-from inboundd.config import Config, PostgresConfig, ProcessingConfig
+from inboundd.config import Config, ProcessingConfig
 from inboundd.config_schema import DeliverConfig
 from inboundd.deliver import worker as worker_mod
 from inboundd.deliver.deliverer import Deliverer
@@ -28,23 +28,11 @@ from inboundd.processing import Processor
 from inboundd.source import FetchedMessage, SourceRegistry
 from inboundd.store import outbox
 from inboundd.store.db import Database
-from inboundd.store.migrate import migrate
 from deliver_helpers import SECRET, mailbox_target, raw_message, store_messages, webhook_target
 from receiver import RELAY_PATH, Answer, Received, Receiver, rails_relay
 from waiting import eventually
 
 FAST = {"backoff_base": 0.05, "backoff_cap": 0.2, "timeout": 5.0}
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    database = Database(PostgresConfig(dsn=pg_dsn, pool_min=1, pool_max=8))
-    await database.open()
-    await database.run(migrate)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

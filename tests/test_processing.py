@@ -27,7 +27,6 @@ from inboundd.processing import Processor
 from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
 from inboundd.store import ledger, messages
 from inboundd.store.db import Database
-from inboundd.store.migrate import migrate
 from fakes import ACCOUNT, TENANT, FakeSource, job_for, mime, processing_config, processor
 from waiting import eventually
 
@@ -37,17 +36,6 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 
 def key_of(job: Job) -> ledger.Key:
     return ledger.Key(job.tenant, job.account, job.identity())
-
-
-@pytest.fixture
-async def db(pg_dsn: str):
-    database = Database(PostgresConfig(dsn=pg_dsn, pool_min=1, pool_max=8))
-    await database.open()
-    await database.run(migrate)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

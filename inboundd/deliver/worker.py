@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import ssl
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -43,6 +42,7 @@ import trio
 
 from .. import __version__, clock, log, metrics
 from ..backoff import Backoff
+from ..ingress.httpclients import ssl_context
 from ..store import messages, outbox
 from ..store.db import Database
 from .gate import Gate
@@ -157,7 +157,7 @@ class TargetWorker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Claim, send and record until cancelled; reports started at once. See the module docstring."""
-        context = ssl.create_default_context(cafile=self.cfg.ca_file or None)
+        context = ssl_context(self.cfg.ca_file)
         timeout = httpx.Timeout(self.cfg.timeout)
         limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
         async with httpx.AsyncClient(verify=context, timeout=timeout, limits=limits, follow_redirects=False) as client:
