@@ -106,6 +106,7 @@ class TargetWorker:
         self._results: list[outbox.Result] = []
         self._results_ready = trio.Event()
         self._recording = False
+        self._releasing = False
         self._idle = trio.Event()
         self._idle.set()
         #: Seconds of the outage a delivery just ended, until the recorder made its failures due again.
@@ -139,7 +140,8 @@ class TargetWorker:
             await self._idle.wait()
 
     def _is_idle(self) -> bool:
-        return self.in_flight == 0 and not self._ready and not self._results and not self._recording
+        return (self.in_flight == 0 and not self._ready and not self._results and not self._recording
+                and not self._releasing)
 
     def _check_idle(self) -> None:
         if self._is_idle():
@@ -187,8 +189,7 @@ class TargetWorker:
             if self._reopen is not None:  # older rows become due first
                 await changed.wait()
                 continue
-            allowance = self.gate.allowance(now, self.cfg.concurrency)
-            self._dispatch(nursery, allowance)
+            self._dispatch(nursery)
             if state == "probing":
                 limit = 0 if self.in_flight or self._ready else 1
             else:
@@ -206,14 +207,17 @@ class TargetWorker:
                 continue
             db_retry.reset()
             self._ready.extend(batch.items)
-            self._dispatch(nursery, allowance)
+            self._dispatch(nursery)  # the gate as it is now: a request may have failed meanwhile
             if len(batch.items) < limit:  # nothing more is due: wait (a request ending wakes the dispatch)
                 wait = POLL_INTERVAL if batch.next_due is None else min(POLL_INTERVAL, batch.next_due)
                 with trio.move_on_after(max(wait, MIN_CLAIM_WAIT)):
                     await changed.wait()
 
-    def _dispatch(self, nursery: trio.Nursery, allowance: int) -> None:
-        """Start a send task for each ready row the free request slots allow, oldest first."""
+    def _dispatch(self, nursery: trio.Nursery) -> None:
+        """Start a send task for each ready row the gate's free request slots allow, oldest first."""
+        if self._draining or self._reopen is not None:
+            return
+        allowance = self.gate.allowance(trio.current_time(), self.cfg.concurrency)
         while self._ready and self.in_flight < allowance:
             self.in_flight += 1
             nursery.start_soon(self._send, self._ready.popleft())
@@ -223,11 +227,14 @@ class TargetWorker:
         items = list(self._ready)
         self._ready.clear()
         rows = [(item.row.id, item.row.lease_owner) for item in items]
+        self._releasing = True
         try:
             await self.db.run(outbox.release, rows)
         except Exception as exc:  # noqa: BLE001 - their leases run out by themselves
             log.event(_log, "delivery.release_failed", level=logging.WARNING, target=self.cfg.id, rows=len(rows),
                       error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._releasing = False
         self._check_idle()
 
     def _claim(self, conn: Any, limit: int, probing: bool) -> _Batch:
