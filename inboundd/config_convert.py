@@ -295,6 +295,8 @@ def _internal(annotation: Any) -> bool:
 
 
 def _struct_type(annotation: Any) -> type[Section] | None:
+    if typing.get_origin(annotation) is Annotated:  # a table with its documentation
+        annotation = typing.get_args(annotation)[0]
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return annotation
     return None

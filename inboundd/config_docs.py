@@ -155,7 +155,7 @@ def render_example(registry: Registry = REGISTRY) -> str:
         mark = "#" if table.array else ""
         for key in table.keys:
             if key.kind == "table":  # its keys follow, dotted (match.tenant = …)
-                out += _comment(key.about)
+                out += _comment(key.doc)
                 continue
             out += _comment(" ".join([key.doc, *_facts(key, typed=False)]))
             value = key.example if key.example is not None else key.default
@@ -305,7 +305,7 @@ def render_manual(registry: Registry = REGISTRY) -> str:
         for key in table.keys:
             out.append(f".It Ic {_name(key)}")
             if key.kind == "table":
-                out += _sentences(f"{key.about} A table; its keys follow as {_name(key)}.KEY.")
+                out += _sentences(f"{key.doc} Table.")
                 continue
             out += _sentences(key.doc)
             out += _sentences(" ".join(_facts(key)))

@@ -200,8 +200,6 @@ class ControlConfig(Section):
 class DeliverMatch(Section):
     """Which stored messages a ``[[deliver]]`` target gets; both empty: every message."""
 
-    about = "Which messages go to this target: one tenant and/or some account ids (both empty: every message)."
-
     tenant: Annotated[str, doc("Only messages of this tenant (\"\": any tenant).")] = ""
     accounts: Annotated[list[str], doc(
         "Only messages of these account ids (empty: any account).")] = msgspec.field(default_factory=list)
@@ -228,7 +226,10 @@ class DeliverConfig(Section):
     kind: Annotated[Literal["webhook", "action_mailbox", "python"], doc(
         "webhook: a JSON POST signed per Standard Webhooks; action_mailbox: the raw message to a Rails Action "
         "Mailbox relay ingress; python: a callable run inside the store transaction.", examples=["webhook"])]
-    match: DeliverMatch = msgspec.field(default_factory=DeliverMatch)
+    match: Annotated[DeliverMatch, doc(
+        "Which messages go to this target: one tenant and/or some account ids (both empty: every message); "
+        "a table, written match = { tenant = \"acme\" } or as match.tenant and match.accounts "
+        "below.")] = msgspec.field(default_factory=DeliverMatch)
     url: Annotated[str, doc(
         "webhook: the receiver's URL; action_mailbox: the relay ingress, e.g. "
         "\"https://app.example.com/rails/action_mailbox/relay/inbound_emails\".")] = ""
