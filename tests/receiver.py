@@ -19,6 +19,7 @@ without), then 204.
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ class Receiver:
         self._released.set()
         self.waiting = 0
         self.port = 0
+        #: While stopped: the port kept bound but not listening (connections are refused, and no other
+        #: process on this busy machine can take the port meanwhile).
+        self._placeholder: socket.socket | None = None
 
     def start(self) -> "Receiver":
         receiver = self
@@ -99,6 +103,9 @@ class Receiver:
 
             do_PUT = do_GET = do_POST  # recorded and judged like any request
 
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
@@ -108,7 +115,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
-        """Close the port: new connections are refused (kept-alive ones are dropped by the client's next use)."""
+        """Stop serving: new connections are refused (the port stays ours; :meth:`close` frees it)."""
         self._released.set()
         if self._server is not None:
             self._server.shutdown()
@@ -117,6 +124,18 @@ class Receiver:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        if self._placeholder is None and self.port:
+            placeholder = socket.socket()
+            placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            placeholder.bind(("127.0.0.1", self.port))
+            self._placeholder = placeholder
+
+    def close(self) -> None:
+        """Stop and free the port."""
+        self.stop()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
     def hold(self) -> None:
         """Requests wait (unanswered) until :meth:`release`."""

@@ -41,7 +41,7 @@ def receiver() -> Any:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @asynccontextmanager

@@ -185,7 +185,7 @@ def test_sigkill_with_deliveries_in_flight_loses_none(daemon_factory, redis_url,
         assert set(by_id) == {row[0] for row in rows}  # none lost; each with the id the row has
         assert in_flight <= {i for i, n in by_id.items() if n == 2}  # the ones in flight were sent again, same id
     finally:
-        receiver.stop()
+        receiver.close()
 
 
 def test_a_receiver_down_keeps_the_daemon_ready_and_status_degraded(daemon_factory, redis_url, pg_dsn, dovecot,
@@ -217,7 +217,7 @@ def test_a_receiver_down_keeps_the_daemon_ready_and_status_degraded(daemon_facto
         wait_for(lambda: [row[2] for row in delivery_rows(pg_dsn)] == ["delivered"], 30, what="delivered once back")
         assert 'inboundd_deliveries_delivered_total{target="helpdesk"} 1.0' in daemon.get("/metrics").text
     finally:
-        receiver.stop()
+        receiver.close()
 
 
 # --------------------------------------------------------------------------- the README's receiver
