@@ -19,10 +19,10 @@ import pytest
 from standardwebhooks import Webhook
 
 from inboundd import cli
-from daemon_harness import imap_section
+from daemon_harness import imap_section, wait_idle
 from deliver_helpers import SECRET, raw_message, store_messages, webhook_target
 from receiver import Answer, Receiver
-from test_e2e_imap import append, wait_idle
+from imap_helpers import append_subjects as append
 from waiting import wait_for
 
 
@@ -264,3 +264,49 @@ def test_the_readme_receiver_verifies_and_dedupes(tmp_path: Path) -> None:
         process.terminate()
         out, _ = process.communicate(timeout=10)
     assert out.splitlines() == ["ann@example.com first", "ann@example.com second"]
+
+
+def test_a_python_handler_is_imported_at_start_and_again_on_sighup(daemon_factory, redis_url, pg_dsn, dovecot,
+                                                                   imap_user, tmp_path: Path) -> None:
+    import signal
+
+    user, password = imap_user
+    app = tmp_path / "app"
+    app.mkdir()
+    module = app / "inbound_app.py"
+
+    def handler_version(version: str) -> None:
+        module.write_text("def handle(conn, inbound):\n"
+                          "    conn.execute('INSERT INTO app_log (version, subject) VALUES (%s, %s)',\n"
+                          f"                 ({version!r}, inbound.message.subject))\n")
+
+    def app_log() -> list[tuple[str, str]]:
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute("SELECT version, subject FROM app_log ORDER BY subject").fetchall()
+
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TABLE app_log (version text, subject text)")
+    handler_version("v1")
+    config = (imap_section(tmp_path, dovecot.port, user, password)
+              + '[[deliver]]\nid = "app"\nkind = "python"\nhandler = "inbound_app:handle"\n')
+    daemon = daemon_factory(redis_url, pg_dsn, extra_config=config,
+                            env={"PYTHONPATH": str(app), "PYTHONDONTWRITEBYTECODE": "1"})
+    daemon.start()
+    wait_idle(daemon)
+    append(dovecot.port, user, password, ["a first"])
+    wait_for(lambda: app_log() == [("v1", "a first")], 30, what="the handler's row, committed with the message")
+
+    handler_version("v2")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config.reloaded", timeout=20)
+    append(dovecot.port, user, password, ["b second"])
+    wait_for(lambda: app_log() == [("v1", "a first"), ("v2", "b second")], 30, what="the reloaded handler used")
+
+    module.write_text("import no_such_dependency_xyz\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config.reload_failed", timeout=20)
+    [problem] = [e["problem"] for e in daemon.events("config.reload_rejected")]
+    assert problem.startswith("deliver[0].handler: cannot import 'inbound_app' for handler 'inbound_app:handle'")
+    append(dovecot.port, user, password, ["c third"])  # the running handler stays in service
+    wait_for(lambda: len(app_log()) == 3, 30, what="the third message handled")
+    assert app_log()[-1] == ("v2", "c third") and daemon.process.poll() is None
