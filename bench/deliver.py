@@ -15,7 +15,7 @@ The machine has 2 cores for PostgreSQL, the receiver and the deliverer.
 
 Usage::
 
-    .venv/bin/python bench/deliver.py                       # concurrency 8,32; 5000 deliveries
+    .venv/bin/python bench/deliver.py                       # concurrency 4,8,16; 5000 deliveries
     .venv/bin/python bench/deliver.py --concurrency 16 --messages 10000
 """
 
@@ -115,7 +115,7 @@ async def run_once(dsn: str, url: str, corpus: list[bytes], concurrency: int, ru
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", default="8,32", help="comma-separated target concurrency values")
+    parser.add_argument("--concurrency", default="4,8,16", help="comma-separated target concurrency values")
     parser.add_argument("--messages", type=int, default=5000, help="deliveries per run")
     args = parser.parse_args()
     log.configure("warning")
