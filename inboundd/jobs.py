@@ -39,6 +39,12 @@ class _Pointer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: The configured account id (``[[imap]] id`` …).
     account: str
 
+    @property
+    def names_message(self) -> bool:
+        """True when the job points at one message (fetch, ledger, store); False for ingress work
+        done at consume time (a Gmail history walk), which its source's ``ingest`` does."""
+        return True
+
 
 class ImapPointer(_Pointer, tag="imap"):
     folder: str
@@ -68,8 +74,13 @@ class GooglePointer(_Pointer, tag="google"):
     email: str
     history_id: int
     pubsub_message_id: str = ""
-    #: Gmail message id once the history walk resolved it; None for a history-walk job.
+    #: Gmail message id once the history walk resolved it; None for a history-walk job
+    #: (a push: this mailbox changed up to ``history_id``).
     message_id: str | None = None
+
+    @property
+    def names_message(self) -> bool:
+        return self.message_id is not None
 
     def identity(self) -> str:
         return f"gmail:{self.message_id}" if self.message_id else f"gmail-history:{self.history_id}"

@@ -27,6 +27,10 @@ consumer retries or dead-letters; see ``outcomes.py``):
    ``NOTIFY inbound_message, '<id>'``.
 5. **After commit**: ``source.after_commit(job, outcome)``, best effort.
 
+A job that names no message (``job.pointer.names_message`` false: a Gmail
+push, walked into one job per message) skips all of that: its source's
+``ingest`` does the work and says what to acknowledge (``IngestingSource``).
+
 On any failure after the claim the ledger row becomes ``failed`` with
 ``last_error`` (short separate transaction, best effort; if even that fails
 the lease runs out) and the exception goes on; PostgreSQL connection and
@@ -52,7 +56,7 @@ from .jobs import Job
 from .mime import Message
 from .outcomes import Outcome, PermanentError, TransientError
 from .parsing import Parser, ThreadParser
-from .source import FetchedMessage, Source, SourceRegistry, SourceUnavailable
+from .source import FetchedMessage, IngestingSource, Source, SourceRegistry, SourceUnavailable
 from .store import ledger, messages, outbox
 from .store.db import Database
 
@@ -160,6 +164,8 @@ class Processor:
         for the lease. A cancel racing the claim's own commit can leave the row
         ``processing`` until ``processing.lease`` ends; the retry then takes over.
         """
+        if not job.pointer.names_message:
+            return await self._ingest(job)
         cfg = self.cfg
         key = ledger.Key(job.tenant, job.account, job.identity())
         owner = self._owner()
@@ -202,6 +208,19 @@ class Processor:
                 raise TransientError(f"PostgreSQL failed while storing: {exc}") from exc
             raise
         return self._report(job, row.attempts, outcome, identity=key.identity)
+
+    async def _ingest(self, job: Job) -> Outcome:
+        """Ingress work queued for consume time (a Gmail history walk): the source does it, no ledger row."""
+        try:
+            source = self.sources.get(job.provider)
+        except LookupError as exc:
+            raise PermanentError("no_source", str(exc)) from None
+        if not isinstance(source, IngestingSource):
+            raise PermanentError("not_a_message", f"{job.provider} jobs must point at a message")
+        outcome = await source.ingest(job)
+        log.event(_log, "job.ingested", level=logging.DEBUG, **job.log_fields(), identity=job.identity(),
+                  status=outcome.status, reason=outcome.reason)
+        return outcome
 
     async def _process(self, job: Job, key: ledger.Key, owner: str, cfg: CoreConfig) -> Outcome:
         try:

@@ -18,14 +18,14 @@ Pure module: no I/O.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from .jobs import Job
 from .outcomes import Outcome
 
-__all__ = ["FetchedMessage", "Source", "SourceRegistry", "SourceUnavailable"]
+__all__ = ["FetchedMessage", "IngestingSource", "Source", "SourceRegistry", "SourceUnavailable"]
 
 
 class FetchedMessage(msgspec.Struct, kw_only=True):
@@ -55,6 +55,22 @@ class Source(Protocol):
 
     async def after_commit(self, job: Job, outcome: Outcome) -> None:
         """Post-actions for the message *job* stored (*outcome* is ``processed``); best effort, never raises."""
+        ...
+
+
+@runtime_checkable
+class IngestingSource(Source, Protocol):
+    """A source whose provider also queues ingress work: jobs that name no message.
+
+    A Gmail push is queued as "this mailbox changed" and walked at consume
+    time into one job per message. Processing hands such a job
+    (``job.pointer.names_message`` false) to :meth:`ingest` instead of the
+    ledger, fetch and store; the work must be idempotent (it may run again
+    after a crash), and it returns the outcome to acknowledge it with, or
+    raises like ``fetch``.
+    """
+
+    async def ingest(self, job: Job) -> Outcome:
         ...
 
 
