@@ -142,6 +142,9 @@ def load_text(text: str, source: str = "<string>", base: Path | None = None, *,
         config.daemon.instance_id = default_instance_id(config.control.socket)
     check_files(config, base, problems)
     config.secrets.update(load_secrets(config, base, problems))
+    for provider in registry:
+        if provider.check is not None and provider.accounts(config):
+            provider.check(config, problems)
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -133,6 +133,9 @@ class Provider:
     status_view: StatusView | None = None
     #: ``inboundctl unsubscribe``; None: the provider registers nothing at its side.
     unsubscribe: Unsubscribe | None = None
+    #: Checks across the provider's accounts, and of their secrets' contents, once every secret is read:
+    #: ``check(cfg, problems)`` appends ``"key.path: what is wrong"`` lines.
+    check: Callable[[Any, list[str]], None] | None = None
 
     def accounts(self, cfg: Any) -> list[Any]:
         """The ``[[name]]`` tables of *cfg*."""
