@@ -19,12 +19,12 @@ bounded exit on cancellation (logout, lease release).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-__all__ = ["Supervised", "Supervisor"]
+__all__ = ["Supervised", "Supervisor", "run_reporting_started"]
 
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S")
@@ -48,6 +48,20 @@ class Supervised(Protocol):
     def close(self) -> None:
         """Forget this task (metrics) after its last run ended; it is never run again."""
         ...
+
+
+async def run_reporting_started(work: Callable[[], Awaitable[Any]], ready: trio.Event, *, report_after: float,
+                                task_status: trio.TaskStatus[None]) -> None:
+    """Run *work* until it returns or is cancelled; report started once *ready* is set, or after *report_after*.
+
+    For a supervised task's ``run``: start-up never waits on one broken
+    account longer than *report_after* (seconds, trio's clock).
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        with trio.move_on_after(report_after):
+            await ready.wait()
+        task_status.started()
 
 
 class _Slot(Generic[S, T]):

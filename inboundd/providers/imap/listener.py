@@ -44,7 +44,7 @@ from ...ingress.auth import AuthPolicy
 from ...ingress.cursors import CursorStore, StoredCursor
 from ...ingress.lease import Lease, lease_keys
 from ...ingress.ownership import Ownership
-from ...ingress.supervisor import Supervisor
+from ...ingress.supervisor import Supervisor, run_reporting_started
 from ...jobs import ImapPointer, Job, new_job
 from . import proto
 from .conn import (
@@ -200,11 +200,8 @@ class ImapListener:
         """
         self._ready = trio.Event()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._main)
-                with trio.move_on_after(STARTUP_REPORT_AFTER):
-                    await self._ready.wait()
-                task_status.started()
+            await run_reporting_started(self._main, self._ready, report_after=STARTUP_REPORT_AFTER,
+                                        task_status=task_status)
         finally:
             if self._ownership is not None:
                 await self._ownership.release()
