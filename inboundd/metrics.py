@@ -164,6 +164,54 @@ deliveries_pending = Gauge("inboundd_deliveries_pending", "Deliveries not yet de
 deliveries_dead = Gauge("inboundd_deliveries_dead", "Deliveries that gave up (inboundctl redeliver)", ["target"],
                         registry=REGISTRY)
 
+# Gmail (providers/google/): pushes, history walks, watches, consume-time fetches, post-actions.
+google_pushes = Counter(
+    "inboundd_google_pushes_total",
+    "Pub/Sub pushes to /webhooks/google by outcome (enqueued, rejected, ignored, unavailable) and reason",
+    ["outcome", "reason"], registry=REGISTRY,
+)
+google_walks = Counter(
+    "inboundd_google_walks_total",
+    "History walk jobs by result (walked, covered: the cursor was already past, joined: a walk was in flight, "
+    "resync: the cursor was stale)", ["account", "result"], registry=REGISTRY,
+)
+google_pointers_enqueued = Counter(
+    "inboundd_google_pointers_enqueued_total", "Message pointer jobs history walks had acknowledged by Redis",
+    ["account"], registry=REGISTRY,
+)
+google_walk_dropped = Counter(
+    "inboundd_google_walk_dropped_total", "Added messages a walk did not enqueue (skip label, not watched)",
+    ["account", "reason"], registry=REGISTRY,
+)
+google_watch_renewals = Counter(
+    "inboundd_google_watch_renewals_total", "users.watch calls by outcome (ok, error, auth_failed)",
+    ["account", "outcome"], registry=REGISTRY,
+)
+google_watch_expiry = Gauge(
+    "inboundd_google_watch_expiry_timestamp_seconds", "When the mailbox's Gmail watch expires (epoch seconds)",
+    ["account"], registry=REGISTRY,
+)
+google_watch_renewed = Gauge(
+    "inboundd_google_watch_last_renewal_timestamp_seconds", "Last successful users.watch (epoch seconds)",
+    ["account"], registry=REGISTRY,
+)
+google_fetches = Counter(
+    "inboundd_google_fetches_total", "Consume-time Gmail fetches by outcome (fetched or the skip reason)",
+    ["account", "outcome"], registry=REGISTRY,
+)
+google_auth_failures = Counter(
+    "inboundd_google_auth_failures_total", "Gmail credentials or permissions refused, by Google's reason",
+    ["account", "reason"], registry=REGISTRY,
+)
+google_post_actions = Counter(
+    "inboundd_google_post_actions_total", "Post-actions after commit (mark_read, archive, label) by outcome",
+    ["account", "action", "outcome"], registry=REGISTRY,
+)
+google_lease_events = Counter(
+    "inboundd_google_lease_events_total", "Watch ownership lease events (acquired, released, lost, expired)",
+    ["event"], registry=REGISTRY,
+)
+
 
 _children: dict[tuple[object, tuple[str, ...]], Any] = {}
 

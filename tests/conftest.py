@@ -134,3 +134,22 @@ def client(redis_url: str) -> Iterator:
 
     with redis.Redis.from_url(redis_url) as plain:
         yield plain
+
+
+@pytest.fixture
+def fake_google() -> Iterator:
+    """The loopback fake of Google's endpoints (tests/google_fake.py), stopped after the test."""
+    from google_fake import FakeGoogle
+
+    with FakeGoogle() as server:
+        yield server
+
+
+@pytest.fixture
+async def google_clients() -> AsyncIterator:
+    """The Gmail provider's shared httpx clients, closed after the test."""
+    from inboundd.providers.google.accounts import HttpClients
+
+    clients = HttpClients()
+    yield clients
+    await clients.aclose()

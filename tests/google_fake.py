@@ -173,6 +173,8 @@ class _Failure:
     body: Any
     times: int
     headers: dict[str, str]
+    #: Matching requests still let through before the failures start.
+    after: int = 0
 
 
 class FakeGoogle:
@@ -282,10 +284,11 @@ class FakeGoogle:
             box.oldest_history = box.history_id
 
     def fail(self, method: str, path: str, status: int, body: Any = None, *, times: int = 1,
-             headers: dict[str, str] | None = None) -> None:
-        """Answer the next *times* requests whose path matches the regex *path* with *status* and *body*."""
+             headers: dict[str, str] | None = None, after: int = 0) -> None:
+        """Answer *times* requests whose path matches the regex *path* with *status* and *body*,
+        after letting the next *after* of them through."""
         with self.lock:
-            self._failures.append(_Failure(method, re.compile(path), status, body, times, headers or {}))
+            self._failures.append(_Failure(method, re.compile(path), status, body, times, headers or {}, after))
 
     def count(self, what: str) -> int:
         with self.lock:
@@ -307,12 +310,16 @@ class FakeGoogle:
             self.calls.append((method, path, query))
             for failure in self._failures:
                 if failure.method == method and failure.path.search(path) and failure.times > 0:
+                    if failure.after > 0:
+                        failure.after -= 1
+                        break
                     failure.times -= 1
                     return failure.status, failure.body, dict(failure.headers)
         if path == "/oauth2/v1/certs" and method == "GET":
             with self.lock:
                 self.counts["certs"] += 1
-                return 200, self.certs_body(), {"Cache-Control": f"public, max-age={self.certs_max_age}, must-revalidate, no-transform"}
+                cache = f"public, max-age={self.certs_max_age}, must-revalidate, no-transform"
+                return 200, self.certs_body(), {"Cache-Control": cache}
         if path == "/token" and method == "POST":
             return self._token(parse_qs(body.decode()))
         match = re.fullmatch(r"/gmail/v1/users/([^/]+)(/.*)", path)
@@ -472,7 +479,8 @@ class FakeGoogle:
         resource: dict[str, Any] = {
             "id": message.id, "threadId": message.id, "labelIds": list(message.labels),
             "snippet": "",
-            "sizeEstimate": message.size_estimate if message.size_estimate is not None else len(message.raw), "historyId": str(message.history_id),
+            "sizeEstimate": message.size_estimate if message.size_estimate is not None else len(message.raw),
+            "historyId": str(message.history_id),
             "internalDate": str(message.internal_ms),
         }
         if fmt == "raw":

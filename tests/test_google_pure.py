@@ -1,4 +1,4 @@
-"""Gmail decisions without I/O (``inboundd.providers.google``: push, certs, gmail_proto, oauth), table by table."""
+"""Gmail decisions without I/O (``inboundd.providers.google``: push, certs, proto, oauth), table by table."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from google_fake import PUSH_AUDIENCE, PUSH_SERVICE_ACCOUNT, SigningKey, push_body, unsigned_token
-from inboundd.config_convert import convert_section
+from inboundd import config as config_mod
 from inboundd.providers.google import certs as certs_mod
-from inboundd.providers.google import gmail_proto as proto
+from inboundd.providers.google import proto
 from inboundd.providers.google import oauth, push
 from inboundd.providers.google.config import GoogleAccountConfig
 
@@ -568,39 +568,53 @@ def test_scopes_follow_the_post_action():
     assert oauth.token_origin("r") == oauth.token_origin("r") != oauth.token_origin("r2")
 
 
-# --------------------------------------------------------------------------- the [[google]] section
+# --------------------------------------------------------------------------- the [[google]] table
 
 
 SECTION = {
     "id": "support-gmail", "tenant": "acme", "email": "support@acme.com",
-    "credentials_file": "/etc/inboundd/gmail.json", "topic": "projects/acme/topics/inboundd-gmail",
+    "credentials_file": "gmail.json", "topic": "projects/acme/topics/inboundd-gmail",
     "push_audience": "https://inbound.example.com/webhooks/google",
     "push_service_account": "pubsub-push@acme.iam.gserviceaccount.com",
     "label_ids": ["INBOX"], "skip_labels": ["SENT", "DRAFT", "SPAM", "TRASH"], "post_action": "none",
     "resync_interval": "30m", "gmail_url": "https://gmail.googleapis.com",
     "certs_url": "https://www.googleapis.com/oauth2/v1/certs", "ca_file": "",
 }
+CREDENTIALS = json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"})
 
 
-def _convert(data: dict) -> tuple[GoogleAccountConfig | None, list[str]]:
-    problems: list[str] = []
-    section = convert_section(GoogleAccountConfig, data, "google[0]", problems)
-    return section, problems
+def _toml(tables: list[dict]) -> str:
+    def value(v):
+        return json.dumps(v)  # TOML strings, arrays of strings and integers read like JSON
+    return "\n".join("[[google]]\n" + "\n".join(f"{k} = {value(v)}" for k, v in t.items()) for t in tables)
 
 
-def test_google_section_as_in_the_issue():
-    section, problems = _convert(SECTION)
-    assert problems == []
-    assert section.resync_interval == 1800.0 and section.label_ids == ["INBOX"]
+def _load(tmp_path, *tables: dict, credentials: str = CREDENTIALS):
+    (tmp_path / "gmail.json").write_text(credentials)
+    return config_mod.load_text(_toml(list(tables)), base=tmp_path)
 
 
-def test_google_section_defaults():
-    required = {k: SECTION[k] for k in ("id", "email", "topic", "push_audience", "push_service_account")}
-    section, problems = _convert(required)
-    assert problems == []
-    assert (section.tenant, section.post_action, section.gmail_url, section.certs_url) == (
+def _problems(tmp_path, *tables: dict, **kwargs) -> list[str]:
+    with pytest.raises(config_mod.ConfigError) as caught:
+        _load(tmp_path, *tables, **kwargs)
+    return caught.value.problems
+
+
+def test_google_table_as_in_the_issue(tmp_path):
+    cfg = _load(tmp_path, SECTION)
+    account = cfg.google[0]
+    assert isinstance(account, GoogleAccountConfig)
+    assert account.resync_interval == 1800.0 and account.label_ids == ["INBOX"] and account.tenant == "acme"
+    assert cfg.secret("google[0].credentials").reveal() == CREDENTIALS
+
+
+def test_google_table_defaults(tmp_path):
+    required = {k: SECTION[k] for k in ("id", "email", "topic", "push_audience", "push_service_account",
+                                        "credentials_file")}
+    account = _load(tmp_path, required).google[0]
+    assert (account.tenant, account.post_action, account.gmail_url, account.certs_url) == (
         "default", "none", "https://gmail.googleapis.com", "https://www.googleapis.com/oauth2/v1/certs")
-    assert section.skip_labels == ["SENT", "DRAFT", "SPAM", "TRASH"]
+    assert account.skip_labels == ["SENT", "DRAFT", "SPAM", "TRASH"] and account.resync_interval == 1800.0
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -613,9 +627,81 @@ def test_google_section_defaults():
     ("gmail_url", "gmail.googleapis.com", "google[0].gmail_url: expected an http"),
     ("certs_url", "", "google[0].certs_url: expected an http"),
     ("skip_labels", ["INBOX"], "google[0].skip_labels: INBOX is also in label_ids"),
-    ("label_ids", [""], r"google\[0\].label_ids\[0\]: must not be empty"),
+    ("label_ids", [""], "google[0].label_ids[0]: must not be empty"),
     ("labels", ["INBOX"], "google[0].labels: unknown key (did you mean 'label_ids'?)"),
+    ("ca_file", "/nonexistent/ca.pem", "google[0].ca_file: cannot read"),
 ])
-def test_google_section_problems_name_the_key(key, value, message):
-    _, problems = _convert({**SECTION, key: value})
-    assert any(p.startswith(message) or __import__("re").match(message, p) for p in problems), problems
+def test_google_table_problems_name_the_key(tmp_path, key, value, message):
+    problems = _problems(tmp_path, {**SECTION, key: value})
+    assert any(p.startswith(message) for p in problems), problems
+
+
+def test_google_credentials_are_required_and_checked(tmp_path):
+    without = {k: v for k, v in SECTION.items() if k != "credentials_file"}
+    assert _problems(tmp_path, without) == [
+        "google[0].credentials_file: required (credentials_file or credentials_credential)"]
+    assert _problems(tmp_path, SECTION, credentials='{"type": "authorized_user", "client_id": "c"}') == [
+        "google[0].credentials_file: authorized_user credentials lack client_secret, refresh_token"]
+
+
+def test_google_accounts_are_checked_together(tmp_path):
+    second = {**SECTION, "id": "other", "email": "SUPPORT@acme.com", "certs_url": "https://127.0.0.1:1/certs"}
+    problems = _problems(tmp_path, SECTION, second)
+    assert any(p.startswith("google[1].email: mailbox 'SUPPORT@acme.com' is also google[0]'s") for p in problems)
+    assert any(p.startswith("google[1].certs_url: every [[google]] account must use the same certs_url")
+               for p in problems)
+
+
+def test_google_account_ids_are_unique_across_providers(tmp_path):
+    (tmp_path / "pw").write_text("pw")
+    text = _toml([SECTION]) + '\n[[imap]]\nid = "support-gmail"\nhost = "h"\nusername = "u"\npassword_file = "pw"\n'
+    (tmp_path / "gmail.json").write_text(CREDENTIALS)
+    with pytest.raises(config_mod.ConfigError, match="duplicate account id 'support-gmail'"):
+        config_mod.load_text(text, base=tmp_path)
+
+
+# --------------------------------------------------------------------------- status view
+
+
+from inboundd.providers.google.status import VIEW as GMAIL_VIEW  # noqa: E402
+
+
+def _account(**fields):
+    base = {"account": "support-gmail", "email": "support@acme.com", "tenant": "acme", "state": "watching",
+            "since": 1000.0, "watch": "ok", "watch_expiration": 1000.0 + 7 * 86400, "last_renewal": 1000.0,
+            "history_id": 4242, "last_walk_at": 1500.0, "error": None, "retry_at": None, "lease_token": 3}
+    base.update(fields)
+    return base
+
+
+def test_gmail_status_is_normalized_with_ages():
+    (item,) = GMAIL_VIEW.normalize([_account()], now=1000.0 + 3600)
+    assert item["watch_expires_in"] == 7 * 86400 - 3600 and item["last_renewal_age"] == 3600
+    assert item["retry_in"] is None and item["state_age"] == 3600
+    assert GMAIL_VIEW.normalize(None, 0.0) == []
+    assert [a["account"] for a in GMAIL_VIEW.normalize([_account(account="b"), _account(account="a")], 0.0)] == [
+        "a", "b"]
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({}, None),
+    ({"state": "standby", "watch": "standby"}, None),
+    ({"state": "auth_failed", "error": "invalid_grant"}, "gmail account support-gmail is auth_failed: invalid_grant"),
+    ({"state": "backoff", "error": "HTTP 500"}, "gmail account support-gmail is backoff: HTTP 500"),
+    ({"watch": "stale", "last_renewal": 0.0}, "gmail account support-gmail: watch stale (last renewal 50.0h ago)"),
+    ({"watch": "expired", "last_renewal": 0.0}, "gmail account support-gmail: watch expired"),
+])
+def test_gmail_status_problems(fields, problem):
+    problems = GMAIL_VIEW.problems(GMAIL_VIEW.normalize([_account(**fields)], now=50 * 3600.0))
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+def test_gmail_status_table():
+    lines = GMAIL_VIEW.render(GMAIL_VIEW.normalize([_account()], now=1000.0 + 120))
+    assert lines[0] == "GMAIL"
+    assert lines[1].split() == ["account", "state", "watch", "expires", "in", "renewed", "history", "error"]
+    assert lines[2].split() == ["support-gmail", "watching", "ok", "168.0h", "2m", "4242"]
+    assert GMAIL_VIEW.render([]) == []

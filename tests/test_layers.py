@@ -59,9 +59,13 @@ PURE = (
     "inboundd.providers.microsoft.webhook", "inboundd.providers.microsoft.renewal",
     "inboundd.providers.microsoft.delta",
     "inboundd.deliver.signing", "inboundd.deliver.payload", "inboundd.deliver.wire", "inboundd.deliver.gate",
+    "inboundd.providers.google.push", "inboundd.providers.google.certs", "inboundd.providers.google.oauth",
 )
 IO_LIBRARIES = {"socket", "ssl", "subprocess", "trio", "redis", "psycopg", "psycopg_pool", "imapclient", "imaplib",
                 "httpx", "quart", "quart_trio", "hypercorn", "msal", "google", "trio_parallel"}
+#: Parts of those libraries that do no I/O: google-auth's JWT decoding (signature check with given
+#: certificates) and its exception types.
+PURE_PARTS = {"google.auth.jwt", "google.auth.exceptions"}
 
 
 def _modules() -> dict[str, Path]:
@@ -110,13 +114,14 @@ def _imports(module: str) -> tuple[set[str], set[str], set[str]]:
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            names = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target
-                     for alias in node.names]
+            names = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES
+                     or not target.startswith("inboundd") else target for alias in node.names]
         else:
             continue
         for name in names:
             if name.split(".")[0] != "inboundd":
-                outside.add(name.split(".")[0])
+                if name not in PURE_PARTS:
+                    outside.add(name.split(".")[0])
                 continue
             while name not in MODULES and "." in name:
                 name = name.rsplit(".", 1)[0]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from ..config_schema import AccountConfig
 from ..provider import Context, Provider, Runtime, StatusView
-from . import imap, microsoft
+from . import google, imap, microsoft
 
 __all__ = ["REGISTRY", "Context", "Provider", "Registry", "Runtime", "StatusView"]
 
@@ -77,8 +77,6 @@ REGISTRY = Registry(
     [
         imap.PROVIDER,
         microsoft.PROVIDER,
+        google.PROVIDER,
     ],
-    planned={
-        "google": "[[google]] accounts (Gmail Pub/Sub push) are not supported by this build yet",
-    },
 )

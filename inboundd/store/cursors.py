@@ -9,11 +9,12 @@ never move it backwards.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-__all__ = ["StoredCursor", "compare_and_set", "get_cursor", "set_cursor"]
+__all__ = ["StoredCursor", "compare_and_set", "cursor_updated_at", "get_cursor", "set_cursor"]
 
 _COLUMNS = ("uidvalidity", "last_uid", "history_id", "delta_link")
 
@@ -49,6 +50,17 @@ async def get_cursor(db: Any, account: str, folder: str) -> StoredCursor | None:
             (account, folder),
         ).fetchone()
         return _from_row(row) if row else None
+
+    return await db.run(read)
+
+
+async def cursor_updated_at(db: Any, account: str, folder: str) -> datetime | None:
+    """When the cursor of (*account*, *folder*) last moved, or None if there is none."""
+
+    def read(conn: Any) -> datetime | None:
+        row = conn.execute("SELECT updated_at FROM inbound_cursors WHERE account = %s AND folder = %s",
+                           (account, folder)).fetchone()
+        return row[0] if row else None
 
     return await db.run(read)
 

@@ -9,6 +9,7 @@ NUL characters: any left in a string are replaced by U+FFFD here.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 from psycopg.types.json import Jsonb
@@ -23,6 +24,7 @@ __all__ = [
     "attachments_by_message",
     "find_by_message_id",
     "get_message",
+    "last_stored_date",
     "insert_message",
     "lock_message_id",
     "messages_by_id",
@@ -136,6 +138,16 @@ def insert_message(
 def notify(conn: Any, message_row_id: int) -> None:
     """``NOTIFY inbound_message, '<id>'`` — delivered to listeners when the transaction commits."""
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(message_row_id)))
+
+
+def last_stored_date(conn: Any, tenant: str, account: str) -> datetime | None:
+    """The date (provider's internal date, else storage time) of the account's most recently stored message."""
+    row = conn.execute(
+        "SELECT coalesce(internal_date, received_at) FROM inbound_messages WHERE tenant = %s AND account = %s"
+        " ORDER BY received_at DESC LIMIT 1",
+        (tenant, account),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def get_message(conn: Any, message_row_id: int) -> dict[str, Any] | None:

@@ -1,22 +1,26 @@
-"""The ``[[google]]`` section: one Gmail mailbox, its credentials, its push subscription.
+"""The ``[[google]]`` table: one Gmail mailbox, its credentials, its push subscription.
 
-Pure module: the struct and its cross-field checks. Reading the credentials
-secret (``credentials_file`` / ``credentials_credential``) is the config
-loader's job; :func:`inboundd.providers.google.oauth.parse_credentials` checks
-what it read.
+Pure module: the struct with its cross-field checks, and :func:`check_accounts`
+(the provider's check across every ``[[google]]`` table, run once the
+secrets are read): one mailbox per account, one ``certs_url`` for all (a push
+token is verified before the mailbox it names is known), credentials that
+parse (``oauth.parse_credentials``), and readable CA files.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
-from ...config_convert import Duration, Section
-from .gmail_proto import POST_ACTION_PATTERN
+from ...config_convert import Duration, SecretKey
+from ...config_schema import AccountConfig
+from .proto import POST_ACTION_PATTERN
+from .oauth import parse_credentials
 
-__all__ = ["DEFAULT_CERTS_URL", "DEFAULT_GMAIL_URL", "DEFAULT_SKIP_LABELS", "GoogleAccountConfig"]
+__all__ = ["DEFAULT_CERTS_URL", "DEFAULT_GMAIL_URL", "DEFAULT_SKIP_LABELS", "GoogleAccountConfig", "check_accounts"]
 
 DEFAULT_GMAIL_URL = "https://gmail.googleapis.com"
 #: Google's signing certificates as ``{kid: PEM}`` (the v1 form; see PROVIDERS-NOTES B2).
@@ -28,9 +32,7 @@ _TOPIC = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 _HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
 
-class GoogleAccountConfig(Section):
-    #: Unique among all accounts of every provider.
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]+$")]
+class GoogleAccountConfig(AccountConfig, kw_only=True):
     #: The mailbox: the Gmail API's ``userId`` and the push's ``emailAddress``.
     email: str
     #: ``projects/<project>/topics/<topic>``; the Gmail watch publishes to it.
@@ -39,11 +41,10 @@ class GoogleAccountConfig(Section):
     push_audience: str
     #: The ``email`` claim of that token: the subscription's service account.
     push_service_account: str
-    tenant: str = "default"
     #: A service-account key (domain-wide delegation, subject = email) or an
     #: authorized-user file with a refresh token; the token_uri inside is honoured.
-    credentials_file: str = ""
-    credentials_credential: str = ""
+    credentials_file: Annotated[str, SecretKey.file(required=True)] = ""
+    credentials_credential: Annotated[str, SecretKey.credential(required=True)] = ""
     label_ids: list[str] = msgspec.field(default_factory=lambda: ["INBOX"])
     skip_labels: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SKIP_LABELS))
     post_action: str = "none"
@@ -88,3 +89,26 @@ class GoogleAccountConfig(Section):
         for key in ("gmail_url", "certs_url"):
             if not _HTTP_URL.fullmatch(getattr(self, key)):
                 problems.append(f"{path}.{key}: expected an http:// or https:// URL, got {getattr(self, key)!r}")
+
+
+def check_accounts(cfg: Any, problems: list[str]) -> None:
+    """Checks across every ``[[google]]`` table of *cfg*, and of each one's credentials (see the module docstring)."""
+    accounts: list[GoogleAccountConfig] = list(getattr(cfg, "google", None) or [])
+    mailboxes: dict[str, int] = {}
+    for index, account in enumerate(accounts):
+        first = mailboxes.setdefault(account.email.lower(), index)
+        if first != index:
+            problems.append(f"google[{index}].email: mailbox {account.email!r} is also google[{first}]'s "
+                            "(a push names the mailbox, so it must belong to one account)")
+        if account.certs_url != accounts[0].certs_url:
+            problems.append(f"google[{index}].certs_url: every [[google]] account must use the same certs_url "
+                            f"(google[0] uses {accounts[0].certs_url!r}): a push token is verified before "
+                            "the mailbox it names is known")
+        if account.ca_file and not os.access(account.ca_file, os.R_OK):
+            problems.append(f"google[{index}].ca_file: cannot read {account.ca_file!r}")
+        secret = cfg.secret(f"google[{index}].credentials")
+        if secret is not None:
+            try:
+                parse_credentials(secret.reveal())
+            except ValueError as exc:
+                problems.append(f"{secret.source}: {exc}")

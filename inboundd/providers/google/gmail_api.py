@@ -2,9 +2,9 @@
 
 Every call sends the account's access token (:class:`~.tokens.AccessTokens`);
 a 401 refreshes it once and repeats the call. A non-2xx answer raises
-:class:`GmailError` carrying :func:`~.gmail_proto.classify_error`'s verdict;
+:class:`GmailError` carrying :func:`~.proto.classify_error`'s verdict;
 a network failure is a ``GmailError`` of kind ``unavailable``. Answers are
-read with the pure parsers of ``gmail_proto``.
+read with the pure parsers of ``proto``.
 
 Raw messages are streamed: :meth:`GmailApi.message_raw` stops reading as soon
 as the answer is larger than the caller's cap.
@@ -21,7 +21,7 @@ import httpx
 
 from ... import clock
 from ...outcomes import TransientError
-from . import gmail_proto as proto
+from . import proto
 from .tokens import AuthFailure
 
 __all__ = ["GmailApi", "GmailError", "TokenSource", "raise_for", "raw_answer_cap"]
@@ -144,7 +144,8 @@ class GmailApi:
         answer = await self._call("messages.get", "GET", f"/messages/{quote(message_id, safe='')}",
                                   params=[("format", "minimal")])
         if not isinstance(answer, dict):
-            raise GmailError("messages.get", proto.GmailFailure("invalid", 200, "not_object", "answer is not an object"))
+            raise GmailError("messages.get", proto.GmailFailure("invalid", 200, "not_object",
+                                                                "answer is not an object"))
         return answer
 
     async def message_raw(self, message_id: str, cap: int | None) -> dict[str, Any] | None:

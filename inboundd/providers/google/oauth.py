@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .gmail_proto import PostAction
+from .proto import PostAction
 
 __all__ = [
     "DEFAULT_TOKEN_URI",

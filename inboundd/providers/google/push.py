@@ -32,7 +32,7 @@ import msgspec
 from google.auth import exceptions as google_exceptions
 from google.auth import jwt as google_jwt
 
-from .gmail_proto import GmailFormatError, parse_history_id
+from .proto import GmailFormatError, parse_history_id
 
 __all__ = [
     "CLOCK_SKEW",

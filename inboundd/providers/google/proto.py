@@ -129,7 +129,8 @@ class HistoryPage(msgspec.Struct, frozen=True):
     history_id: int
 
 
-def history_params(start_history_id: int, label_ids: Sequence[str], page_token: str | None = None) -> list[tuple[str, str]]:
+def history_params(start_history_id: int, label_ids: Sequence[str],
+                   page_token: str | None = None) -> list[tuple[str, str]]:
     """Query of ``GET users/{userId}/history`` for one page of added messages from *start_history_id*.
 
     history.list filters on one ``labelId`` at most: with exactly one watched
