@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inboundd",
         description=("Ingest inbound email into PostgreSQL, exactly once.\n"
-                     "Providers: IMAP (IDLE), Microsoft 365 (Graph change notifications); Gmail: in development."),
+                     "Providers: IMAP (IDLE), Microsoft 365 (Graph change notifications), Gmail (Pub/Sub push)."),
         usage="%(prog)s [-c FILE] [--check-config | --is-configured] [--print-trial-config] [--version]\n"
               "       %(prog)s trial [--state DIR] [--free-ports]",
         epilog=(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -401,6 +402,19 @@ def test_commented_microsoft_example_is_valid_when_uncommented(tmp_path: Path) -
     assert caught.value.problems == [
         "http.public_url: required once a [[microsoft]] account exists (the provider calls the daemon back there)"
     ]
+
+
+def test_commented_google_example_is_valid_when_uncommented(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    start = text.index("#[[imap]]")
+    (tmp_path / "gmail.json").write_text(json.dumps({
+        "type": "authorized_user", "client_id": "c.apps.googleusercontent.com", "client_secret": "s",
+        "refresh_token": "1//r"}))
+    block = uncommented(text, "google").replace('"/etc/inboundd/gmail.json"', '"gmail.json"')
+    cfg = config.load_text(text[:start] + block, base=tmp_path)
+    (account,) = cfg.google
+    assert (account.id, account.email, account.resync_interval) == ("support", "support@acme.com", 1800.0)
+    assert json.loads(cfg.secret("google[0].credentials").reveal())["type"] == "authorized_user"
 
 
 def test_the_schema_describes_each_key_for_generated_documentation() -> None:
