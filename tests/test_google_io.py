@@ -7,6 +7,7 @@ servers are fakes, following the documented formats (tests/google_fake.py).
 from __future__ import annotations
 
 import json
+import time
 import logging
 from datetime import datetime, timezone
 
@@ -321,15 +322,16 @@ ALLOWED = {PUSH_AUDIENCE: frozenset({PUSH_SERVICE_ACCOUNT})}
 async def test_certs_are_fetched_once_and_cached(fake_google, google_clients, mock_clock):
     verifier = PushVerifier(google_clients.async_client(), fake_google.certs_url, ALLOWED)
     key = fake_google.push_keys[0]
+    tokens = (f"Bearer {key.token(jti=str(n))}" for n in range(100))  # each one new: verified with the certs
     for _ in range(20):
-        claims = await verifier.verify("Bearer " + key.token())
+        claims = await verifier.verify(next(tokens))
         assert claims.email == PUSH_SERVICE_ACCOUNT
     assert fake_google.count("certs") == 1
     mock_clock.jump(fake_google.certs_max_age - 1)
-    await verifier.verify("Bearer " + key.token())
+    await verifier.verify(next(tokens))
     assert fake_google.count("certs") == 1
     mock_clock.jump(1)  # max-age reached
-    await verifier.verify("Bearer " + key.token())
+    await verifier.verify(next(tokens))
     assert fake_google.count("certs") == 2
 
 
@@ -386,3 +388,24 @@ async def test_burst_after_expiry_costs_one_fetch(fake_google, google_clients, m
         for _ in range(30):
             nursery.start_soon(one)
     assert len(results) == 30 and fake_google.count("certs") == 1
+
+
+async def test_a_verified_token_is_checked_again_only_for_time_and_configuration(fake_google, google_clients,
+                                                                                 monkeypatch):
+    verifier = PushVerifier(google_clients.async_client(), fake_google.certs_url, ALLOWED)
+    token = "Bearer " + fake_google.push_keys[0].token()
+    await verifier.verify(token)
+    decoded = []
+    original = push.check_token
+    monkeypatch.setattr(push, "check_token", lambda *args, **kw: decoded.append(1) or original(*args, **kw))
+    for _ in range(5):
+        assert (await verifier.verify(token)).email == PUSH_SERVICE_ACCOUNT
+    assert decoded == []  # no second RSA verification for the same token
+    verifier.allowed = {PUSH_AUDIENCE: frozenset({"someone-else@acme.iam.gserviceaccount.com"})}  # a reload
+    with pytest.raises(push.PushRejected, match="wrong_email"):
+        await verifier.verify(token)
+    verifier.allowed = ALLOWED
+    import inboundd.providers.google.verify as verify_module
+    monkeypatch.setattr(verify_module.clock, "wall", lambda: time.time() + 3600 + 61)
+    with pytest.raises(push.PushRejected, match="expired"):
+        await verifier.verify(token)

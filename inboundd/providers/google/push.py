@@ -46,6 +46,7 @@ __all__ = [
     "bearer_token",
     "check_token",
     "decode_push",
+    "still_valid",
     "token_header",
 ]
 
@@ -148,24 +149,39 @@ def check_token(
             raise PushRejected(401, "missing_claim", text[:120]) from None
         raise PushRejected(401, "bad_signature", "RS256 signature does not verify with the certificate") from None
     issued_at, expires_at = _number(payload, "iat"), _number(payload, "exp")
-    if issued_at - skew > now:
-        raise PushRejected(401, "not_yet_valid", f"iat is {issued_at - now:.0f}s in the future (skew {skew:g}s)")
-    if expires_at + skew < now:
-        raise PushRejected(401, "expired", f"exp was {now - expires_at:.0f}s ago (skew {skew:g}s)")
     issuer = payload.get("iss")
+    audience = payload.get("aud")
+    email = payload.get("email")
     if issuer not in ISSUERS:
         raise PushRejected(403, "wrong_issuer", f"iss {str(issuer)[:80]!r} is not Google's")
-    audience = payload.get("aud")
-    if not isinstance(audience, str) or audience not in allowed:
-        raise PushRejected(403, "wrong_audience", f"aud {str(audience)[:200]!r} is no account's push_audience")
-    email = payload.get("email")
-    if not isinstance(email, str) or email not in allowed[audience]:
-        raise PushRejected(403, "wrong_email",
-                           f"email {str(email)[:200]!r} is not the push_service_account of this audience")
     if payload.get("email_verified") is not True:
         raise PushRejected(403, "email_unverified", "email_verified is not true")
-    return PushClaims(audience=audience, email=email, issuer=str(issuer), subject=str(payload.get("sub", "")),
-                      issued_at=issued_at, expires_at=expires_at)
+    if not isinstance(audience, str) or not isinstance(email, str):
+        raise PushRejected(403, "wrong_audience" if not isinstance(audience, str) else "wrong_email",
+                           "aud and email must be strings")
+    claims = PushClaims(audience=audience, email=email, issuer=str(issuer), subject=str(payload.get("sub", "")),
+                        issued_at=issued_at, expires_at=expires_at)
+    return still_valid(claims, allowed, now, skew)
+
+
+def still_valid(claims: PushClaims, allowed: Mapping[str, frozenset[str]], now: float,
+                skew: float = CLOCK_SKEW) -> PushClaims:
+    """Check the parts of verified *claims* that change with time and configuration; returns *claims*.
+
+    ``iat``/``exp`` within *skew* of *now*, ``aud`` one of *allowed*, ``email``
+    one of that audience's senders. A token verified once (signature, issuer,
+    ``email_verified``) is checked again with this on every later use.
+    """
+    if claims.issued_at - skew > now:
+        raise PushRejected(401, "not_yet_valid", f"iat is {claims.issued_at - now:.0f}s in the future (skew {skew:g}s)")
+    if claims.expires_at + skew < now:
+        raise PushRejected(401, "expired", f"exp was {now - claims.expires_at:.0f}s ago (skew {skew:g}s)")
+    if claims.audience not in allowed:
+        raise PushRejected(403, "wrong_audience", f"aud {claims.audience[:200]!r} is no account's push_audience")
+    if claims.email not in allowed[claims.audience]:
+        raise PushRejected(403, "wrong_email",
+                           f"email {claims.email[:200]!r} is not the push_service_account of this audience")
+    return claims
 
 
 # --------------------------------------------------------------------------- body

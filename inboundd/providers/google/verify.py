@@ -5,6 +5,13 @@ the certificate of the token's ``kid`` — from the cache, or by one fetch of
 ``certs_url`` when :class:`~.certs.CertsCache` says so — then verifies. Only
 one fetch runs at a time; requests arriving meanwhile wait for it and use its
 result, so a burst of pushes after expiry costs one fetch.
+
+Pub/Sub signs a token once and sends it with every push until it expires
+(an hour). A token whose signature, issuer and ``email_verified`` were
+verified is remembered (at most :data:`VERIFIED_TOKENS` of them, until they
+expire); its next uses check only what changes — time, audience and sender
+against the current configuration (``push.still_valid``) — so the RSA
+verification runs once per token, not once per push.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ _log = log.get_logger("google.push")
 
 #: One fetch of the certificates; a push waits for it, and Pub/Sub's deadline is 10 s by default.
 CERTS_TIMEOUT = 5.0
+#: Verified tokens remembered (Pub/Sub reuses one per subscription for an hour; a few dozen are plenty).
+VERIFIED_TOKENS = 256
 
 
 class CertsUnavailable(Exception):
@@ -44,6 +53,7 @@ class PushVerifier:
         self.allowed = allowed
         self.cache = CertsCache()
         self._fetch_lock = trio.Lock()
+        self._verified: dict[str, push.PushClaims] = {}
 
     async def verify(self, authorization: str | None) -> push.PushClaims:
         """The claims of a valid token; raises :class:`push.PushRejected` or :class:`CertsUnavailable`.
@@ -52,9 +62,24 @@ class PushVerifier:
         as failed and the cache keeps what it had.
         """
         token = push.bearer_token(authorization)
+        now = clock.wall()
+        known = self._verified.get(token)
+        if known is not None:
+            return push.still_valid(known, self.allowed, now)
         kid = push.token_header(token).kid
         certs = await self._certs_for(kid)
-        return push.check_token(token, certs, self.allowed, clock.wall())
+        claims = push.check_token(token, certs, self.allowed, now)
+        self._remember(token, claims, now)
+        return claims
+
+    def _remember(self, token: str, claims: push.PushClaims, now: float) -> None:
+        if len(self._verified) >= VERIFIED_TOKENS:
+            for old, seen in list(self._verified.items()):
+                if seen.expires_at + push.CLOCK_SKEW < now:
+                    del self._verified[old]
+            while len(self._verified) >= VERIFIED_TOKENS:
+                del self._verified[next(iter(self._verified))]  # the oldest remembered
+        self._verified[token] = claims
 
     async def _certs_for(self, kid: str) -> Mapping[str, str]:
         decision = self.cache.plan(kid, trio.current_time())
