@@ -3,19 +3,18 @@
 Pure module: the struct with its cross-field checks, and :func:`check_accounts`
 (the provider's check across every ``[[google]]`` table, run once the
 secrets are read): one mailbox per account, one ``certs_url`` for all (a push
-token is verified before the mailbox it names is known), credentials that
-parse (``oauth.parse_credentials``), and readable CA files.
+token is verified before the mailbox it names is known), and credentials
+that parse (``oauth.parse_credentials``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any
 
 import msgspec
 
-from ...config_convert import Duration, SecretKey
+from ...config_convert import Duration, ReadableFile, SecretKey, doc
 from ...config_schema import AccountConfig
 from .proto import POST_ACTION_PATTERN
 from .oauth import parse_credentials
@@ -33,28 +32,68 @@ _HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
 
 class GoogleAccountConfig(AccountConfig, kw_only=True):
-    #: The mailbox: the Gmail API's ``userId`` and the push's ``emailAddress``.
-    email: str
-    #: ``projects/<project>/topics/<topic>``; the Gmail watch publishes to it.
-    topic: str
-    #: The ``aud`` claim of the push subscription's OIDC token.
-    push_audience: str
-    #: The ``email`` claim of that token: the subscription's service account.
-    push_service_account: str
-    #: A service-account key (domain-wide delegation, subject = email) or an
-    #: authorized-user file with a refresh token; the token_uri inside is honoured.
-    credentials_file: Annotated[str, SecretKey.file(required=True)] = ""
-    credentials_credential: Annotated[str, SecretKey.credential(required=True)] = ""
-    label_ids: list[str] = msgspec.field(default_factory=lambda: ["INBOX"])
-    skip_labels: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SKIP_LABELS))
-    post_action: str = "none"
-    #: A history walk this often even without a push (Pub/Sub may drop pushes).
-    resync_interval: Duration = 1800.0
-    gmail_url: str = DEFAULT_GMAIL_URL
-    certs_url: str = DEFAULT_CERTS_URL
-    #: Extra CA bundle (PEM) trusted besides the system's, for the Gmail API,
-    #: the token endpoint and the certificates URL (proxies, tests).
-    ca_file: str = ""
+    about = """One [[google]] table per Gmail or Google Workspace mailbox (none by default).
+Gmail publishes "this mailbox changed" to a Pub/Sub topic; a push subscription posts it to
+POST /webhooks/google on the http listener (behind an HTTPS front end) with an OIDC token, verified
+before anything else: RS256 with Google's certificates, iss accounts.google.com, aud = push_audience,
+email = push_service_account, email_verified, exp and iat within 60 s; anything else is answered 401
+or 403 and nothing else happens. A valid push is answered 204 once its job is in Redis (503 if Redis
+did not take it, so Pub/Sub retries); unknown mailboxes and unreadable data are answered 204 and counted.
+A consumer then walks the mailbox's history and queues one job per new message. Set up once per Google
+Cloud project: the topic, Gmail's right to publish to it, and a push subscription with an OIDC token:
+
+  gcloud pubsub topics create inboundd-gmail
+  gcloud pubsub topics add-iam-policy-binding inboundd-gmail \\
+    --member=serviceAccount:gmail-api-push@system.gserviceaccount.com \\
+    --role=roles/pubsub.publisher
+  gcloud pubsub subscriptions create inboundd-gmail-push --topic=inboundd-gmail \\
+    --push-endpoint=https://inbound.example.com/webhooks/google \\
+    --push-auth-service-account=pubsub-push@acme.iam.gserviceaccount.com \\
+    --push-auth-token-audience=https://inbound.example.com/webhooks/google
+
+Credentials: a service-account key whose client id has domain-wide delegation (Admin console: Security,
+API controls, Domain-wide delegation) for the scope https://www.googleapis.com/auth/gmail.readonly, or
+https://www.googleapis.com/auth/gmail.modify when post_action is not "none"; or an OAuth authorized-user
+file whose refresh token was granted one of those scopes."""
+
+    email: Annotated[str, doc(
+        "The mailbox: the Gmail API's userId and what pushes name; one account per mailbox.",
+        examples=["support@acme.com"])]
+    topic: Annotated[str, doc(
+        "The Pub/Sub topic users.watch publishes to (in the project of the credentials).",
+        examples=["projects/acme/topics/inboundd-gmail"])]
+    push_audience: Annotated[str, doc(
+        "The audience of the push subscription's OIDC token (its --push-auth-token-audience).",
+        examples=["https://inbound.example.com/webhooks/google"])]
+    push_service_account: Annotated[str, doc(
+        "The service account the push subscription signs its tokens as (its --push-auth-service-account).",
+        examples=["pubsub-push@acme.iam.gserviceaccount.com"])]
+    credentials_file: Annotated[str, SecretKey.file(required=True), doc(
+        "File holding the Google credentials JSON: a service-account key (domain-wide delegation; tokens are "
+        "requested for email) or an authorized-user file with a refresh token. The token_uri inside is "
+        "honoured. A refresh token Google rotates is kept in PostgreSQL (inbound_oauth_tokens), so a restart "
+        "never presents a revoked one.", examples=["/etc/inboundd/gmail.json"])] = ""
+    credentials_credential: Annotated[str, SecretKey.credential(required=True), doc(
+        "Systemd credential holding the Google credentials JSON, instead of credentials_file.")] = ""
+    label_ids: Annotated[list[str], doc(
+        "Labels users.watch covers ([]: the whole mailbox); new messages with none of them are not queued.")] = (
+        msgspec.field(default_factory=lambda: ["INBOX"]))
+    skip_labels: Annotated[list[str], doc(
+        "New messages carrying any of these labels are not queued (a watch on INBOX also reports sent mail "
+        "and drafts).")] = msgspec.field(default_factory=lambda: list(DEFAULT_SKIP_LABELS))
+    post_action: Annotated[str, doc(
+        "After a message is stored: none, mark_read (remove UNREAD), archive (remove INBOX) or label:NAME "
+        "(add that label, created if missing); anything but none needs the gmail.modify scope.")] = "none"
+    resync_interval: Annotated[Duration, doc(
+        "Walk the mailbox's history this often even without a push (Pub/Sub may drop pushes); at least 1m. "
+        "The watch itself is renewed daily by the daemon holding the mailbox's lease.")] = 1800.0
+    gmail_url: Annotated[str, doc("Gmail API base URL (proxies, tests).")] = DEFAULT_GMAIL_URL
+    certs_url: Annotated[str, doc(
+        "Google's push-token signing certificates ({kid: PEM}); the same for every [[google]] table, since a "
+        "token is verified before the mailbox it names is known.")] = DEFAULT_CERTS_URL
+    ca_file: Annotated[ReadableFile, doc(
+        "Extra CA bundle (PEM) trusted besides the system's for gmail_url, the token endpoint and certs_url; "
+        "\"\": the system's only.")] = ""
 
     def check(self, path: str, problems: list[str]) -> None:
         if not _EMAIL.fullmatch(self.email):
@@ -104,8 +143,6 @@ def check_accounts(cfg: Any, problems: list[str]) -> None:
             problems.append(f"google[{index}].certs_url: every [[google]] account must use the same certs_url "
                             f"(google[0] uses {accounts[0].certs_url!r}): a push token is verified before "
                             "the mailbox it names is known")
-        if account.ca_file and not os.access(account.ca_file, os.R_OK):
-            problems.append(f"google[{index}].ca_file: cannot read {account.ca_file!r}")
         secret = cfg.secret(f"google[{index}].credentials")
         if secret is not None:
             try:
