@@ -28,6 +28,7 @@ def test_a_push_is_stored_once(daemon_factory, redis_url, pg_dsn, fake_google, t
     wait_for(lambda: fake_google.count("watch") == 1, 30, what="users.watch on start")
     gmail = daemon.control("GET", "/status").json()["gmail"]
     assert [(a["account"], a["state"], a["watch"]) for a in gmail] == [("support-gmail", "watching", "ok")]
+    assert daemon.get("/readyz").json()["checks"]["google_certs"] == "ok"
 
     message_id = fake_google.add_message(MAILBOX, subject="Printer out of toner")
     token = fake_google.push_keys[0].token()

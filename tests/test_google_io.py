@@ -409,3 +409,14 @@ async def test_a_verified_token_is_checked_again_only_for_time_and_configuration
     monkeypatch.setattr(verify_module.clock, "wall", lambda: time.time() + 3600 + 61)
     with pytest.raises(push.PushRejected, match="expired"):
         await verifier.verify(token)
+
+
+async def test_readiness_needs_certificates(fake_google, google_clients, mock_clock):
+    verifier = PushVerifier(google_clients.async_client(), fake_google.certs_url, ALLOWED)
+    fake_google.fail("GET", r"/certs$", 503, {"error": "down"})
+    with pytest.raises(CertsUnavailable):
+        await verifier.ready()
+    mock_clock.jump(30)
+    await verifier.ready()  # fetched now
+    await verifier.ready()  # and held: no second fetch
+    assert fake_google.count("certs") == 1

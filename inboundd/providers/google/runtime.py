@@ -12,7 +12,7 @@ from ... import log
 from ...ingress.lease import Lease, lease_keys
 from ...ingress.supervisor import Supervisor
 from ...ingress.webhook import Route, WebhookReply, WebhookRequest
-from ...provider import Context, Runtime
+from ...provider import Context, ReadinessCheck, Runtime
 from ...store.oauth_tokens import DbRotatedTokens
 from .accounts import GoogleAccount, HttpClients, build_account
 from .config import DEFAULT_CERTS_URL
@@ -98,6 +98,12 @@ class GoogleRuntime(Runtime):
                     log.event(_log, "google.account.removed", account=account.id)
                     nursery.start_soon(WatchRenewer(account, walker=self.walker, lease=None).stop_watch)
         self.renewers.kick()  # an auth_failed account retries at once after a reload
+
+    def readiness(self) -> dict[str, ReadinessCheck]:
+        """``google_certs``: pushes cannot be verified without Google's certificates (fetched on first need)."""
+        if not self.accounts:
+            return {}
+        return {"google_certs": self.ingress.verifier.ready}
 
     async def handle(self, route: Route, request: WebhookRequest) -> WebhookReply:
         if route == ROUTE:

@@ -81,6 +81,16 @@ class PushVerifier:
                 del self._verified[next(iter(self._verified))]  # the oldest remembered
         self._verified[token] = claims
 
+    async def ready(self) -> None:
+        """Return once certificates are held (fetching them if none are, within the retry limits).
+
+        Raises :class:`CertsUnavailable` when there are none to verify pushes with: ``/readyz``.
+        """
+        if not self.cache.certs:
+            await self._certs_for("")
+        if not self.cache.certs:
+            raise CertsUnavailable(f"no Google certificates (fetching {self.certs_url} failed)")
+
     async def _certs_for(self, kid: str) -> Mapping[str, str]:
         decision = self.cache.plan(kid, trio.current_time())
         if decision == "fetch":
