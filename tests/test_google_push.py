@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from google_fake import FakeGoogle, SigningKey, push_body, unsigned_token
+from fakes import metric_value
 from google_helpers import MAILBOX, QUEUE, granted_account
 from inboundd import jobs, metrics
 from inboundd.config import RedisConfig
@@ -63,7 +64,7 @@ async def bed(fake_google, google_clients, rio, redis_url):
 
 
 def counter(outcome: str, reason: str) -> float:
-    return metrics.google_pushes.labels(outcome, reason)._value.get()
+    return metric_value(metrics.google_pushes, outcome, reason)
 
 
 def bearer(token: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from google_fake import authorized_user_file
+from fakes import metric_value
 from google_helpers import MAILBOX, account_config, gmail_bed
 from inboundd import metrics
 from inboundd.config import load_text
@@ -86,7 +87,7 @@ async def test_refused_credentials_pause_that_account_only(bed, fake_google, moc
     config = account_config(fake_google, id="revoked-gmail", email="revoked@acme.com")
     fake_google.mailbox("revoked@acme.com")
     bad = build_account(config, authorized_user_file(fake_google, "1//revoked"), bed.clients, DbRotatedTokens(bed.db))
-    before = metrics.google_auth_failures.labels("revoked-gmail", "invalid_grant")._value.get()
+    before = metric_value(metrics.google_auth_failures, "revoked-gmail", "invalid_grant")
     renewers = [renewer_for(bed, good), renewer_for(bed, bad)]
     async with trio.open_nursery() as nursery:
         for renewer in renewers:
@@ -94,7 +95,7 @@ async def test_refused_credentials_pause_that_account_only(bed, fake_google, moc
         assert [r.state for r in renewers] == ["watching", "auth_failed"]
         status = renewers[1].status()
         assert status.error.startswith("invalid_grant: Token has been expired or revoked") and status.retry_at
-        assert metrics.google_auth_failures.labels("revoked-gmail", "invalid_grant")._value.get() == before + 1
+        assert metric_value(metrics.google_auth_failures, "revoked-gmail", "invalid_grant") == before + 1
         # The operator re-consents (the token works again) and reloads: retried at once.
         fake_google.grant("revoked@acme.com", "1//revoked")
         renewers[1].kick()

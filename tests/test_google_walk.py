@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
+from fakes import metric_value
 from google_helpers import MAILBOX, gmail_bed
 from inboundd import metrics
 from inboundd.jobs import Job
@@ -27,10 +28,6 @@ async def bed(fake_google, rio, redis_url, pg_dsn):
     async with gmail_bed(fake_google, rio, redis_url, pg_dsn) as gmail:
         gmail.add_account()
         yield gmail
-
-
-def counter(metric, *labels: str) -> float:
-    return metric.labels(*labels)._value.get()
 
 
 async def test_a_push_walks_three_pages_and_each_message_is_stored_once(bed, fake_google):
@@ -81,14 +78,14 @@ async def test_sent_mail_and_drafts_never_become_jobs(bed, fake_google, label_id
     fake_google.add_message(MAILBOX, labels=("DRAFT",), subject="Half-written")
     fake_google.add_message(MAILBOX, labels=("DRAFT", "INBOX"), subject="Draft in the inbox")
     fake_google.add_message(MAILBOX, labels=("SPAM",), subject="Buy now")
-    dropped_before = counter(metrics.google_walk_dropped, "support-gmail", "label:SENT")
+    dropped_before = metric_value(metrics.google_walk_dropped, "support-gmail", "label:SENT")
 
     await bed.processor.handle(bed.push_job(fake_google.mailbox(MAILBOX).history_id))
     await bed.process_all()
 
     assert [job.pointer.message_id for job in bed.message_jobs()] == [wanted]
     assert bed.stored() == [(wanted, "From a customer")]
-    assert counter(metrics.google_walk_dropped, "support-gmail", "label:SENT") > dropped_before
+    assert metric_value(metrics.google_walk_dropped, "support-gmail", "label:SENT") > dropped_before
 
 
 async def test_fifty_pushes_in_one_second_cost_one_walk(bed, fake_google):
@@ -151,12 +148,12 @@ async def test_a_stale_cursor_resyncs_without_a_gap_and_without_old_mail(bed, fa
     missed = [fake_google.add_message(MAILBOX, subject=f"While away {n}", internal_ms=now_ms - day + n) for n in range(3)]
     fake_google.forget_history(MAILBOX)
     later = fake_google.add_message(MAILBOX, subject="After the forgetting", internal_ms=now_ms)
-    resyncs_before = counter(metrics.google_walks, "support-gmail", "resync")
+    resyncs_before = metric_value(metrics.google_walks, "support-gmail", "resync")
 
     await bed.processor.handle(bed.push_job(fake_google.mailbox(MAILBOX).history_id))
     await bed.process_all()
 
-    assert counter(metrics.google_walks, "support-gmail", "resync") == resyncs_before + 1
+    assert metric_value(metrics.google_walks, "support-gmail", "resync") == resyncs_before + 1
     assert len(fake_google.calls_to("GET", r"/messages$")) == 1
     stored = [message_id for message_id, _ in bed.stored()]
     assert sorted(stored) == sorted(before + missed + [later])  # each once: the overlap was a duplicate
