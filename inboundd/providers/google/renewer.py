@@ -199,8 +199,8 @@ class WatchRenewer:
                 renew_at = trio.current_time() + await self._renew(backoff)
                 self._ready.set()
             elif now >= walk_at:
+                walk_at = now + resync  # counted from the start: walks keep their period whatever they take
                 await self._walk()
-                walk_at = trio.current_time() + resync
             else:
                 await self._sleep_until(min(renew_at, walk_at))
                 if self._kick.is_set():
