@@ -199,11 +199,13 @@ password_file = "pw"
 
 
 def test_unsupported_provider_sections_are_named() -> None:
+    from inboundd.providers import Registry
+    from inboundd.providers.imap import PROVIDER as IMAP
+
+    registry = Registry([IMAP], planned={"jmap": "[[jmap]] accounts (JMAP push) are not supported by this build yet"})
     with pytest.raises(config.ConfigError) as caught:
-        config.load_text('[[google]]\nid = "g"\n')
-    assert caught.value.problems == [
-        "google: [[google]] accounts (Gmail Pub/Sub push) are not supported by this build yet"
-    ]
+        config.load_text('[[jmap]]\nid = "j"\n', registry=registry)
+    assert caught.value.problems == ["jmap: [[jmap]] accounts (JMAP push) are not supported by this build yet"]
 
 
 def test_secrets_from_file_and_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
