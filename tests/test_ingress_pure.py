@@ -60,3 +60,18 @@ def test_lease_clock_trusts_from_the_send_time_minus_a_margin():
     assert lease.valid(12.6)
     with pytest.raises(ValueError):
         LeaseClock(0)
+
+
+def test_account_pause_one_refusal_pauses_until_a_success_or_a_kick() -> None:
+    from inboundd.ingress.auth import AccountPause
+
+    pause = AccountPause(900.0)
+    assert pause.paused_for(0.0) is None
+    assert pause.refused("invalid_grant", 100.0) == 900.0
+    assert (pause.error, pause.paused_for(100.0), pause.paused_for(999.0)) == ("invalid_grant", 900.0, 1.0)
+    assert pause.paused_for(1000.0) is None  # the pause is over: the next call tries again
+    pause.refused("invalid_grant", 1000.0)
+    pause.kick()  # a reload: at once
+    assert pause.paused_for(1000.0) is None and pause.error == "invalid_grant"
+    pause.worked(1001.0)
+    assert pause.error is None and pause.paused_for(1001.0) is None

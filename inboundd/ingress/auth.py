@@ -15,7 +15,7 @@ import msgspec
 
 from ..backoff import Backoff
 
-__all__ = ["AuthPolicy", "Retry"]
+__all__ = ["AccountPause", "AuthPolicy", "Retry"]
 
 
 class Retry(msgspec.Struct, frozen=True):
@@ -64,3 +64,44 @@ class AuthPolicy:
             # Still locked out: a network blip must not turn slow retries into fast ones.
             return Retry("auth_failed", max(delay, self.retry_interval), message)
         return Retry("backoff", delay, message)
+
+
+class AccountPause:
+    """Whether a web-API account's credentials work: shared by its renewer, its walks and its fetches.
+
+    An identity provider's refusal (``invalid_grant``, ``unauthorized_client``,
+    ``insufficientPermissions`` …) does not heal by retrying, so the first one
+    pauses the account (:class:`AuthPolicy` with a limit of one) for
+    *retry_interval*: its jobs wait in the queue without calling the
+    provider, its state shows ``auth_failed`` with the reason, and other
+    accounts go on. Any success ends the pause; so does a reload
+    (:meth:`kick`). Times are the caller's clock, in seconds.
+    """
+
+    def __init__(self, retry_interval: float) -> None:
+        self.policy = AuthPolicy(1, retry_interval, Backoff(1.0, retry_interval))
+        self.error: str | None = None
+        self.paused_until: float | None = None
+
+    def refused(self, reason: str, now: float) -> float:
+        """Google refused the credentials at *now*: pause; returns how long."""
+        retry = self.policy.auth_failed(reason, now)
+        self.error = reason
+        self.paused_until = now + retry.delay
+        return retry.delay
+
+    def worked(self, now: float) -> None:
+        """A call with the credentials succeeded: the account is not paused."""
+        self.policy.logged_in(now)
+        self.error = None
+        self.paused_until = None
+
+    def paused_for(self, now: float) -> float | None:
+        """Seconds the account stays paused, or None when it is not."""
+        if self.paused_until is None or now >= self.paused_until:
+            return None
+        return self.paused_until - now
+
+    def kick(self) -> None:
+        """Try again at once (a reload may have fixed the credentials); a refusal pauses again."""
+        self.paused_until = None

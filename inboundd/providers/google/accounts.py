@@ -13,8 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ...backoff import Backoff
-from ...ingress.auth import AuthPolicy
+from ...ingress.auth import AccountPause
 from ...ingress.httpclients import HttpClients
 from .config import GoogleAccountConfig
 from .gmail_api import GmailApi
@@ -22,51 +21,10 @@ from .proto import PostAction, parse_post_action
 from .oauth import CredentialsInfo, parse_credentials, scopes_for
 from .tokens import AccessTokens, RotatedTokens
 
-__all__ = ["AUTH_RETRY_INTERVAL", "AccountAuth", "GoogleAccount", "HttpClients", "build_account", "by_email"]
+__all__ = ["AUTH_RETRY_INTERVAL", "GoogleAccount", "HttpClients", "build_account", "by_email"]
 
 #: An account whose credentials Google refused is paused this long between tries (renewal, walks, fetches).
 AUTH_RETRY_INTERVAL = 900.0
-
-
-class AccountAuth:
-    """Whether an account's credentials work: shared by its renewer, its walks and its fetches.
-
-    Google's refusals (``invalid_grant``, ``unauthorized_client``,
-    ``insufficientPermissions``) do not heal by retrying, so the first one
-    pauses the account (the auth-failure policy with a limit of one) for
-    :data:`AUTH_RETRY_INTERVAL`: its jobs wait in the queue without calling
-    Google, its state shows ``auth_failed`` with Google's reason, and other
-    accounts go on. Any success (a renewal, a fetch) ends the pause; so does
-    a reload (:meth:`kick`). Times are wall-clock seconds.
-    """
-
-    def __init__(self, retry_interval: float = AUTH_RETRY_INTERVAL) -> None:
-        self.policy = AuthPolicy(1, retry_interval, Backoff(1.0, retry_interval))
-        self.error: str | None = None
-        self.paused_until: float | None = None
-
-    def refused(self, reason: str, now: float) -> float:
-        """Google refused the credentials at *now*: pause; returns how long."""
-        retry = self.policy.auth_failed(reason, now)
-        self.error = reason
-        self.paused_until = now + retry.delay
-        return retry.delay
-
-    def worked(self, now: float) -> None:
-        """A call with the credentials succeeded: the account is not paused."""
-        self.policy.logged_in(now)
-        self.error = None
-        self.paused_until = None
-
-    def paused_for(self, now: float) -> float | None:
-        """Seconds the account stays paused, or None when it is not."""
-        if self.paused_until is None or now >= self.paused_until:
-            return None
-        return self.paused_until - now
-
-    def kick(self) -> None:
-        """Try again at once (a reload may have fixed the credentials); a refusal pauses again."""
-        self.paused_until = None
 
 
 class GoogleAccount:
@@ -81,7 +39,8 @@ class GoogleAccount:
         self.post_action: PostAction = parse_post_action(config.post_action)
         #: Id of the ``label:<name>`` post-action's label, once looked up.
         self.post_label_id: str | None = None
-        self.auth = AccountAuth()
+        #: Whether Google refused the credentials lately: shared by the renewer, the walks and the fetches.
+        self.auth = AccountPause(AUTH_RETRY_INTERVAL)
         self._fingerprint = _fingerprint(config, credentials)
 
     @property

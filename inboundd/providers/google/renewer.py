@@ -20,7 +20,7 @@ A renewer's life::
 * **Resync walk** every ``resync_interval``: a walk as if a push had come
   (Pub/Sub may drop pushes; Gmail sends at most one per second per user).
 * **Failures** of ``users.watch`` back off (5 s doubling to 10 min); a
-  refusal of the credentials pauses the account (``accounts.AccountAuth``).
+  refusal of the credentials pauses the account (``ingress.auth.AccountPause``).
   A watch with no success for 48 h shows as ``stale`` in status: watch
   expiry is otherwise silent.
 

@@ -17,7 +17,7 @@ Failures, by :class:`~.proto.GmailFailure` kind:
 * ``rate_limited`` / ``unavailable`` → :class:`~inboundd.outcomes.TransientError`
   (Gmail's ``Retry-After`` when it sent one);
 * ``auth`` (403 ``insufficientPermissions``, ``invalid_grant`` …) → the
-  account's auth-failure policy (``accounts.AccountAuth``): the account is
+  account's auth-failure policy (``ingress.auth.AccountPause``): the account is
   paused, its jobs wait (a ``TransientError`` until the pause ends) without
   calling Google, and other accounts go on;
 * ``invalid`` → a job error (retried, then dead-lettered).
