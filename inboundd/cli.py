@@ -808,9 +808,10 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         ["inboundctl migrate"],
     ),
     "unsubscribe": (
-        "delete an account's subscriptions at its provider (Microsoft Graph)",
+        "delete an account's subscriptions at its provider (Graph subscriptions, Gmail watch)",
         "Delete what the account keeps registered at its provider, with its credentials from the\n"
-        "configuration: the Graph subscriptions of a [[microsoft]] account, so Graph stops calling. For an\n"
+        "configuration: the Graph subscriptions of a [[microsoft]] account, so Graph stops calling; the\n"
+        "Gmail watch of a [[google]] account (users.stop), so Gmail stops publishing. For an\n"
         "account being retired: run it with the daemon stopped (a running daemon that owns the account\n"
         "would renew them, so the command refuses; removing the account from the configuration and\n"
         "reloading deletes them too). Exit status 1 when a subscription could not be deleted.",

@@ -160,3 +160,34 @@ async def test_reload_stops_the_watch_of_a_removed_account(bed, fake_google, moc
             nursery.cancel_scope.cancel()
     finally:
         await runtime.aclose()
+
+
+async def test_inboundctl_unsubscribe_stops_the_watch_unless_a_daemon_owns_the_mailbox(bed, fake_google,
+                                                                                         tmp_path: Path):
+    from inboundd.provider import AccountBusy
+    from inboundd.providers.google import PROVIDER
+
+    (tmp_path / "gmail.json").write_text(authorized_user_file(fake_google, fake_google.grant(MAILBOX)))
+    cfg = load_text(f'[redis]\nkey_prefix = "tg"\n[daemon]\ninstance_id = "inboundctl-host"\n[[google]]\n'
+                    f'id = "support-gmail"\nemail = "{MAILBOX}"\ncredentials_file = "gmail.json"\n'
+                    f'topic = "projects/acme/topics/inboundd-gmail"\n'
+                    f'push_audience = "https://inbound.example.com/webhooks/google"\n'
+                    f'push_service_account = "pubsub-push@acme.iam.gserviceaccount.com"\n'
+                    f'gmail_url = "{fake_google.url}"\ncerts_url = "{fake_google.certs_url}"\n', base=tmp_path)
+    account = bed.add_account()
+    owner = renewer_for(bed, account, instance="daemon-a")
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def run_owner(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                await owner.run(task_status=task_status)
+
+        await nursery.start(run_owner)
+        with pytest.raises(AccountBusy, match="owned by a running daemon"):
+            await PROVIDER.unsubscribe(cfg, "support-gmail", bed.rio, bed.db)
+        assert fake_google.mailbox(MAILBOX).stops == 0
+        scope.cancel()  # the daemon stops (its lease released; the watch stays)
+    assert await PROVIDER.unsubscribe(cfg, "support-gmail", bed.rio, bed.db) == [
+        (f"Gmail watch of {MAILBOX}", "deleted")]
+    assert fake_google.mailbox(MAILBOX).stops == 1

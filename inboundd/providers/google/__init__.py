@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from ...provider import Provider
 from .config import GoogleAccountConfig, check_accounts
-from .runtime import ROUTE, GoogleRuntime
+from .runtime import ROUTE, GoogleRuntime, unsubscribe_account
 from .status import VIEW
 
 __all__ = ["PROVIDER"]
 
 #: Gmail, as the registry lists it.
 PROVIDER = Provider(name="google", account_config=GoogleAccountConfig, build=GoogleRuntime, routes=(ROUTE,),
-                    status_view=VIEW, check=check_accounts)
+                    status_view=VIEW, check=check_accounts, unsubscribe=unsubscribe_account)

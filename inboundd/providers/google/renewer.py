@@ -63,8 +63,6 @@ LEASE_TTL = 30.0
 RETRY_BASE, RETRY_CAP = 5.0, 600.0
 #: A renewer still starting after this long reports started anyway (Gmail unreachable must not hold up start-up).
 STARTUP_REPORT_AFTER = 10.0
-#: One users.stop when an account leaves the configuration.
-STOP_TIMEOUT = 10.0
 
 
 class WatchStatus(msgspec.Struct, kw_only=True):
@@ -157,21 +155,6 @@ class WatchRenewer:
                 await self._ownership.release()
             self._retry_at = None
             self._set_state("stopped")
-
-    async def stop_watch(self) -> None:
-        """``users.stop``: the account left the configuration. Bounded, logged, never raises."""
-        with trio.move_on_after(STOP_TIMEOUT) as scope:
-            try:
-                await self.account.api.stop()
-            except Exception as exc:  # noqa: BLE001 - the watch then expires by itself within 7 days
-                log.event(_log, "google.watch.stop_failed", level=logging.WARNING, account=self.account.id,
-                          error=f"{type(exc).__name__}: {exc}")
-                return
-        if scope.cancelled_caught:
-            log.event(_log, "google.watch.stop_failed", level=logging.WARNING, account=self.account.id,
-                      error=f"no answer within {STOP_TIMEOUT:g}s")
-            return
-        log.event(_log, "google.watch.stopped", account=self.account.id)
 
     # ------------------------------------------------------------------ the loop
 

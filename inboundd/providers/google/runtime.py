@@ -12,21 +12,26 @@ from ... import log
 from ...ingress.lease import Lease, lease_keys
 from ...ingress.supervisor import Supervisor
 from ...ingress.webhook import Route, WebhookReply, WebhookRequest
-from ...provider import Context, ReadinessCheck, Runtime
+from ...outcomes import TransientError
+from ...provider import AccountBusy, Context, ReadinessCheck, Runtime
 from ...store.oauth_tokens import DbRotatedTokens
 from .accounts import GoogleAccount, HttpClients, build_account
 from .config import DEFAULT_CERTS_URL
+from .gmail_api import GmailError
 from .renewer import LEASE_TTL, WatchRenewer
 from .source import GmailSource
+from .tokens import AuthFailure
 from .verify import PushVerifier
 from .walk import DbStoredDates, HistoryWalker
 from .webhook import PushIngress
 
-__all__ = ["ROUTE", "GoogleRuntime"]
+__all__ = ["ROUTE", "GoogleRuntime", "stop_watch", "unsubscribe_account"]
 
 _log = log.get_logger("google")
 
 ROUTE = Route("POST", "/webhooks/google")
+#: One users.stop when an account leaves the configuration or on inboundctl unsubscribe.
+STOP_TIMEOUT = 10.0
 
 
 def accounts_from_config(cfg: Any, clients: HttpClients, rotated: Any,
@@ -95,9 +100,24 @@ class GoogleRuntime(Runtime):
         if removed:
             async with trio.open_nursery() as nursery:
                 for account in removed:
-                    log.event(_log, "google.account.removed", account=account.id)
-                    nursery.start_soon(WatchRenewer(account, walker=self.walker, lease=None).stop_watch)
+                    nursery.start_soon(self._stop_removed, account)
         self.renewers.kick()  # an auth_failed account retries at once after a reload
+
+    async def _stop_removed(self, account: GoogleAccount) -> None:
+        """users.stop for an account this daemon no longer has; never raises.
+
+        When another daemon holds the account's lease (it still has the
+        account), the watch is left alone: it renews it.
+        """
+        ctx = self.ctx
+        log.event(_log, "google.account.removed", account=account.id)
+        try:
+            await stop_watch(account, ctx.rio, ctx.key_prefix, ctx.instance_id, reason="account_removed")
+        except AccountBusy as exc:
+            log.event(_log, "google.unsubscribe.skipped", level=logging.WARNING, account=account.id, note=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a reload must not fail on Redis trouble
+            log.event(_log, "google.unsubscribe.failed", level=logging.WARNING, account=account.id,
+                      error=f"{type(exc).__name__}: {exc}")
 
     def readiness(self) -> dict[str, ReadinessCheck]:
         """``google_certs``: pushes cannot be verified without Google's certificates (fetched on first need)."""
@@ -126,3 +146,42 @@ class GoogleRuntime(Runtime):
             await self.clients.aclose()
         except Exception as exc:  # noqa: BLE001 - closing sockets at exit
             log.event(_log, "google.close_failed", level=logging.WARNING, error=str(exc))
+
+
+async def stop_watch(account: GoogleAccount, rio: Any, key_prefix: str, instance_id: str,
+                     *, reason: str) -> list[tuple[str, str]]:
+    """``users.stop`` for *account*, under its lease; one (what, outcome) pair: ``deleted`` or why it was kept.
+
+    Raises :class:`~inboundd.provider.AccountBusy` when a running daemon
+    holds the lease (it would call users.watch again), and what Redis raises.
+    """
+    lease = Lease(rio, lease_keys(key_prefix, "google", account.id), instance=instance_id, ttl=LEASE_TTL)
+    what = f"Gmail watch of {account.config.email}"
+    try:
+        if await lease.try_acquire() is not None:
+            raise AccountBusy(f"account {account.id!r} is owned by a running daemon, which renews its Gmail "
+                              "watch: remove it from that daemon's configuration and reload (the watch is then "
+                              "stopped), or stop the daemon first")
+        with trio.move_on_after(STOP_TIMEOUT) as scope:
+            try:
+                await account.api.stop()
+            except (GmailError, AuthFailure, TransientError) as exc:
+                log.event(_log, "google.watch.stop_failed", level=logging.WARNING, account=account.id,
+                          error=str(exc))
+                return [(what, f"kept: {exc}")]
+        if scope.cancelled_caught:
+            return [(what, f"kept: no answer within {STOP_TIMEOUT:g}s")]
+    finally:
+        await lease.release()
+    log.event(_log, "google.watch.stopped", account=account.id, reason=reason)
+    return [(what, "deleted")]
+
+
+async def unsubscribe_account(cfg: Any, account_id: str, rio: Any, db: Any) -> list[tuple[str, str]]:
+    """``inboundctl unsubscribe``: stop the Gmail watch of the configured account *account_id*."""
+    clients = HttpClients()
+    try:
+        account = accounts_from_config(cfg, clients, DbRotatedTokens(db))[account_id]
+        return await stop_watch(account, rio, cfg.redis.key_prefix, cfg.daemon.instance_id, reason="inboundctl")
+    finally:
+        await clients.aclose()
