@@ -212,18 +212,23 @@ async def test_a_stored_message_is_sent_at_once_by_notify(db: Database, receiver
     hook = webhook_target(receiver.url, **FAST)
     async with running(db, [hook]) as deliverer:
         await eventually(lambda: deliverer.listening, 10, what="the deliverer listening")
-        await trio.sleep(0.1)  # the worker's first (empty) claim has gone to sleep
+        worker = deliverer.workers["hook"]
+        # The first (empty) claim round ran and the worker waits: only the NOTIFY can find the row now.
+        await eventually(lambda: worker.claim_rounds >= 1, 10, what="the worker's first claim round")
+        rounds = worker.claim_rounds
         await db.run(lambda conn: store_messages(conn, [raw_message(7)], [hook]))
         with trio.fail_after(5):
             await eventually(lambda: statuses_are(db, ["delivered"]), 5, what="delivered on NOTIFY")
+        assert worker.claim_rounds > rounds  # a new round, woken by the NOTIFY (the timer is 300 s away)
 
 
 async def test_the_timer_finds_rows_no_notify_announced(db: Database, receiver: Receiver, monkeypatch) -> None:
     monkeypatch.setattr(worker_mod, "POLL_INTERVAL", 0.3)
     hook = webhook_target(receiver.url, **FAST)
     [message_row_id] = await db.run(lambda conn: store_messages(conn, [raw_message(8)], []))
-    async with running(db, [hook]):
-        await trio.sleep(0.1)
+    async with running(db, [hook]) as deliverer:
+        worker = deliverer.workers["hook"]
+        await eventually(lambda: worker.claim_rounds >= 1, 10, what="the worker's first claim round")
         await db.run(lambda conn: conn.execute(  # a row written without NOTIFY
             "INSERT INTO inbound_deliveries (message_id, target, kind) VALUES (%s, 'hook', 'webhook')",
             (message_row_id,)))

@@ -102,6 +102,8 @@ class TargetWorker:
         self.in_flight = 0
         self.delivered = 0
         self.failed = 0
+        #: Claim rounds that reached PostgreSQL (tests wait on it instead of guessing when a round ran).
+        self.claim_rounds = 0
         self._draining = False
         self._changed = trio.Event()
         self._results: list[outbox.Result] = []
@@ -212,6 +214,7 @@ class TargetWorker:
                 await trio.sleep(delay)
                 continue
             db_retry.reset()
+            self.claim_rounds += 1
             self._ready.extend(batch.items)
             self._dispatch(nursery)  # the gate as it is now: a request may have failed meanwhile
             if len(batch.items) < limit:  # nothing more is due: wait (a request ending wakes the dispatch)
