@@ -8,7 +8,13 @@ on ``XREADGROUP … BLOCK ≤ 1 s``. While it holds entries, a heartbeat extends
 their leases every ``lease / 3`` (``XCLAIM … JUSTID``), so only a dead
 worker's jobs are reclaimed.
 
-What a handler's result becomes is decided by :func:`decide`, a pure
+A handler that raises :class:`~inboundd.outcomes.DependencyDown`
+(PostgreSQL does not answer) is not retried through the queue: the
+consumer keeps the job (its lease renewed by the heartbeat), waits until the
+dependency answers, and runs it again — at once after the outage, with no
+attempt counted. A drain or stop meanwhile hands the job back instead.
+
+What a handler's result becomes otherwise is decided by :func:`decide`, a pure
 function (tested directly): an :class:`~inboundd.outcomes.Outcome` → ack;
 :class:`~inboundd.outcomes.TransientError` → retry without burning an attempt
 (up to ``transient_attempts``); :class:`~inboundd.outcomes.PermanentError` →
@@ -34,7 +40,7 @@ import trio
 from . import backoff, clock, log, metrics
 from .config_schema import QueueConfig
 from .jobs import Job
-from .outcomes import Outcome, PermanentError, TransientError
+from .outcomes import DependencyDown, Outcome, PermanentError, TransientError
 from .queue import Claimed, Queue
 from .redisio import failure_level
 
@@ -345,15 +351,22 @@ class ConsumerPool:
                 self.queue.dead_letter, me.name, claimed, reason="invalid_payload", error=claimed.error or "",
                 attempts=0))
             return False
-        started = trio.current_time()
-        result: Outcome | BaseException
-        try:
-            result = await self.handler.handle(job)
-            if not isinstance(result, Outcome):
-                result = TypeError(f"handler returned {type(result).__name__}, not an Outcome")
-        except Exception as exc:  # classified by decide(); Cancelled is BaseException and passes
-            result = exc
-        metrics.child(metrics.processing_seconds, job.provider).observe(trio.current_time() - started)
+        while True:
+            started = trio.current_time()
+            result: Outcome | BaseException
+            try:
+                result = await self.handler.handle(job)
+                if not isinstance(result, Outcome):
+                    result = TypeError(f"handler returned {type(result).__name__}, not an Outcome")
+            except Exception as exc:  # classified by decide(); Cancelled is BaseException and passes
+                result = exc
+            metrics.child(metrics.processing_seconds, job.provider).observe(trio.current_time() - started)
+            if not isinstance(result, DependencyDown):
+                break
+            if not await self._wait_for_dependency(me, job, result):
+                # Draining or stopping: give the job back as it was rather than hold it through the outage.
+                await self._hand_back(me, [claimed])
+                return False
         if isinstance(result, Outcome):  # decide() says ack; skip building its Decision
             if debug:
                 log.event(_log, "job.handled", level=logging.DEBUG, consumer=me.name, status=result.status,
@@ -370,6 +383,29 @@ class ConsumerPool:
                 self.queue.dead_letter, me.name, claimed, reason=decision.reason, error=decision.error,
                 attempts=decision.attempts))
         return False
+
+    async def _wait_for_dependency(self, me: _Consumer, job: Job, down: DependencyDown) -> bool:
+        """Wait until *down*'s dependency answers (True), or until a drain or stop begins (False)."""
+        metrics.dependency_waits.labels(down.dependency).inc()
+        log.event(_log, "consumer.dependency_wait", level=logging.WARNING, consumer=me.name,
+                  dependency=down.dependency, error=str(down)[:500], **job.log_fields())
+        up = False
+        async with trio.open_nursery() as nursery:
+
+            async def wait_up() -> None:
+                nonlocal up
+                await down.wait_up()
+                up = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait_up)
+            while not (self._draining or me.stopping):
+                await self._changed.wait()
+            nursery.cancel_scope.cancel()
+        if up:
+            log.event(_log, "consumer.dependency_back", consumer=me.name, dependency=down.dependency,
+                      **job.log_fields())
+        return up
 
     async def _settle(self, me: _Consumer, claimed: Claimed, operation: Callable[[], Awaitable[bool]]) -> None:
         try:

@@ -47,6 +47,23 @@ dlq_evicted = Counter("inboundd_dlq_evicted_total", "Dead-letter entries evicted
 ledger_outcomes = Counter(
     "inboundd_ledger_outcomes_total", "Processing outcomes recorded in the ledger", _JOB + ["outcome", "reason"], registry=REGISTRY
 )
+ledger_takeovers = Counter(
+    "inboundd_ledger_takeovers_total", "Ledger claims taken over at once from a dead holder of this daemon instance "
+    "(taken_back_at_start: an earlier life's; holder_gone: a task of this life that ended without releasing it)",
+    ["reason"], registry=REGISTRY,
+)
+ledger_lease_events = Counter(
+    "inboundd_ledger_lease_events_total", "Ledger lease renewals that failed (renew_failed) and claims whose work "
+    "was stopped because their lease could not be confirmed (expired)", ["event"], registry=REGISTRY,
+)
+dependency_outages = Counter(
+    "inboundd_dependency_outages_total", "Times a dependency every job needs (postgres) stopped answering",
+    ["dependency"], registry=REGISTRY,
+)
+dependency_waits = Counter(
+    "inboundd_dependency_waits_total", "Jobs a consumer kept and ran again once a dependency answered",
+    ["dependency"], registry=REGISTRY,
+)
 processing_seconds = Histogram(
     "inboundd_processing_seconds", "Time to process one job (fetch, parse, store)", ["provider"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),

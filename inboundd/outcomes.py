@@ -3,9 +3,13 @@
 The consumer (``consumer.py``) turns these into queue operations:
 
 * a returned :class:`Outcome` (processed, duplicate, skipped) → ack;
-* :class:`TransientError` (PostgreSQL or a provider unreachable, throttling)
-  → retry with backoff *without* counting an attempt, up to the generous
-  ``queue.transient_attempts`` ceiling;
+* :class:`TransientError` (a provider unreachable, throttling, a lock
+  timeout) → retry with backoff *without* counting an attempt, up to the
+  generous ``queue.transient_attempts`` ceiling;
+* :class:`DependencyDown` (PostgreSQL unreachable: every job would fail the
+  same way) → the consumer keeps the job, stops claiming, and runs it again
+  as soon as :meth:`DependencyDown.wait_up` returns — no queue round trip, no
+  backoff to sit out after the outage, no attempt counted;
 * :class:`PermanentError` → dead-letter at once with its reason;
 * any other exception → a *job* error: retry with backoff, counting an
   attempt; dead-letter after ``queue.max_attempts``.
@@ -15,11 +19,12 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import msgspec
 
-__all__ = ["Outcome", "PermanentError", "TransientError"]
+__all__ = ["DependencyDown", "Outcome", "PermanentError", "TransientError"]
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -40,6 +45,19 @@ class TransientError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DependencyDown(TransientError):
+    """A dependency every job needs (*dependency*, e.g. ``"postgres"``) does not answer.
+
+    *wait_up* returns once it answers again (it probes with its own
+    backoff and may wait indefinitely; cancel it to stop waiting).
+    """
+
+    def __init__(self, message: str, *, dependency: str, wait_up: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+        self.wait_up = wait_up
 
 
 class PermanentError(Exception):

@@ -148,6 +148,8 @@ class Pipeline:
         await self._warn_if_redis_forgets()
         await nursery.start(self.queue.run)
         await nursery.start(self.reclaim.run)
+        # Before the consumers: what an earlier life of this daemon left claimed is taken back first.
+        await nursery.start(self.processor.claims.run)
         await nursery.start(self.consumers.run)
         await nursery.start(self.deliverer.run)
         for runtime in self.runtimes.values():

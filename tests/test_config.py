@@ -59,7 +59,7 @@ def test_size_rejects(text: object) -> None:
 def test_defaults_without_a_file() -> None:
     cfg = config.load_text("")
     assert cfg.daemon.consumers == 4
-    assert cfg.queue.lease == 300.0
+    assert cfg.queue.lease == 30.0 and cfg.processing.lease == 30.0
     assert cfg.processing.max_message_size == 50 * 1024**2
     assert cfg.http.listen == ["127.0.0.1:8025"]
     assert cfg.daemon.instance_id == config.default_instance_id("/run/inboundd/control.sock")
@@ -422,7 +422,7 @@ def test_commented_google_example_is_valid_when_uncommented(tmp_path: Path) -> N
 def test_the_schema_describes_each_key_for_generated_documentation() -> None:
     keys = {key.path: key for key in schema_keys(config.Config)}
     assert (keys["daemon.consumers"].kind, keys["daemon.consumers"].default) == ("integer", 4)
-    assert (keys["queue.lease"].kind, keys["queue.lease"].default) == ("duration", 300.0)
+    assert (keys["queue.lease"].kind, keys["queue.lease"].default) == ("duration", 30.0)
     assert keys["processing.max_message_size"].kind == "size"
     assert keys["daemon.log_level"].kind == 'one of "debug", "info", "warning", "error"'
     assert keys["http.listen"].kind == "array of strings" and keys["http.listen"].default == ["127.0.0.1:8025"]

@@ -21,7 +21,7 @@ from inboundd import jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig, load_text
 from inboundd.consumer import ConsumerPool
 from inboundd.jobs import Job
-from inboundd.outcomes import Outcome, PermanentError, TransientError
+from inboundd.outcomes import DependencyDown, Outcome, PermanentError, TransientError
 from inboundd.queue import Queue, ReclaimTimer
 from inboundd.redisio import RedisIO
 
@@ -101,6 +101,74 @@ async def test_transient_errors_back_off_without_burning_attempts(rio: RedisIO) 
         nursery.cancel_scope.cancel()
     assert [(j.attempt, j.transient) for j in handler.calls] == [(0, n) for n in range(6)]
     assert await queue.dead_letters() == []
+
+
+class Dependency:
+    """A dependency the test takes down and brings back; ``wait_up`` is what DependencyDown hands the consumer."""
+
+    def __init__(self) -> None:
+        self.up = trio.Event()
+        self.waits = 0
+
+    async def wait_up(self) -> None:
+        self.waits += 1
+        await self.up.wait()
+
+    def down(self) -> DependencyDown:
+        return DependencyDown("PostgreSQL is not answering", dependency="postgres", wait_up=self.wait_up)
+
+    def handler(self) -> RecordingHandler:
+        """A handler whose jobs fail with DependencyDown until the dependency is up."""
+
+        async def while_down(job: Job, nth: int) -> Outcome:
+            if not self.up.is_set():
+                raise self.down()
+            return Outcome("processed")
+
+        return RecordingHandler(while_down)
+
+
+async def test_a_job_whose_dependency_is_down_is_kept_and_run_again_once_it_answers(rio: RedisIO) -> None:
+    queue = make_queue(rio, CFG)  # max_attempts = 3
+    postgres = Dependency()
+    waits_before = metric_value(metrics.dependency_waits, "postgres")
+    handler = postgres.handler()
+    await queue.enqueue(imap_job(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="r").run)
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=1).run)
+        await eventually(lambda: postgres.waits == 1, 10, "the consumer to wait for the dependency")
+        # Held through several leases (the heartbeat renews it), never retried through the queue.
+        await trio.sleep(3 * queue.cfg.lease)
+        stats = await queue.stats()
+        assert (stats.in_flight, stats.delayed, len(handler.calls)) == (1, 0, 1)
+        postgres.up.set()
+        await eventually(lambda: len(handler.calls) == 2 and settled(queue), 10, "the job to run again")
+        nursery.cancel_scope.cancel()
+    assert [(j.attempt, j.transient) for j in handler.calls] == [(0, 0), (0, 0)]  # no attempt spent
+    assert metric_value(metrics.dependency_waits, "postgres") - waits_before == 1
+    assert await queue.dead_letters() == []
+
+
+async def test_a_drain_hands_back_a_job_waiting_for_its_dependency(rio: RedisIO) -> None:
+    queue = make_queue(rio, CFG)
+    postgres = Dependency()
+    handler = postgres.handler()
+    pool = ConsumerPool(queue, handler, queue.cfg, "i", count=1)
+    await queue.enqueue(imap_job(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        await eventually(lambda: postgres.waits == 1, 10, "the consumer to wait for the dependency")
+        pool.drain()
+        with trio.fail_after(5):
+            await pool.wait_drained()   # not held until PostgreSQL is back
+        stats = await queue.stats()
+        assert (stats.ready, stats.in_flight) == (1, 0)
+        postgres.up.set()
+        pool.resume()
+        await eventually(lambda: len(handler.calls) == 2 and settled(queue), 10, "the handed-back job")
+        nursery.cancel_scope.cancel()
+    assert [j.attempt for j in handler.calls] == [0, 0]
 
 
 async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(rio: RedisIO,

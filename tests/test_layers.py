@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "inboundd.queue.*", "inboundd.queue_scripts", "inboundd.trial.servers", "inboundd.parsing",
     )),
     ("work", ("inboundd.ingress", "inboundd.ingress.*", "inboundd.processing", "inboundd.consumer",
+              "inboundd.claims", "inboundd.availability",
               "inboundd.provider", "inboundd.deliver", "inboundd.deliver.*")),
     ("providers", ("inboundd.providers.*",)),
     ("registry", ("inboundd.providers",)),

@@ -167,6 +167,96 @@ def test_concurrent_claims_have_exactly_one_winner(pg_dsn: str, conn: psycopg.Co
     assert ledger.counts(conn) == {"processing": 1}
 
 
+# ---------------------------------------------------------------------------- tokens, take-back, renewal
+
+HEX = "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("owner", "instance", "ours"),
+    [
+        ("host:1a2b3c4d:" + HEX, "host:1a2b3c4d", True),
+        ("host:1a2b3c4d:" + HEX, "host", False),           # "host:1a2b…" is another instance
+        ("host:" + HEX, "host:1a2b3c4d", False),
+        ("node:" + HEX.upper(), "node", False),            # not a token of ours: lowercase hex only
+        ("node:" + HEX[:12], "node", False),               # a 12-digit token of an older build
+        ("node:" + HEX + "0", "node", False),
+        ("node:" + HEX, "node", True),
+        (None, "node", False),
+    ],
+)
+def test_is_instance_token(owner: str | None, instance: str, ours: bool) -> None:
+    assert ledger.is_instance_token(owner, instance) is ours
+
+
+def test_owner_token_refuses_a_suffix_that_would_be_ambiguous() -> None:
+    assert ledger.owner_token("n", HEX) == "n:" + HEX
+    for bad in ("xyz", HEX[:15], HEX.upper(), HEX[:15] + ":"):
+        with pytest.raises(ValueError, match="hex digits"):
+            ledger.owner_token("n", bad)
+
+
+def _claim_key(conn: psycopg.Connection, identity: str, owner: str, lease: float = 60.0) -> ledger.Claim:
+    with conn.transaction():
+        return ledger.claim(conn, ledger.Key("t1", "acct", identity), provider="imap", job_id=f"j-{identity}",
+                            owner=owner, lease=lease)
+
+
+def test_take_back_releases_only_the_rows_of_earlier_lives_of_this_instance(conn: psycopg.Connection) -> None:
+    old_life, this_life = "node:aaaaaaaa", "node:bbbbbbbb"
+    _claim_key(conn, "old-1", old_life + "00000001")
+    _claim_key(conn, "old-2", old_life + "00000002")
+    _claim_key(conn, "current", this_life + "00000003")
+    _claim_key(conn, "other-instance", "node:x:" + HEX)        # instance "node:x" shares the prefix
+    _claim_key(conn, "done", old_life + "00000004")
+    assert ledger.finish(conn, ledger.Key("t1", "acct", "done"), old_life + "00000004", "processed")
+
+    with conn.transaction():
+        taken = ledger.take_back(conn, "node", keep=this_life, error="holder died: taken back at start")
+    assert sorted((row.identity, row.lease_owner) for row in taken) == [
+        ("old-1", old_life + "00000001"), ("old-2", old_life + "00000002")]
+    statuses = dict(conn.execute("SELECT identity, status FROM inbound_ledger").fetchall())
+    assert statuses == {"old-1": "failed", "old-2": "failed", "current": "processing",
+                        "other-instance": "processing", "done": "processed"}
+    row = ledger.get(conn, ledger.Key("t1", "acct", "old-1"))
+    assert (row.last_error, row.lease_owner, row.lease_expires_at) == ("holder died: taken back at start", None, None)
+    # The old holder, were it only paused, can no longer write; the next claim takes the row at once.
+    assert not ledger.finish(conn, ledger.Key("t1", "acct", "old-1"), old_life + "00000001", "processed")
+    claim = _claim_key(conn, "old-1", this_life + "00000005")
+    assert (claim.verdict, claim.row.attempts) == ("claimed", 2)
+
+
+def test_a_claim_takes_over_a_known_dead_holder_at_once_and_only_that_one(conn: psycopg.Connection) -> None:
+    _claim(conn, "n:" + HEX, lease=60)
+    with conn.transaction():   # another token is named dead: the live lease still counts
+        claim = ledger.claim(conn, KEY, provider="imap", job_id="j1", owner="n:" + "1" * 16, lease=60,
+                             dead_holder="n:" + "2" * 16)
+    assert claim.verdict == "busy"
+    with conn.transaction():
+        claim = ledger.claim(conn, KEY, provider="imap", job_id="j1", owner="n:" + "1" * 16, lease=60,
+                             dead_holder="n:" + HEX)
+    assert (claim.verdict, claim.row.attempts, claim.row.lease_owner) == ("claimed", 2, "n:" + "1" * 16)
+    assert not ledger.fail(conn, KEY, "n:" + HEX, "late write of the dead holder")
+
+
+def test_renew_extends_the_leases_it_still_holds_in_one_statement(pg_dsn: str, conn: psycopg.Connection) -> None:
+    _claim_key(conn, "a", "n:" + "a" * 16, lease=5)
+    _claim_key(conn, "b", "n:" + "b" * 16, lease=5)
+    _claim_key(conn, "c", "n:" + "c" * 16, lease=5)
+    assert ledger.finish(conn, ledger.Key("t1", "acct", "c"), "n:" + "c" * 16, "processed")
+    with psycopg.connect(pg_dsn) as storing:   # "b" is being stored: its row is locked
+        assert ledger.hold(storing, ledger.Key("t1", "acct", "b"), "n:" + "b" * 16) is not None
+        with conn.transaction():
+            renewed = ledger.renew(conn, ["n:" + "a" * 16, "n:" + "b" * 16, "n:" + "c" * 16], lease=60)
+        storing.rollback()
+    assert renewed == ["n:" + "a" * 16]        # "b" skipped (not waited for), "c" no longer held
+    remaining = dict(conn.execute(
+        "SELECT identity, extract(epoch FROM lease_expires_at - clock_timestamp())::float8 FROM inbound_ledger"
+        " WHERE status = 'processing'").fetchall())
+    assert 55 < remaining["a"] <= 60 and remaining["b"] <= 5
+    assert ledger.renew(conn, [], lease=60) == []
+
+
 def _insert(conn: psycopg.Connection, account: str, identity: str, status: str, reason: str | None,
             minutes_ago: float) -> None:
     conn.execute(

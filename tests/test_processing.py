@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import psycopg
 import pytest
@@ -21,8 +21,9 @@ import trio
 from inboundd import metrics
 from inboundd.config import PostgresConfig
 from inboundd.jobs import Job
+from inboundd.claims import TAKEN_BACK
 from inboundd.mime import parse_message
-from inboundd.outcomes import Outcome, PermanentError, TransientError
+from inboundd.outcomes import DependencyDown, Outcome, PermanentError, TransientError
 from inboundd.processing import Processor
 from inboundd.source import FetchedMessage, SourceRegistry, SourceUnavailable
 from inboundd.store import ledger, messages
@@ -369,6 +370,195 @@ async def test_a_holder_whose_lease_was_taken_over_cannot_commit(db: Database, s
     rows = await query(db, "SELECT text_body FROM inbound_messages")
     assert rows == [("from the second holder\n",)]
     assert (await ledger_row(db, job)).attempts == 2
+
+
+# ---------------------------------------------------------------------------- recovery in seconds
+
+
+def takeovers(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("inboundd_ledger_takeovers_total", {"reason": reason}) or 0.0
+
+
+def gated(n: int) -> tuple[Callable[[Job], Awaitable[bytes]], trio.Event, trio.Event]:
+    """A fetch of message *n* that signals ``fetching`` and then waits for ``gate``: (fetch, gate, fetching)."""
+    gate, fetching = trio.Event(), trio.Event()
+
+    async def fetch(_: Job) -> bytes:
+        fetching.set()
+        await gate.wait()
+        return mime(n)
+
+    return fetch, gate, fetching
+
+
+async def hold_row(db: Database, job: Job, owner: str, lease: float = 300.0) -> None:
+    """A claim by *owner* that no task of this test holds (what a killed process leaves behind)."""
+    claim = await db.run(lambda conn: ledger.claim(conn, key_of(job), provider="imap", job_id=job.id, owner=owner,
+                                                   lease=lease))
+    assert claim.verdict == "claimed"
+
+
+async def test_a_row_left_by_an_earlier_life_of_this_daemon_is_taken_over_at_once(
+        db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    await hold_row(db, job, "test-instance:" + "e" * 16)        # a 300 s lease, far from expiring
+    proc = processor(db, source)
+    source.put(job, mime(1))
+    before = takeovers("holder_gone")
+    outcome = await proc.handle(job)
+    assert outcome.status == "processed"                          # not "busy for 300 s"
+    assert (await ledger_row(db, job)).attempts == 2
+    assert takeovers("holder_gone") == before + 1
+    # Another daemon's live claim is still respected: only our own dead tokens are taken.
+    other = job_for(2)
+    await hold_row(db, other, "other-instance:" + "e" * 16)
+    source.put(other, mime(2))
+    with pytest.raises(TransientError, match="being processed"):
+        await proc.handle(other)
+
+
+async def test_earlier_lives_rows_are_taken_back_at_start_and_this_lifes_are_kept(
+        db: Database, source: FakeSource) -> None:
+    dead, other = job_for(1), job_for(2)
+    await hold_row(db, dead, "test-instance:" + "d" * 16)
+    await hold_row(db, other, "test-instance:x:" + "d" * 16)    # another instance whose id starts like ours
+    proc = processor(db, source)
+    slow, gate, fetching = gated(3)
+    live = job_for(3)
+    source.put(live, slow)
+    before = takeovers("taken_back_at_start")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.handle, live)
+        await fetching.wait()
+        await nursery.start(proc.claims.run)
+        await eventually(lambda: ledger_row(db, dead), 10, "the dead row")
+        row = await eventually(lambda: _failed(db, dead), 10, "the dead life's row to be taken back")
+        assert row.last_error == TAKEN_BACK and row.lease_owner is None
+        assert (await ledger_row(db, other)).status == "processing"
+        assert (await ledger_row(db, live)).status == "processing"   # this life's claim: untouched
+        gate.set()
+        await eventually(lambda: _status(db, live, "processed"), 10, "the live job to finish")
+        nursery.cancel_scope.cancel()
+    assert takeovers("taken_back_at_start") == before + 1
+
+
+async def _failed(db: Database, job: Job) -> ledger.LedgerRow | None:
+    row = await ledger_row(db, job)
+    return row if row is not None and row.status == "failed" else None
+
+
+async def _status(db: Database, job: Job, status: str) -> bool:
+    row = await ledger_row(db, job)
+    return row is not None and row.status == status
+
+
+async def test_a_long_job_keeps_its_claim_by_renewal_and_another_daemon_waits(
+        db: Database, source: FakeSource) -> None:
+    job = job_for(1)
+    slow, gate, fetching = gated(1)
+    source.put(job, slow)
+    proc = processor(db, source, lease=1.5, fetch_timeout=30.0)
+    results: list[Outcome] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proc.claims.run)
+
+        async def holder() -> None:
+            results.append(await proc.handle(job))
+
+        nursery.start_soon(holder)
+        await fetching.wait()
+        await trio.sleep(4.5)                      # three leases
+        assert not await lease_expired(db, job)    # renewed all along
+        registry = SourceRegistry()
+        registry.register("imap", source)
+        other = Processor(db, registry, processing_config(lease=1.5), "other-instance")
+        with pytest.raises(TransientError, match="being processed"):
+            await other.handle(job)
+        gate.set()
+        await eventually(lambda: results, 10, "the long job to finish")
+        nursery.cancel_scope.cancel()
+    assert results[0].status == "processed"
+    assert (await ledger_row(db, job)).attempts == 1
+
+
+async def test_a_claim_whose_lease_cannot_be_renewed_stops_working_and_is_retried(
+        db: Database, source: FakeSource, pg_dsn: str) -> None:
+    from daemon_harness import TableLock
+
+    job = job_for(1)
+    fetching = trio.Event()
+    stopped: list[BaseException] = []
+
+    async def hang(_: Job) -> bytes:
+        fetching.set()
+        try:
+            await trio.sleep_forever()
+        except BaseException as exc:
+            stopped.append(exc)
+            raise
+        raise AssertionError("unreachable")
+
+    source.put(job, hang)
+    proc = processor(db, source, lease=1.5, fetch_timeout=30.0)
+    expired_before = metrics.REGISTRY.get_sample_value("inboundd_ledger_lease_events_total",
+                                                       {"event": "expired"}) or 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proc.claims.run)
+        started = trio.current_time()
+        lock = None
+
+        async def holder() -> None:
+            with pytest.raises(TransientError, match="ledger claim given up"):
+                await proc.handle(job)
+
+        nursery.start_soon(holder)
+        await fetching.wait()
+        lock = TableLock(pg_dsn, "inbound_ledger")   # renewals now fail: the lease cannot be confirmed
+        try:
+            await eventually(lambda: stopped, 5, "the job's work to be cancelled")
+            assert trio.current_time() - started < 1.5 + 1.0
+        finally:
+            lock.release()
+        nursery.cancel_scope.cancel()
+    assert isinstance(stopped[0], trio.Cancelled)
+    assert metrics.REGISTRY.get_sample_value("inboundd_ledger_lease_events_total",
+                                             {"event": "expired"}) == expired_before + 1
+    # The retry (this daemon's) takes the row over at once, recorded or not.
+    source.put(job, mime(1))
+    assert (await proc.handle(job)).status == "processed"
+
+
+async def test_postgresql_cut_off_mid_job_is_a_dependency_wait_then_a_take_over(
+        db: Database, source: FakeSource, pg_dsn: str) -> None:
+    job = job_for(1)
+
+    async def cut_off(_: Job) -> bytes:
+        # Every pooled connection of the daemon dies under it (a PostgreSQL restart, say).
+        def terminate() -> None:
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE application_name = 'inboundd' AND pid <> pg_backend_pid()")
+        await trio.to_thread.run_sync(terminate)
+        return mime(1)
+
+    source.put(job, cut_off)
+    proc = processor(db, source)
+    with pytest.raises(DependencyDown) as info:
+        await proc.handle(job)
+    assert info.value.dependency == "postgres" and proc.postgres.down
+    with pytest.raises(DependencyDown):   # known down: no claim is even tried
+        await proc.handle(job)
+    with trio.fail_after(10):
+        await info.value.wait_up()        # the probe finds the server answering again
+    assert not proc.postgres.down
+    row = await ledger_row(db, job)
+    assert row.status == "processing"     # the failure could not be recorded: the store was cut off
+    source.put(job, mime(1))
+    before = takeovers("holder_gone")
+    assert (await proc.handle(job)).status == "processed"    # at once: the dead token is ours
+    assert takeovers("holder_gone") == before + 1
+    assert (await ledger_row(db, job)).attempts == 2
+    assert await message_count(db) == 1
 
 
 # ---------------------------------------------------------------------------- skips

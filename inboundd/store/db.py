@@ -17,12 +17,21 @@ changes of state with the real error (``postgres.down``,
 ``postgres.still_down`` every minute with the count, ``postgres.up`` when a
 connection is made again); ``outage.last_error`` is what the daemon shows
 while it waits for PostgreSQL at start.
+
+A call cancelled while its thread still waits for a pooled connection
+never runs: the thread hands the connection back as soon as it gets one.
+
+Bounds: ``run(..., timeout=T)`` sets ``statement_timeout`` to *T* and
+``lock_timeout`` to 0.8 *T* for its transaction (``SET LOCAL``), and stops
+waiting after *T* plus a margin even when the server does not answer at all
+(a frozen network path), raising :class:`DatabaseTimeout`.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from typing import Any, Callable, TypeVar
 
 import msgspec
@@ -35,7 +44,7 @@ from .. import log
 from ..config_schema import PostgresConfig
 from ..outage import Outage
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseTimeout"]
 
 T = TypeVar("T")
 
@@ -43,6 +52,17 @@ _log = log.get_logger("store")
 
 #: How long a cancelled statement's server-side cancel may take.
 CANCEL_TIMEOUT = 2.0
+#: Beyond a call's *timeout*, how long the trio side still waits for the server's own timeout to answer.
+TIMEOUT_MARGIN = 1.0
+#: How long the pool keeps retrying one failed background connection attempt before giving it up
+#: (psycopg's default is 5 minutes, with a backoff that doubles up to there: after an outage the pool
+#: would connect again only at its next scheduled attempt, seconds to minutes after the server is back).
+#: A new attempt starts whenever a connection is requested.
+RECONNECT_TIMEOUT = 3.0
+#: A lock wait ends at this fraction of the call's timeout: before the statement timeout, so a row held by
+#: someone else reads as "lock not available" (SQLSTATE 55P03, worth a retry), not as a statement that
+#: ran too long (57014).
+LOCK_FRACTION = 0.8
 
 # jsonb columns are written with msgspec (fast, and it knows datetimes).
 set_json_dumps(lambda obj: msgspec.json.encode(obj).decode())
@@ -73,6 +93,23 @@ class _PoolLog(logging.Filter):
         return record.msg != _GAVE_UP  # the pool tries again on the next request: nothing to tell
 
 
+class DatabaseTimeout(psycopg.OperationalError):
+    """PostgreSQL did not answer a call within its timeout (the server or the path to it hangs)."""
+
+
+class _Abandoned(Exception):
+    """Raised in a worker thread whose caller gave up before the thread got its connection."""
+
+
+class _Call:
+    """The hand-over between a trio task and the worker thread running its call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.conn: psycopg.Connection[Any] | None = None
+
+
 class Database:
     """The shared PostgreSQL pool and its thread limiter."""
 
@@ -88,6 +125,7 @@ class Database:
             cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, kwargs=kwargs,
             timeout=cfg.connect_timeout, open=False, name=f"inboundd-{next(_pool_numbers)}",
             configure=lambda conn: self.outage.succeeded(),
+            reconnect_timeout=max(RECONNECT_TIMEOUT, cfg.connect_timeout),
         )
         self._pool_log = _PoolLog(self.pool.name, self.outage)
         # One thread per pooled connection: a thread never waits for a connection
@@ -106,27 +144,51 @@ class Database:
         finally:
             logging.getLogger(POOL_LOGGER).removeFilter(self._pool_log)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in a transaction on a pooled connection; return its result."""
-        active: list[psycopg.Connection[Any]] = []
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run ``fn(conn, *args)`` in a transaction on a pooled connection; return its result.
+
+        *timeout* (seconds) bounds every statement and lock wait of the
+        transaction on the server, and the whole call here: after *timeout*
+        plus a margin the call is cancelled and :class:`DatabaseTimeout` raised.
+        Waiting for a pooled connection is bounded by ``postgres.connect_timeout``
+        (``psycopg_pool.PoolTimeout``).
+        """
+        if timeout is None:
+            return await self._run(fn, args, None)
+        with trio.move_on_after(timeout + TIMEOUT_MARGIN) as scope:
+            return await self._run(fn, args, timeout)
+        assert scope.cancelled_caught
+        raise DatabaseTimeout(f"PostgreSQL did not answer within {timeout + TIMEOUT_MARGIN:g}s")
+
+    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float | None) -> T:
+        call = _Call()
 
         def work() -> T:
             with self.pool.connection() as conn:
-                active.append(conn)
+                with call.lock:
+                    if call.abandoned:
+                        raise _Abandoned()  # rolls back the empty transaction, returns the connection
+                    call.conn = conn
                 try:
+                    if timeout is not None:
+                        limit(conn, timeout)
                     return fn(conn, *args)
                 finally:
-                    active.clear()
+                    with call.lock:
+                        call.conn = None
 
         try:
             return await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
         except trio.Cancelled:
-            if active:
-                conn = active[0]
+            with call.lock:
+                call.abandoned = True
+                conn = call.conn
+            if conn is not None:
                 with trio.move_on_after(CANCEL_TIMEOUT) as scope:
                     scope.shield = True
                     try:
-                        await trio.to_thread.run_sync(conn.cancel_safe, abandon_on_cancel=True)
+                        await trio.to_thread.run_sync(
+                            lambda: conn.cancel_safe(timeout=CANCEL_TIMEOUT), abandon_on_cancel=True)
                     except Exception as exc:  # the statement then ends by itself
                         log.event(_log, "postgres.cancel_failed", level=logging.WARNING, error=str(exc))
             raise
@@ -135,6 +197,22 @@ class Database:
         """A new connection outside the pool, for a ``LISTEN`` (blocking: call it in a thread); the caller closes it."""
         return psycopg.connect(self.cfg.dsn, **self._connect_kwargs, **options)
 
-    async def ping(self) -> None:
-        """Raise unless PostgreSQL answers ``SELECT 1``."""
-        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+    async def ping(self, timeout: float | None = None) -> None:
+        """Raise unless PostgreSQL answers ``SELECT 1`` (within *timeout* seconds, if given)."""
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=timeout)
+
+    async def check(self, timeout: float) -> None:
+        """Discard pooled connections that no longer work (the server restarted), then :meth:`ping`.
+
+        Used to decide that PostgreSQL is back after an outage: the next
+        calls then get working connections, not the dead ones of before.
+        """
+        with trio.move_on_after(timeout):
+            await trio.to_thread.run_sync(self.pool.check, abandon_on_cancel=True)
+        await self.ping(timeout)
+
+
+def limit(conn: Any, seconds: float) -> None:
+    """Bound every statement and lock wait of *conn*'s current transaction to *seconds* (``SET LOCAL``)."""
+    conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                 (f"{max(1, int(seconds * 1000))}ms", f"{max(1, int(seconds * LOCK_FRACTION * 1000))}ms"))

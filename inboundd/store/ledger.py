@@ -11,10 +11,14 @@ Every function takes a psycopg connection and runs in the caller's
 transaction (``await db.run(ledger.claim, ...)``). Leases are measured with
 PostgreSQL's clock, the one clock every instance shares.
 
-The lease owner is a per-claim token (``"<instance>:<random>"``), not the
-instance name: two tasks of one daemon racing on one identity are two
-owners. Every write after the claim is fenced on that token, so a holder
-whose lease was taken over can no longer change the row.
+The lease owner is a per-claim token (``"<instance>:<16 hex digits>"``,
+:func:`owner_token`), not the instance name: two tasks of one daemon racing
+on one identity are two owners. Every write after the claim is fenced on
+that token, so a holder whose lease was taken over can no longer change the
+row. A holder renews its lease while it works (:func:`renew`, one statement
+for every token a daemon holds); a daemon takes back the rows an earlier
+life of itself left ``processing`` (:func:`take_back`), and a claim may take
+over a row whose holder is known to be dead (``claim(dead_holder=...)``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ __all__ = [
     "finished_within",
     "get",
     "hold",
+    "is_instance_token",
+    "owner_token",
     "recent_outcomes",
+    "renew",
+    "take_back",
 ]
 
 #: Statuses that end a message's story: a later job for the identity is a duplicate.
@@ -44,6 +52,29 @@ TERMINAL = frozenset({"processed", "duplicate", "skipped"})
 
 #: ``last_error`` is cut to this many characters.
 MAX_ERROR_LENGTH = 2000
+
+#: Hex digits after ``"<instance>:"`` in a claim token.
+TOKEN_DIGITS = 16
+_HEX = frozenset("0123456789abcdef")
+
+
+def owner_token(instance: str, suffix: str) -> str:
+    """The claim token ``"<instance>:<suffix>"``; *suffix* is :data:`TOKEN_DIGITS` lowercase hex digits."""
+    if len(suffix) != TOKEN_DIGITS or not set(suffix) <= _HEX:
+        raise ValueError(f"a claim token suffix is {TOKEN_DIGITS} lowercase hex digits, got {suffix!r}")
+    return f"{instance}:{suffix}"
+
+
+def is_instance_token(owner: str | None, instance: str) -> bool:
+    """Whether *owner* is a claim token of daemon *instance* (pure).
+
+    Exact, not a prefix test: the token of instance ``"a:b"`` is not one of
+    instance ``"a"`` (``"a:b:…"`` has the wrong length and a colon in the suffix).
+    """
+    if owner is None or not owner.startswith(f"{instance}:"):
+        return False
+    suffix = owner[len(instance) + 1:]
+    return len(suffix) == TOKEN_DIGITS and set(suffix) <= _HEX
 
 
 class Key(NamedTuple):
@@ -111,19 +142,28 @@ ON CONFLICT (tenant, account, identity) DO UPDATE
         updated_at = clock_timestamp()
     WHERE l.status = 'failed'
        OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())
+       OR (l.status = 'processing' AND l.lease_owner = %(dead_holder)s)
 RETURNING {_COLUMNS}
 """
 
 
-def claim(conn: Any, key: Key, *, provider: str, job_id: str, owner: str, lease: float) -> Claim:
+def claim(conn: Any, key: Key, *, provider: str, job_id: str, owner: str, lease: float,
+          dead_holder: str | None = None) -> Claim:
     """Claim *key* for *owner* for *lease* seconds: insert, take over, or report who has it.
 
     Run it in a transaction of its own and commit before any slow work: the
     claim must be visible to the other consumers while this one fetches.
     Concurrent claims of one identity have exactly one ``claimed`` winner
     (the row lock of ``INSERT … ON CONFLICT`` serializes them).
+
+    *dead_holder*: a token the caller knows is held by no live task (see
+    ``claims.py``); a row still ``processing`` under exactly that token is
+    taken over at once, lease or not. The condition is re-checked under the
+    row lock, so a write of that holder that committed first wins (the row
+    is then terminal, or released) and one that comes later is fenced out.
     """
-    params = {**key._asdict(), "provider": provider, "job_id": job_id, "owner": owner, "lease": float(lease)}
+    params = {**key._asdict(), "provider": provider, "job_id": job_id, "owner": owner, "lease": float(lease),
+              "dead_holder": dead_holder}
     row = conn.execute(_CLAIM, params).fetchone()
     if row is not None:
         return Claim("claimed", LedgerRow(*row))
@@ -175,6 +215,50 @@ def fail(conn: Any, key: Key, owner: str, error: str, *, reason: str | None = No
         (error.replace("\x00", "\ufffd")[:MAX_ERROR_LENGTH], reason, *key, owner),
     )
     return cur.rowcount == 1
+
+
+def renew(conn: Any, owners: Sequence[str], lease: float) -> list[str]:
+    """Extend to *lease* seconds from now the lease of every row still ``processing`` under one of *owners*.
+
+    Returns the owners renewed. One statement for all of them; a row locked
+    by a transaction at this moment (its holder is storing it) is skipped,
+    not waited for, and is simply not in the result this time.
+    """
+    if not owners:
+        return []
+    rows = conn.execute(
+        "WITH mine AS (SELECT tenant, account, identity FROM inbound_ledger"
+        "              WHERE status = 'processing' AND lease_owner = ANY(%s) FOR UPDATE SKIP LOCKED)"
+        " UPDATE inbound_ledger l SET lease_expires_at = clock_timestamp() + make_interval(secs => %s)"
+        " FROM mine WHERE (l.tenant, l.account, l.identity) = (mine.tenant, mine.account, mine.identity)"
+        " RETURNING l.lease_owner",
+        (list(owners), float(lease)),
+    ).fetchall()
+    return [owner for (owner,) in rows]
+
+
+def take_back(conn: Any, instance: str, *, keep: str, error: str) -> list[LedgerRow]:
+    """Release every row left ``processing`` by an earlier life of daemon *instance*: → ``failed`` with *error*.
+
+    Tokens starting with *keep* (``"<instance>:<this life's prefix>"``) are
+    left alone: they belong to the running life. The next claim of a
+    released row takes it over at once (``attempts`` + 1, as for any retry),
+    and a write of the old holder — a process that was only paused — finds
+    the row no longer its own. Returns the rows as they were before.
+    """
+    rows = conn.execute(
+        f"WITH old AS (SELECT {_COLUMNS} FROM inbound_ledger"
+        "              WHERE status = 'processing' AND starts_with(lease_owner, %(prefix)s)"
+        "                AND substr(lease_owner, %(suffix_at)s) ~ '^[0-9a-f]{16}$'"
+        "                AND NOT starts_with(lease_owner, %(keep)s)"
+        "              FOR UPDATE)"
+        " UPDATE inbound_ledger l SET status = 'failed', last_error = %(error)s, lease_owner = NULL,"
+        "     lease_expires_at = NULL, updated_at = clock_timestamp()"
+        " FROM old WHERE (l.tenant, l.account, l.identity) = (old.tenant, old.account, old.identity)"
+        f" RETURNING {', '.join('old.' + column for column in LedgerRow._fields)}",
+        {"prefix": f"{instance}:", "suffix_at": len(instance) + 2, "keep": keep, "error": error[:MAX_ERROR_LENGTH]},
+    ).fetchall()
+    return [LedgerRow(*row) for row in rows]
 
 
 def get(conn: Any, key: Key) -> LedgerRow | None:

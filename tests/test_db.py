@@ -1,0 +1,98 @@
+"""The PostgreSQL pool from trio (``inboundd.store.db``): cancellation and bounds, against a real server."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+
+from inboundd.config import PostgresConfig
+from inboundd.store.db import TIMEOUT_MARGIN, Database, DatabaseTimeout
+
+from daemon_harness import TableLock
+from imap_helpers import BlackHoleProxy
+from waiting import eventually
+
+
+@pytest.fixture
+async def table(pg_dsn: str) -> str:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE marks (n int)")
+    return pg_dsn
+
+
+async def test_a_call_cancelled_while_waiting_for_a_connection_never_runs(table: str) -> None:
+    db = Database(PostgresConfig(dsn=table, pool_min=1, pool_max=1, connect_timeout=10))
+    await db.open()
+    try:
+        release = trio.Event()
+        holding = trio.Event()
+
+        def hold(conn: psycopg.Connection) -> None:
+            holding_token.run_sync_soon(holding.set)
+            trio.from_thread.run(release.wait, trio_token=holding_token)
+
+        holding_token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run, hold)
+            await holding.wait()
+            with trio.move_on_after(0.2) as scope:   # waits for the only connection, then gives up
+                await db.run(lambda conn: conn.execute("INSERT INTO marks VALUES (1)"))
+            assert scope.cancelled_caught
+            release.set()
+        # Its thread got the connection after the caller left: it must not have run the insert.
+        await trio.sleep(0.3)
+        assert await db.run(lambda conn: conn.execute("SELECT count(*) FROM marks").fetchone()[0]) == 0
+    finally:
+        await db.close()
+
+
+async def test_a_timeout_bounds_lock_waits_on_the_server(table: str) -> None:
+    db = Database(PostgresConfig(dsn=table, pool_min=1, pool_max=2))
+    await db.open()
+    lock = TableLock(table, "marks")
+    try:
+        started = trio.current_time()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            await db.run(lambda conn: conn.execute("INSERT INTO marks VALUES (1)"), timeout=0.5)
+        assert trio.current_time() - started < 0.5 + TIMEOUT_MARGIN
+        # The bound is the transaction's own (SET LOCAL): the next call on the connection has none.
+        assert await db.run(lambda conn: conn.execute("SHOW lock_timeout").fetchone()[0]) == "0"
+    finally:
+        lock.release()
+        await db.close()
+
+
+async def test_a_server_that_stops_answering_is_given_up_on_in_time(pg_server, table: str) -> None:
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(pg_server.port)
+        await nursery.start(proxy.run)
+        dsn = table.replace(f":{pg_server.port}/", f":{proxy.port}/")
+        db = Database(PostgresConfig(dsn=dsn, pool_min=1, pool_max=2, connect_timeout=2))
+        await db.open()
+        try:
+            await db.ping(timeout=2)
+            proxy.freeze_existing()   # the pooled connection now swallows everything
+            started = trio.current_time()
+            with pytest.raises(DatabaseTimeout, match="did not answer"):
+                await db.run(lambda conn: conn.execute("SELECT 1"), timeout=0.5)
+            assert trio.current_time() - started < 0.5 + TIMEOUT_MARGIN + 2.5   # + the bounded cancel
+        finally:
+            with trio.move_on_after(10):
+                await db.close()
+            nursery.cancel_scope.cancel()
+
+
+async def test_check_replaces_connections_the_server_dropped(table: str) -> None:
+    db = Database(PostgresConfig(dsn=table, pool_min=2, pool_max=2))
+    await db.open()
+    try:
+        await eventually(lambda: db.pool.get_stats().get("pool_available", 0) == 2, 10, "two pooled connections")
+        with psycopg.connect(table, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'inboundd' AND pid <> pg_backend_pid()")
+        await db.check(timeout=5)
+        for _ in range(4):   # every pooled connection works again
+            await db.ping(timeout=2)
+    finally:
+        await db.close()
