@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+#: ``redis.socket_timeout`` is at most this fraction of the shortest single-owner lease (the renewal period).
+SOCKET_TIMEOUT_FRACTION = 1 / 3
+
+
 class DaemonConfig(Section):
     about = "The daemon process itself: consumers, shutdown, logging."
 
@@ -49,8 +53,8 @@ class DaemonConfig(Section):
         "Changes apply on SIGHUP.")] = "text"
     instance_id: Annotated[str, doc(
         "Name of this daemon instance in Redis consumer names and ledger leases; it must be unique among the "
-        "daemons sharing Redis and stable across restarts (a restarted daemon takes back the jobs it held at "
-        "once). Empty: \"<hostname>:<hash of control.socket>\", or \"<hostname>:<pid>\" when the control socket "
+        "daemons sharing Redis and stable across restarts (a restarted daemon takes back at once the jobs, "
+        "ledger claims and mailbox leases it held). Empty: \"<hostname>:<hash of control.socket>\", or \"<hostname>:<pid>\" when the control socket "
         "is disabled (held jobs then wait for queue.lease).")] = ""
 
 
@@ -73,7 +77,9 @@ class RedisConfig(Section):
     pool_size: Annotated[int, doc(
         "Connections in the shared pool (more than consumers + listeners + HTTP).", ge=4, le=4096)] = 64
     socket_timeout: Annotated[Duration, doc(
-        "Timeout of connecting to Redis and of each command.")] = 5.0
+        "Timeout of connecting to Redis and of each command: how long one call may hang. At most a third of "
+        "the shortest single-owner lease (imap.lease); XREADGROUP blocks at most half of it (queue.block).")
+    ] = 5.0
 
     def check(self, path: str, problems: list[str]) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -118,7 +124,8 @@ class QueueConfig(Section):
         "not count against max_attempts.", ge=1, le=100000)] = 200
     claim_batch: Annotated[int, doc("Jobs claimed per XREADGROUP.", ge=1, le=1000)] = 32
     block: Annotated[Duration, doc(
-        "How long one XREADGROUP blocks (at most 1s, so shutdown never strands a job).")] = 1.0
+        "How long one XREADGROUP blocks (at most 1s, so shutdown never strands a job; and at most half of "
+        "redis.socket_timeout, which would cut it off).")] = 1.0
     reclaim_interval: Annotated[Duration, doc(
         "Period of the reclaim timer (expired leases, due retries, gauges).")] = 10.0
     dlq_maxlen: Annotated[int, doc(
@@ -303,6 +310,15 @@ class AccountConfig(Section):
         "logs and metrics.", pattern=r"^[A-Za-z0-9_.@-]+$", examples=["support"])]
     tenant: Annotated[str, doc("Tenant the account's messages belong to.")] = "default"
 
+    def leases(self) -> dict[str, float]:
+        """The single-owner Redis leases this account's tasks hold: key name → seconds (0: none).
+
+        The configuration keeps ``redis.socket_timeout`` at most a third of
+        the shortest of them. A provider with such a lease (a mailbox owner,
+        a renewer) overrides this.
+        """
+        return {}
+
 
 class CoreConfig(Section):
     """The daemon's own sections; ``config.Config`` adds one ``[[name]]`` list per registered provider."""
@@ -343,6 +359,29 @@ class CoreConfig(Section):
             for account in target.match.accounts:
                 if account not in seen:
                     problems.append(f"deliver[{index}].match.accounts: no account has id {account!r}")
+        shortest = self.shortest_lease()
+        if shortest is not None and self.redis.socket_timeout > shortest[1] * SOCKET_TIMEOUT_FRACTION:
+            key, lease = shortest
+            problems.append(
+                f"redis.socket_timeout: {self.redis.socket_timeout:g}s is longer than a third of {key} "
+                f"({lease:g}s): a Redis call may hang that long, and a lease holder must be able to try its "
+                f"next renewal (due every third of the lease) before the lease runs out; lower "
+                f"redis.socket_timeout or raise {key}"
+            )
+
+    def shortest_lease(self) -> tuple[str, float] | None:
+        """The shortest single-owner lease of any account, as (key path, seconds); None without any."""
+        found: list[tuple[float, str]] = []
+        for name, accounts in self.account_lists():
+            for index, account in enumerate(accounts):
+                if account is None:
+                    continue
+                found += [(seconds, f"{name}[{index}].{key}") for key, seconds in account.leases().items()
+                          if seconds > 0]
+        if not found:
+            return None
+        seconds, key = min(found)
+        return key, seconds
 
     def account_lists(self) -> list[tuple[str, list[AccountConfig]]]:
         """Every provider's ``[[name]]`` tables, in section order."""

@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(daemon.run)
     except Exception:
-        _log.exception("daemon.crashed")
+        log.event(_log, "daemon.crashed", level=logging.ERROR, exc_info=True)
         return 1
     return daemon.exit_status
 

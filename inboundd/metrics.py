@@ -94,7 +94,8 @@ imap_uidvalidity_changes = Counter(
 imap_auth_failures = Counter("inboundd_imap_auth_failures_total", "IMAP logins rejected by the server", ["account"],
                              registry=REGISTRY)
 imap_lease_events = Counter(
-    "inboundd_imap_lease_events_total", "Mailbox ownership lease events (acquired, released, lost, expired)",
+    "inboundd_imap_lease_events_total", "Mailbox ownership lease events (acquired, taken_over: acquired from "
+    "an earlier life of this daemon instance, released, lost, expired)",
     ["event"], registry=REGISTRY,
 )
 imap_fetches = Counter(

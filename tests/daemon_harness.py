@@ -108,7 +108,7 @@ class DaemonProcess:
         return (
             f"[daemon]\n{daemon_section if daemon_section is not None else self.daemon_section}\n"
             'log_format = "json"\n'
-            f'[redis]\nurl = "{self.redis_url}"\nsocket_timeout = "2s"\n'
+            f'[redis]\nurl = "{self.redis_url}"\nsocket_timeout = "600ms"\n'
             f'[postgres]\ndsn = "{self.pg_dsn}"\nconnect_timeout = "2s"\n'
             f'[http]\nlisten = ["127.0.0.1:{self.port}"]\ngraceful_timeout = "1s"\n{self.http_extra}\n'
             f'[control]\nsocket = "{self.control_socket}"\n'

@@ -37,7 +37,9 @@ def make_config(tmp_path: Path, port: int, users: Sequence[tuple[str, str]], *, 
         values.update(settings)
         values.update(per_account.get(index, {}))
         blocks.append("[[imap]]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items()))
-    return config_mod.load_text(prefix + "\n" + "\n".join(blocks), base=tmp_path)
+    # Short leases need a short Redis socket timeout (at most a third of the shortest lease).
+    redis = "" if "[redis]" in prefix else '[redis]\nsocket_timeout = "500ms"\n'
+    return config_mod.load_text(redis + prefix + "\n" + "\n".join(blocks), base=tmp_path)
 
 
 def _toml(value: Any) -> str:

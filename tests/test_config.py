@@ -131,6 +131,21 @@ pool_max = 2
     assert starts == ["postgres.pool_min", "queue.backoff_cap", "queue.block"]
 
 
+def test_the_redis_socket_timeout_must_fit_in_the_shortest_lease_and_both_keys_are_named(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    accounts = "".join(
+        f'[[imap]]\nid = "a{n}"\nhost = "h"\nusername = "u"\npassword_file = "pw"\nlease = {lease}\n'
+        for n, lease in enumerate(['"30s"', '"9s"', "0"]))   # 0: no ownership, no lease to fit in
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text('[redis]\nsocket_timeout = "5s"\n' + accounts, base=tmp_path)
+    [problem] = caught.value.problems
+    assert problem.startswith("redis.socket_timeout: 5s is longer than a third of imap[1].lease (9s)")
+    assert "lower redis.socket_timeout or raise imap[1].lease" in problem
+    cfg = config.load_text('[redis]\nsocket_timeout = "3s"\n' + accounts, base=tmp_path)
+    assert cfg.shortest_lease() == ("imap[1].lease", 9.0)
+    assert config.load_text("").shortest_lease() is None
+
+
 def test_zero_intervals_and_a_bad_redis_url_are_refused_without_showing_the_password(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
     text = """

@@ -75,3 +75,20 @@ async def test_an_earlier_life_of_the_same_instance_is_taken_over_only_when_aske
         assert await other.try_acquire() is None and (other.token, other.took_over) == (3, False)
     finally:
         await rio.close()
+
+
+async def test_a_take_over_checks_the_whole_owner_not_just_its_prefix(redis_url):
+    rio = RedisIO.from_config(RedisConfig(url=redis_url))
+    try:
+        nested = lease(rio, "node/b", ttl=30.0)        # instance "node/b": its owners start with "node/"
+        node = lease(rio, "node", ttl=30.0)
+        assert await nested.try_acquire() is None
+        assert await node.try_acquire(take_over_own=True) is not None and node.taken_from is None
+        assert await nested.still_owner()
+        earlier = lease(rio, "node", ttl=30.0, folder="Sent")
+        restarted = lease(rio, "node", ttl=30.0, folder="Sent")
+        assert await earlier.try_acquire() is None
+        assert await restarted.try_acquire(take_over_own=True) is None
+        assert restarted.taken_from == earlier.value and restarted.took_over
+    finally:
+        await rio.close()

@@ -32,17 +32,28 @@ class FakeLease:
         self.owner_answer = True
         self.calls: list[tuple[str, float]] = []
         self.fence = 0
+        self.took_over = False
+        self.taken_from: str | None = None
+        #: The next acquisition finds the lease held by an earlier life of this instance.
+        self.held_by_earlier_life: str | None = None
+        self.take_over_asked: list[bool] = []
 
     def _call(self, name: str) -> None:
         self.calls.append((name, trio.current_time()))
         if self.failing:
             raise ConnectionError("redis down")
 
-    async def try_acquire(self) -> float | None:
+    async def try_acquire(self, *, take_over_own: bool = False) -> float | None:
         await trio.lowlevel.checkpoint()
         self._call("acquire")
+        self.take_over_asked.append(take_over_own)
         if self.held_by_other_for is not None:
             return self.held_by_other_for
+        self.took_over, self.taken_from = False, None
+        if self.held_by_earlier_life is not None:
+            if not take_over_own:
+                return self.ttl
+            self.took_over, self.taken_from, self.held_by_earlier_life = True, self.held_by_earlier_life, None
         self.fence += 1
         self.token, self.value = self.fence, f"me|{self.fence}"
         return None
@@ -136,6 +147,22 @@ async def test_a_lost_renewal_stops_the_work_at_once_and_it_waits_to_take_over_a
     assert times(lease, "acquire") == pytest.approx([0.0, 1.0, 2.0])   # it looks again after ttl/3
     assert [start for start, _ in work.runs] == [0.0, pytest.approx(2.0)]
     assert events == ["acquired", "lost", "acquired"] and keeper.token == 2
+
+
+async def test_a_lease_of_an_earlier_life_of_this_daemon_is_taken_back_at_once(autojump_clock, caplog):
+    lease, events, work, standby = FakeLease(ttl=30.0), [], Work(), []
+    lease.held_by_earlier_life = "node/0123456789ab|7"      # killed a moment ago: 30 s of lease left
+    keeper = ownership(lease, events, standby)
+    with caplog.at_level("WARNING", logger="inboundd.ingress.ownership"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keeper.run, work)
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert work.runs[0][0] == 0.0 and standby == []       # no standby: working at once
+    assert lease.take_over_asked == [True]
+    assert events == ["acquired", "taken_over"] and keeper.token == 1
+    [record] = [r for r in caplog.records if r.getMessage() == "test.lease.taken_over"]
+    assert record.event_fields["holder"] == "node/0123456789ab|7" and record.event_fields["account"] == "x"
 
 
 async def test_a_standby_wakes_just_after_the_holders_lease_can_expire(autojump_clock):

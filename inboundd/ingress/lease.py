@@ -12,8 +12,11 @@ in the queue's cluster slot)::
   expire (takeover ≈ ttl after the owner's last renewal, not ttl + a poll).
   With ``take_over_own=True`` a lease held by an earlier life of this same
   daemon instance (same ``instance_id``, another incarnation) is taken at
-  once, the token advanced: that holder is dead, or a zombie that can no
-  longer prove ownership.
+  once, the token advanced: ``instance_id`` is unique per host and guarded
+  by the control-socket lock, so that holder is dead, or a zombie (a paused
+  process) that can no longer prove ownership. :mod:`.ownership` always
+  asks for it, so every single-owner ingress (IMAP mailboxes, Graph and
+  Gmail renewers) resumes at once after a restart.
 * **renew**: compare-and-set — ``PEXPIRE`` only if the value is still ours.
 * **check** (``still_owner``): right before a write that only the owner may
   make (a cursor), so a paused holder whose lease moved on does not write.
@@ -55,6 +58,10 @@ class Lease:
     owner unless it takes over its own leases explicitly. Every method is one
     Redis round trip in a worker thread and raises whatever the Redis client
     raises when Redis is unreachable (but :meth:`release`, which never raises).
+    A cancelled call returns at once (its thread is abandoned): each script
+    is a compare-and-set on our own value, so a late one changes nothing that
+    matters — at worst it keeps a lease of this instance, which this instance
+    takes back at its next acquisition.
     """
 
     def __init__(self, rio: RedisIO, keys: tuple[str, str], *, instance: str, ttl: float) -> None:
@@ -69,6 +76,8 @@ class Lease:
         self.value: str | None = None
         #: Whether the last acquisition took the lease over from an earlier life of this instance.
         self.took_over = False
+        #: The value (``"<owner>|<token>"``) the last take-over replaced, else None.
+        self.taken_from: str | None = None
         client = rio.client
         self._acquire = scripts.register(client, "lease_acquire")
         self._renew = scripts.register(client, "lease_renew")
@@ -87,12 +96,14 @@ class Lease:
         """
         prefix = f"{self.instance}/" if take_over_own else ""
         reply = await self.rio.run(_call, self._acquire, [self.key, self.fence_key],
-                                   [self.value or "", self.owner, self.ttl_ms, prefix])
+                                   [self.value or "", self.owner, self.ttl_ms, prefix], abandon_on_cancel=True)
         if int(reply[0]):
             if int(reply[1]) >= 0:
                 self.token = int(reply[1])
                 self.value = f"{self.owner}|{self.token}"
                 self.took_over = bool(int(reply[2]))
+                previous = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+                self.taken_from = previous if self.took_over else None
             return None
         self.token, self.value = None, None
         remaining = int(reply[1])
@@ -102,13 +113,14 @@ class Lease:
         """Extend the lease by ttl if it is still ours; ``False`` when it was lost."""
         if self.value is None:
             return False
-        return bool(int(await self.rio.run(_call, self._renew, [self.key], [self.value, self.ttl_ms])))
+        return bool(int(await self.rio.run(_call, self._renew, [self.key], [self.value, self.ttl_ms],
+                                           abandon_on_cancel=True)))
 
     async def still_owner(self) -> bool:
         """Whether the lease is still ours at this moment (used right before a fenced write)."""
         if self.value is None:
             return False
-        return bool(int(await self.rio.run(_call, self._check, [self.key], [self.value])))
+        return bool(int(await self.rio.run(_call, self._check, [self.key], [self.value], abandon_on_cancel=True)))
 
     def forget(self) -> None:
         """Stop holding without telling Redis (the lease was lost, or can no longer be trusted)."""
@@ -122,7 +134,7 @@ class Lease:
         with trio.move_on_after(RELEASE_TIMEOUT) as scope:
             scope.shield = True
             try:
-                await self.rio.run(_call, self._release, [self.key], [value])
+                await self.rio.run(_call, self._release, [self.key], [value], abandon_on_cancel=True)
             except Exception:
                 pass  # it expires by itself within ttl
 

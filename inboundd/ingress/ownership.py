@@ -10,6 +10,12 @@ unreachable, so another daemon may own it by now) — and the loop starts
 over. Before any write only the owner may make, the work calls
 :meth:`Ownership.confirm`.
 
+A lease held by an earlier life of this same daemon instance (it was
+killed; the lease has not expired yet) is taken over at once, its fencing
+token advanced (``.taken_over``, logged with the holder it replaced): a
+restarted daemon resumes its mailboxes and renewers in seconds, not after a
+lease.
+
 Used by every single-owner ingress: IMAP listeners (one owner per mailbox),
 and renewers of Graph subscriptions and Gmail watches. Timing runs on trio's
 clock (tests drive it with ``trio.testing.MockClock``).
@@ -42,8 +48,12 @@ class LeaseLike(Protocol):
     ttl: float
     token: int | None
     value: str | None
+    #: Whether the last acquisition took the lease from an earlier life of this daemon instance.
+    took_over: bool
+    #: What that take-over replaced (``"<owner>|<token>"``).
+    taken_from: str | None
 
-    async def try_acquire(self) -> float | None: ...
+    async def try_acquire(self, *, take_over_own: bool = False) -> float | None: ...
 
     async def renew(self) -> bool: ...
 
@@ -61,11 +71,11 @@ def _describe(exc: BaseException) -> str:
 class Ownership:
     """Runs work only while *lease* is held; see the module docstring.
 
-    *event* names the log events (``"<event>.acquired"``, ``.renew_failed``,
-    ``.lost``), logged to *logger*, and *fields* their context (account,
-    folder …); *count* is
-    called with ``acquired``, ``released``, ``lost`` or ``expired`` for the
-    caller's metric. *on_standby* is called whenever the lease is not ours
+    *event* names the log events (``"<event>.acquired"``, ``.taken_over``,
+    ``.renew_failed``, ``.lost``), logged to *logger*, and *fields* their
+    context (account, folder …); *count* is called with ``acquired``,
+    ``taken_over`` (also acquired, from an earlier life of this daemon),
+    ``released``, ``lost`` or ``expired`` for the caller's metric. *on_standby* is called whenever the lease is not ours
     and a wait begins; *on_error* with a one-line description when Redis
     failed (``lease: …``, ``lease renewal: …``), made by *describe*.
     """
@@ -136,7 +146,7 @@ class Ownership:
         while True:
             sent_at = trio.current_time()
             try:
-                held_for = await lease.try_acquire()
+                held_for = await lease.try_acquire(take_over_own=True)
             except Exception as exc:  # Redis unreachable: ownership unknown, so do not work
                 self._on_error(f"lease: {self._describe(exc)}")
                 wait = backoff.failed(trio.current_time())
@@ -146,6 +156,11 @@ class Ownership:
                     # Trust counts from before the request was sent (conservative).
                     self._clock.confirmed(sent_at)
                     self._count("acquired")
+                    if lease.took_over:
+                        self._count("taken_over")
+                        log.event(self._log, f"{self._event}.taken_over", level=logging.WARNING, **self._fields,
+                                  token=lease.token, holder=lease.taken_from,
+                                  note="held by an earlier life of this daemon instance: taken back at once")
                     log.event(self._log, f"{self._event}.acquired", **self._fields, token=lease.token)
                     return
                 # Wake just after it can expire (jitter spreads competing standbys).

@@ -48,10 +48,15 @@ class Leases(QueueBase):
     async def claim(self, consumer: str, count: int, *, block: float | None = None) -> list[Claimed]:
         """Claim up to *count* new entries for *consumer*, waiting at most *block* seconds (≤ 1 s).
 
+        The wait is also kept to half of ``redis.socket_timeout``: a blocking
+        read that the socket's timeout cut off would fail every time.
         Cancellation waits for the ``XREADGROUP`` to return (within *block*) and
         then delivers the entries anyway; the caller owns whatever it returns.
         """
         block = self.cfg.block if block is None else block
+        socket_timeout = getattr(self.rio, "socket_timeout", None)
+        if socket_timeout:
+            block = min(block, socket_timeout / 2)
         block_ms = max(1, int(block * 1000)) if block > 0 else None
         return await self.rio.run(self._claim_sync, consumer, count, block_ms, ">")
 

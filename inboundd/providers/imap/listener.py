@@ -240,8 +240,8 @@ class ImapListener:
             except Exception as exc:  # noqa: BLE001 — isolation: nothing here may kill the group
                 retry = self._policy.failed(describe(exc), trio.current_time())
                 if not isinstance(exc, (OSError, ConnectionLost)) and not _is_imap_error(exc):
-                    _log.warning("imap.listener.error account=%s folder=%s", self.account.id, self.folder,
-                                 exc_info=True)
+                    log.event(_log, "imap.listener.error", level=logging.WARNING, exc_info=True,
+                              account=self.account.id, folder=self.folder, error=describe(exc))
             self._last_error = retry.error
             self._mode = None
             self._retry_at = clock.wall() + retry.delay

@@ -101,6 +101,9 @@ class ImapAccountConfig(AccountConfig, kw_only=True):
         if self.auth == "xoauth2" and not self.oauth_token_file:
             problems.append(f"{path}.oauth_token_file: required when auth = \"xoauth2\"")
 
+    def leases(self) -> dict[str, float]:
+        return {"lease": self.lease}
+
     def secret_needed(self, name: str, required: bool) -> bool:
         # XOAUTH2 logs in with a token from oauth_token_file, not a password.
         return required and not (name == "password" and self.auth == "xoauth2")
