@@ -355,8 +355,14 @@ class TableLock:
             ).fetchone()[0]
 
     def release(self) -> None:
+        """Give the lock up (a server that went away has released it already)."""
+        import psycopg
+
         if not self.conn.closed:
-            self.conn.rollback()
+            try:
+                self.conn.rollback()
+            except psycopg.OperationalError:
+                pass
             self.conn.close()
 
 
