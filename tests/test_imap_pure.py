@@ -202,3 +202,21 @@ def test_uid_set(uids, expected):
 def test_states_are_the_documented_ones():
     assert LISTENER_STATES == ("connecting", "catching_up", "idle", "polling", "backoff", "auth_failed",
                                "standby", "stopped", "closed")
+
+
+@pytest.mark.parametrize("listener, problem", [
+    ({"state": "idle", "failures": 0}, None),
+    ({"state": "standby"}, None),                                   # another daemon owns the mailbox
+    ({"state": "connecting", "failures": 0}, None),                 # the first connect of a start
+    ({"state": "stopped"}, None),                                   # drained: /readyz says "intake"
+    ({"state": "backoff", "error": "refused", "failures": 1}, "listener a/INBOX is backoff: refused"),
+    ({"state": "auth_failed", "error": "NO [AUTHENTICATIONFAILED]"},
+     "listener a/INBOX is auth_failed: NO [AUTHENTICATIONFAILED]"),
+    ({"state": "connecting", "error": "timed out", "failures": 3},
+     "listener a/INBOX is reconnecting after 3 failure(s): timed out"),
+    ({"state": "catching_up", "failures": 1}, "listener a/INBOX is reconnecting after 1 failure(s)"),
+])
+def test_which_listeners_are_a_problem(listener, problem):
+    from inboundd.providers.imap.status import VIEW
+
+    assert VIEW.problems([{"account": "a", "folder": "INBOX", **listener}]) == ([problem] if problem else [])

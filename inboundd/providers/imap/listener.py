@@ -107,6 +107,9 @@ class ListenerStatus(msgspec.Struct, kw_only=True):
     mode: str | None = None
     #: Fencing token of the held mailbox lease (None: no lease, or not the owner).
     lease_token: int | None = None
+    #: Sessions that failed in a row (0 once listening again): a listener reconnecting after failures
+    #: is not listening, even while its state says ``connecting``.
+    failures: int = 0
 
 
 class ImapListener:
@@ -146,6 +149,7 @@ class ImapListener:
         self._last_event_at: float | None = None
         self._retry_at: float | None = None
         self._mode: str | None = None
+        self._failures = 0
         self._kick = trio.Event()
         self._ready = trio.Event()
         self._ownership = None if lease is None else Ownership(
@@ -174,7 +178,7 @@ class ImapListener:
             uidvalidity=cursor.uidvalidity if cursor else None, last_uid=cursor.last_uid if cursor else None,
             enqueued=self._enqueued, reconnects=self._reconnects, last_error=self._last_error,
             retry_at=self._retry_at, mode=self._mode,
-            lease_token=self.lease.token if self.lease is not None else None,
+            lease_token=self.lease.token if self.lease is not None else None, failures=self._failures,
         )
 
     def kick(self) -> None:
@@ -243,6 +247,7 @@ class ImapListener:
                     log.event(_log, "imap.listener.error", level=logging.WARNING, exc_info=True,
                               account=self.account.id, folder=self.folder, error=describe(exc))
             self._last_error = retry.error
+            self._failures += 1
             self._mode = None
             self._retry_at = clock.wall() + retry.delay
             self._set_state(retry.state)
@@ -402,6 +407,8 @@ class ImapListener:
         metrics.listeners.labels(previous).dec()
         metrics.listeners.labels(state).inc()
         self._state = state
+        if state in ("idle", "polling"):
+            self._failures = 0
         self._since = clock.wall()
         log.event(_log, "imap.listener.state", level=logging.DEBUG if state in _QUIET_STATES else logging.INFO,
                   account=self.account.id, folder=self.folder, state=state, previous=previous)

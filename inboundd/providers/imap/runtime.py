@@ -7,10 +7,12 @@ from typing import Any
 import msgspec
 import trio
 
+from ... import clock
 from ...provider import Context, Runtime
 from .conn import accounts_from_config
 from .fetch import ImapFetcher
 from .listener import ImapListenerGroup
+from .status import VIEW, normalize_listener
 
 __all__ = ["ImapRuntime"]
 
@@ -41,6 +43,18 @@ class ImapRuntime(Runtime):
         self.fetcher.update(accounts)
         await self.listeners.update(accounts)
         self.listeners.kick()  # an auth_failed listener retries at once after a reload
+
+    def readiness(self) -> dict[str, Any]:
+        """``imap`` (with accounts configured): fails naming every listener that cannot listen (backoff,
+        auth_failed, reconnecting after failures)."""
+        return {"imap": self._check_listeners} if self.listeners.summary() else {}
+
+    async def _check_listeners(self) -> None:
+        now = clock.wall()
+        listeners = [normalize_listener(msgspec.to_builtins(status), now) for status in self.listeners.status()]
+        problems = VIEW.problems(listeners)
+        if problems:
+            raise RuntimeError("; ".join(problems))
 
     async def status(self) -> dict[str, Any]:
         return {"listeners": [msgspec.to_builtins(listener) for listener in self.listeners.status()]}

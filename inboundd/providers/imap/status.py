@@ -13,10 +13,12 @@ from typing import Any
 
 from ... import health
 
-__all__ = ["BAD_LISTENER_STATES", "VIEW", "ListenerView", "normalize_listener"]
+__all__ = ["BAD_LISTENER_STATES", "RECONNECTING_STATES", "VIEW", "ListenerView", "normalize_listener"]
 
 #: Listener states that make the daemon degraded.
 BAD_LISTENER_STATES = ("backoff", "auth_failed")
+#: States that are a problem too after failed sessions (``failures`` > 0): the listener is not listening yet.
+RECONNECTING_STATES = ("connecting", "catching_up")
 
 
 def normalize_listener(item: dict[str, Any], now: float) -> dict[str, Any]:
@@ -56,10 +58,13 @@ class ListenerView:
     def problems(self, part: Any) -> list[str]:
         problems = []
         for listener in part or []:
-            if listener.get("state") in BAD_LISTENER_STATES:
-                detail = f": {listener['error']}" if listener.get("error") else ""
-                problems.append(
-                    f"listener {listener.get('account')}/{listener.get('folder')} is {listener['state']}{detail}")
+            state = listener.get("state")
+            detail = f": {listener['error']}" if listener.get("error") else ""
+            name = f"listener {listener.get('account')}/{listener.get('folder')}"
+            if state in BAD_LISTENER_STATES:
+                problems.append(f"{name} is {state}{detail}")
+            elif state in RECONNECTING_STATES and listener.get("failures"):
+                problems.append(f"{name} is reconnecting after {listener['failures']} failure(s){detail}")
         return problems
 
     def render(self, part: Any) -> list[str]:
