@@ -193,7 +193,7 @@ class Processor:
         #: This daemon's claim tokens and their leases; run ``claims.run`` beside the consumers.
         self.claims = Claims(db, self.instance, cfg.processing.lease)
         #: Whether PostgreSQL answers; consumers wait on it when a job raised DependencyDown.
-        self.postgres = Availability("postgres", lambda: db.check(self._db_timeout(self.cfg)))
+        self.postgres = Availability(db.outage, lambda: db.check(self._db_timeout(self.cfg)))
 
     @staticmethod
     def _db_timeout(cfg: CoreConfig) -> float:
@@ -300,7 +300,7 @@ class Processor:
 
     def _unreachable(self, message: str, exc: BaseException | None = None) -> DependencyDown:
         if exc is not None:
-            self.postgres.report_down(f"{type(exc).__name__}: {exc}")
+            self.postgres.report_down(exc)
         return DependencyDown(message, dependency="postgres", wait_up=self.postgres.wait_up)
 
     async def _ingest(self, job: Job) -> Outcome:

@@ -6,8 +6,13 @@ import pytest
 import trio
 import trio.testing
 
-from inboundd import metrics
+from inboundd import log, metrics
 from inboundd.availability import PROBE_BASE, PROBE_CAP, Availability
+from inboundd.outage import Outage
+
+
+def availability(server: "Server") -> Availability:
+    return Availability(Outage("postgres", log.get_logger("test"), now=trio.current_time), server.probe)
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ class Server:
 
 async def test_an_available_dependency_is_not_probed(autojump_clock: trio.testing.MockClock) -> None:
     server = Server(up_at=0)
-    gate = Availability("postgres", server.probe)
+    gate = availability(server)
     with trio.fail_after(0.001):
         await gate.wait_up()
     assert server.probes == [] and not gate.down
@@ -42,7 +47,7 @@ async def test_waiters_share_one_probe_loop_and_wake_together_soon_after_the_ser
         autojump_clock: trio.testing.MockClock) -> None:
     start = trio.current_time()
     server = Server(up_at=start + 20.0)   # a 20 s outage
-    gate = Availability("postgres", server.probe)
+    gate = availability(server)
     outages_before = metrics.REGISTRY.get_sample_value("inboundd_dependency_outages_total",
                                                        {"dependency": "postgres"}) or 0
     gate.report_down("OperationalError: connection refused")
@@ -67,7 +72,7 @@ async def test_waiters_share_one_probe_loop_and_wake_together_soon_after_the_ser
 
 async def test_when_the_probing_waiter_is_cancelled_another_goes_on(autojump_clock: trio.testing.MockClock) -> None:
     server = Server(up_at=trio.current_time() + 5.0)
-    gate = Availability("postgres", server.probe)
+    gate = availability(server)
     gate.report_down("down")
     woke: list[str] = []
 

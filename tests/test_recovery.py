@@ -96,7 +96,7 @@ def test_a_message_cut_off_by_a_20s_postgresql_outage_is_stored_within_seconds_o
         wait_for(lambda: stalled.waiters() >= 1, 30, what="the store transaction waiting inside the lock")
         postgres.stop()                                   # the store is cut off mid-transaction
         stalled.release()
-        daemon.wait_event("dependency.down", 30)
+        daemon.wait_event("postgres.down", 30)
         time.sleep(20)                                    # the outage itself: nothing to wait for but time
         postgres.start()
         back = time.monotonic()
@@ -107,7 +107,7 @@ def test_a_message_cut_off_by_a_20s_postgresql_outage_is_stored_within_seconds_o
         assert stored - back <= STORED_AFTER_POSTGRES_BACK
         assert daemon.process.poll() is None and len(daemon.notify.seen("READY", "1")) == 1   # never restarted
         assert ledger_of(pg_dsn) == [("processed", 2)]
-        assert daemon.events("dependency.up") and daemon.events("consumer.dependency_back")
+        assert daemon.events("postgres.up") and daemon.events("consumer.dependency_back")
         assert not daemon.events("job.dead_letter") and not daemon.events("job.busy")
         # Machine-readable to the last line, the libraries' complaints about the outage included.
         lines = daemon.log_text().splitlines()
