@@ -561,6 +561,34 @@ async def test_postgresql_cut_off_mid_job_is_a_dependency_wait_then_a_take_over(
     assert await message_count(db) == 1
 
 
+async def test_a_deliver_handler_slower_than_the_bound_is_a_job_error_not_an_outage(
+        db: Database, source: FakeSource) -> None:
+    import time
+
+    from inboundd.config_schema import DeliverConfig
+    from inboundd.deliver.targets import Router, Target
+
+    def slow_handler(conn: Any, inbound: Any) -> None:
+        time.sleep(2.5)   # longer than half the 2 s lease plus the margin, in the store transaction
+
+    registry = SourceRegistry()
+    registry.register("imap", source)
+    router = Router([Target(DeliverConfig(id="app", kind="python", handler="x:y"), handler=slow_handler)])
+    proc = Processor(db, registry, processing_config(lease=2.0), "test-instance", router=router)
+    job = job_for(1)
+    source.put(job, mime(1))
+    with pytest.raises(RuntimeError, match="ran longer than its 1s bound while PostgreSQL answered"):
+        await proc.handle(job)
+    assert not proc.postgres.down                  # no outage declared: the job counts an attempt instead
+
+    async def transaction_ended() -> bool:
+        busy = await query(db, "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+        return busy[0][0] == 0
+
+    await eventually(transaction_ended, 10, "the given-up transaction to end")
+    assert await message_count(db) == 0           # rolled back when the handler returned, not committed
+
+
 # ---------------------------------------------------------------------------- skips
 
 

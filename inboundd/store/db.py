@@ -19,7 +19,9 @@ connection is made again); ``outage.last_error`` is what the daemon shows
 while it waits for PostgreSQL at start.
 
 A call cancelled while its thread still waits for a pooled connection
-never runs: the thread hands the connection back as soon as it gets one.
+never runs: the thread hands the connection back as soon as it gets one;
+one given up while its function runs (slow Python, not a statement the
+server can cancel) rolls back instead of committing when it ends.
 
 Bounds: ``run(..., timeout=T)`` sets ``statement_timeout`` to *T* and
 ``lock_timeout`` to 0.8 *T* for its transaction (``SET LOCAL``), and stops
@@ -172,10 +174,14 @@ class Database:
                 try:
                     if timeout is not None:
                         limit(conn, timeout)
-                    return fn(conn, *args)
+                    result = fn(conn, *args)
                 finally:
                     with call.lock:
                         call.conn = None
+                        abandoned = call.abandoned
+                if abandoned:
+                    raise _Abandoned()  # the caller gave up: roll back rather than commit behind its back
+                return result
 
         try:
             return await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
