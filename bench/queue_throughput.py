@@ -108,7 +108,7 @@ async def produce(queue, n, tasks, chunk):
 
 async def main():
     rio = RedisIO.from_config(RedisConfig(url=url, pool_size=max(32, consumers * 2 + 16)))
-    cfg = QueueConfig(claim_batch=100, block=0.1)
+    cfg = QueueConfig()  # the daemon's defaults (claim_batch 32, block 1 s)
     queue = Queue(rio, cfg, prefix="bench")
     handler = Counting(n)
     async with trio.open_nursery() as nursery:
@@ -396,7 +396,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40000, help="jobs per inboundd run")
     parser.add_argument("--peer-jobs", type=int, default=8000, help="jobs per peer run")
-    parser.add_argument("--consumers", type=int, default=8)
+    parser.add_argument("--consumers", type=int, default=4, help="consumer tasks (the daemon's default: 4)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per inboundd scenario (best is kept)")
     parser.add_argument("--inboundd-root", default=ROOT[0], help="checkout whose inboundd is measured (before/after)")
     parser.add_argument("--no-peers", action="store_true", help="leave dramatiq and saq out")
