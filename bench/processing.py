@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import inspect
 import os
 import random
 import shutil
@@ -202,7 +203,7 @@ class TimedParser:
 
 async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
                    keep_raw: bool, parse_in: str) -> dict[str, Any]:
-    if ThreadParser is None:
+    if ThreadParser is None or "parser" not in inspect.signature(Processor).parameters:
         return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, None)
     if parse_in == "process":
         async with ProcessParser.open() as parser:
