@@ -14,6 +14,10 @@ consumer keeps the job (its lease renewed by the heartbeat), waits until the
 dependency answers, and runs it again — at once after the outage, with no
 attempt counted. A drain or stop meanwhile hands the job back instead.
 
+A handler that offers ``handle_batch`` (the daemon's
+:class:`~inboundd.processing.Processor` does) gets the jobs of a claimed
+batch at once, and each job's result is then acted on as below.
+
 What a handler's result becomes otherwise is decided by :func:`decide`, a pure
 function (tested directly): an :class:`~inboundd.outcomes.Outcome` → ack;
 :class:`~inboundd.outcomes.TransientError` → retry without burning an attempt
@@ -31,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from functools import partial
-from typing import Awaitable, Callable, Literal, Protocol
+from typing import Awaitable, Callable, Literal, Protocol, Sequence
 
 import msgspec
 import redis
@@ -59,6 +63,13 @@ def _redis_backoff() -> backoff.Backoff:
 
 
 class Handler(Protocol):
+    """Handles one job: returns its Outcome or raises.
+
+    A handler may also offer ``async handle_batch(jobs)`` returning one
+    result per job, in order: its Outcome, or the exception ``handle`` would
+    raise for it. The pool then hands it the jobs of a claimed batch at once.
+    """
+
     async def handle(self, job: Job) -> Outcome: ...
 
 
@@ -312,10 +323,21 @@ class ConsumerPool:
         return await self.queue.claim(me.name, self.cfg.claim_batch)
 
     async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> list[Claimed]:
-        """Handle *batch* in order; returns the handled entries still to be acked (the oldest < ``ACK_FLUSH_AFTER``)."""
+        """Handle *batch* in order; returns the handled entries still to be acked (the oldest < ``ACK_FLUSH_AFTER``).
+
+        A handler with ``handle_batch`` gets the batch's jobs at once (when
+        there are two or more and no drain or stop has begun); otherwise the
+        jobs are handled one by one.
+        """
+        debug = _log.isEnabledFor(logging.DEBUG)
+        together = getattr(self.handler, "handle_batch", None)
+        if together is not None and not (self._draining or me.stopping):
+            live = [c for c in batch if not (me.lost and c.entry_id in me.lost)]
+            if sum(1 for c in live if c.job is not None) >= 2:
+                self._forget_lost(me, batch)
+                return await self._process_together(me, live, together, debug)
         acks: list[Claimed] = []
         first_ack_at = 0.0
-        debug = _log.isEnabledFor(logging.DEBUG)
         for index, claimed in enumerate(batch):
             if self._draining or me.stopping:
                 # Only the job in hand is finished on drain; the rest go back at once instead of
@@ -343,6 +365,59 @@ class ConsumerPool:
                 acks.append(claimed)
         return acks
 
+    def _forget_lost(self, me: _Consumer, batch: list[Claimed]) -> None:
+        """Drop the entries of *batch* whose lease the heartbeat found taken: another consumer has them now."""
+        for claimed in batch:
+            if me.lost and claimed.entry_id in me.lost:
+                me.lost.discard(claimed.entry_id)
+                me.held.pop(claimed.entry_id, None)
+                self._notify()
+
+    async def _process_together(self, me: _Consumer, batch: list[Claimed],
+                                handle_batch: Callable[[list[Job]], Awaitable[Sequence[Outcome | BaseException]]],
+                                debug: bool) -> list[Claimed]:
+        """Hand the jobs of *batch* to the handler's ``handle_batch`` at once; returns the entries to ack.
+
+        Entries without a job are dead-lettered as by :meth:`_handle_one`; a
+        job whose result is :class:`~inboundd.outcomes.DependencyDown` goes
+        through :meth:`_handle_one`, which waits for the dependency and runs
+        the job again.
+        """
+        ready = [c for c in batch if c.job is not None]
+        acks: list[Claimed] = []
+        for claimed in batch:
+            if claimed.job is None:
+                await self._handle_one(me, claimed, debug)
+        for claimed in ready:
+            job = claimed.job
+            assert job is not None
+            metrics.child(metrics.jobs_claimed, job.provider, job.account).inc()
+            if debug:
+                log.event(_log, "job.claim", level=logging.DEBUG, consumer=me.name, entry_id=claimed.entry_id,
+                          **job.log_fields())
+        started = trio.current_time()
+        results: list[Outcome | BaseException]
+        try:
+            results = list(await handle_batch([c.job for c in ready]))  # type: ignore[misc]
+        except Exception as exc:  # classified by decide() for each job; Cancelled passes
+            results = [exc] * len(ready)
+        if len(results) != len(ready):
+            results = [TypeError(f"handle_batch returned {len(results)} results for {len(ready)} jobs")] * len(ready)
+        elapsed = trio.current_time() - started
+        for claimed, result in zip(ready, results):
+            job = claimed.job
+            assert job is not None
+            metrics.child(metrics.processing_seconds, job.provider).observe(elapsed)
+            if isinstance(result, DependencyDown):
+                handled = await self._handle_one(me, claimed, debug)
+            else:
+                if not isinstance(result, (Outcome, BaseException)):
+                    result = TypeError(f"handler returned {type(result).__name__}, not an Outcome")
+                handled = await self._conclude(me, claimed, job, result, debug)
+            if handled:
+                acks.append(claimed)
+        return acks
+
     async def _handle_one(self, me: _Consumer, claimed: Claimed, debug: bool = False) -> bool:
         """Handle one entry; True when it should be acked (buffered), else it was settled here."""
         job = claimed.job
@@ -367,6 +442,11 @@ class ConsumerPool:
                 # Draining or stopping: give the job back as it was rather than hold it through the outage.
                 await self._hand_back(me, [claimed])
                 return False
+        return await self._conclude(me, claimed, job, result, debug)
+
+    async def _conclude(self, me: _Consumer, claimed: Claimed, job: Job, result: Outcome | BaseException,
+                        debug: bool) -> bool:
+        """Act on a handled job's *result*: True when it is to be acked (buffered), else retried or dead-lettered here."""
         if isinstance(result, Outcome):  # decide() says ack; skip building its Decision
             if debug:
                 log.event(_log, "job.handled", level=logging.DEBUG, consumer=me.name, status=result.status,

@@ -64,6 +64,10 @@ dependency_waits = Counter(
     "inboundd_dependency_waits_total", "Jobs a consumer kept and ran again once a dependency answered",
     ["dependency"], registry=REGISTRY,
 )
+batch_fallbacks = Counter(
+    "inboundd_batch_fallbacks_total", "Batch store transactions that failed and were redone one message at a time",
+    registry=REGISTRY,
+)
 processing_seconds = Histogram(
     "inboundd_processing_seconds", "Time to process one job (fetch, parse, store)", ["provider"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),

@@ -171,6 +171,47 @@ async def test_a_drain_hands_back_a_job_waiting_for_its_dependency(rio: RedisIO)
     assert [j.attempt for j in handler.calls] == [0, 0]
 
 
+class BatchHandler(RecordingHandler):
+    """A handler with ``handle_batch``: one result per job, decided by *results* (uid → outcome or exception)."""
+
+    def __init__(self, results: dict[int, Any], dependency: "Dependency") -> None:
+        super().__init__()
+        self.results = results
+        self.dependency = dependency
+        self.batches: list[list[int]] = []
+
+    async def handle_batch(self, jobs: list[Job]) -> list[Any]:
+        self.batches.append([j.pointer.uid for j in jobs])  # type: ignore[union-attr]
+        out = []
+        for job in jobs:
+            result = self.results.get(job.pointer.uid, Outcome("processed"))  # type: ignore[union-attr]
+            out.append(self.dependency.down() if result == "down" else result)
+        return out
+
+
+async def test_a_batch_handler_gets_the_claimed_jobs_at_once_and_each_result_is_acted_on(rio: RedisIO,
+                                                                                       client: redis.Redis) -> None:
+    queue = make_queue(rio, CFG)  # claim_batch 5
+    dependency = Dependency()
+    dependency.up.set()  # DependencyDown is returned once by the batch; the job then runs alone and succeeds
+    handler = BatchHandler({2: TransientError("try later"), 3: PermanentError("no_source", "no IMAP source"),
+                            4: "down"}, dependency)
+    await queue.enqueue_many([imap_job(uid) for uid in range(1, 6)])
+    acked_before = metric_value(metrics.jobs_acked, "imap", "support")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ConsumerPool(queue, handler, queue.cfg, "b", count=1).run)
+        await eventually(lambda: queue.dead_letters(), 10, "the permanent error to be dead-lettered")
+        await eventually(lambda: client.zcard(queue.keys.delayed) == 1, 10, "the transient error's retry")
+        await eventually(lambda: metric_value(metrics.jobs_acked, "imap", "support") - acked_before == 3, 10,
+                         "jobs 1, 4 and 5 acked")
+        nursery.cancel_scope.cancel()
+    assert handler.batches[0] == [1, 2, 3, 4, 5]
+    assert handler.uids()[:1] == [4]  # the job whose dependency was down ran again on its own
+    [letter] = await queue.dead_letters()
+    assert (letter.reason, letter.attempts) == ("no_source", 1)
+    assert (await queue.stats()).in_flight == 0
+
+
 async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(rio: RedisIO,
                                                                              client: redis.Redis) -> None:
     queue = make_queue(rio, CFG)

@@ -29,17 +29,24 @@ from typing import Any, Literal, NamedTuple, Sequence
 __all__ = [
     "TERMINAL",
     "Claim",
+    "ClaimRequest",
+    "Failure",
+    "Finish",
     "Key",
     "LedgerRow",
     "claim",
+    "claim_many",
     "classify",
     "counts",
     "exists",
     "fail",
+    "fail_many",
     "finish",
+    "finish_many",
     "finished_within",
     "get",
     "hold",
+    "hold_many",
     "is_instance_token",
     "owner_token",
     "recent_outcomes",
@@ -206,13 +213,17 @@ def finish(
     return cur.rowcount == 1
 
 
+def _error_text(error: str) -> str:
+    return error.replace("\x00", "\ufffd")[:MAX_ERROR_LENGTH]
+
+
 def fail(conn: Any, key: Key, owner: str, error: str, *, reason: str | None = None) -> bool:
     """Record that *owner*'s attempt failed (retryable at once by the next claim); False if not held."""
     cur = conn.execute(
         "UPDATE inbound_ledger SET status = 'failed', last_error = %s, reason = %s, lease_owner = NULL,"
         " lease_expires_at = NULL, updated_at = clock_timestamp()"
         " WHERE tenant = %s AND account = %s AND identity = %s AND status = 'processing' AND lease_owner = %s",
-        (error.replace("\x00", "\ufffd")[:MAX_ERROR_LENGTH], reason, *key, owner),
+        (_error_text(error), reason, *key, owner),
     )
     return cur.rowcount == 1
 
@@ -259,6 +270,160 @@ def take_back(conn: Any, instance: str, *, keep: str, error: str) -> list[Ledger
         {"prefix": f"{instance}:", "suffix_at": len(instance) + 2, "keep": keep, "error": error[:MAX_ERROR_LENGTH]},
     ).fetchall()
     return [LedgerRow(*row) for row in rows]
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+class ClaimRequest(NamedTuple):
+    """One identity of a batch claim (:func:`claim_many`)."""
+
+    key: Key
+    provider: str
+    job_id: str
+    owner: str
+
+
+_CLAIM_MANY = f"""
+INSERT INTO inbound_ledger AS l
+    (tenant, account, identity, provider, status, attempts, lease_owner, lease_expires_at, job_id)
+SELECT v.tenant, v.account, v.identity, v.provider, 'processing', 1, v.owner,
+       clock_timestamp() + make_interval(secs => %(lease)s), v.job_id
+FROM unnest(%(tenant)s::text[], %(account)s::text[], %(identity)s::text[], %(provider)s::text[],
+            %(owner)s::text[], %(job_id)s::text[]) AS v(tenant, account, identity, provider, owner, job_id)
+ORDER BY v.tenant, v.account, v.identity
+ON CONFLICT (tenant, account, identity) DO UPDATE
+    SET status = 'processing',
+        attempts = l.attempts + 1,
+        lease_owner = EXCLUDED.lease_owner,
+        lease_expires_at = EXCLUDED.lease_expires_at,
+        job_id = EXCLUDED.job_id,
+        provider = EXCLUDED.provider,
+        updated_at = clock_timestamp()
+    WHERE l.status = 'failed'
+       OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())
+RETURNING {_COLUMNS}
+"""
+
+_KEYS = "unnest(%(tenant)s::text[], %(account)s::text[], %(identity)s::text[]) AS k(tenant, account, identity)"
+
+
+def _key_arrays(keys: Sequence[Key]) -> dict[str, list[str]]:
+    return {"tenant": [k.tenant for k in keys], "account": [k.account for k in keys],
+            "identity": [k.identity for k in keys]}
+
+
+def claim_many(conn: Any, requests: Sequence[ClaimRequest], *, lease: float) -> list[Claim]:
+    """:func:`claim` for many identities in one statement (plus one to read the rows not claimed).
+
+    The keys must be distinct. Rows are locked in key order, the order every
+    batch statement here uses, so concurrent batches cannot deadlock. Returns
+    one :class:`Claim` per request, in order, with :func:`claim`'s verdicts.
+    Run it in a transaction of its own and commit before any slow work.
+    """
+    if not requests:
+        return []
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError("claim_many() needs distinct keys")
+    params = {**_key_arrays(keys), "provider": [r.provider for r in requests],
+              "owner": [r.owner for r in requests], "job_id": [r.job_id for r in requests], "lease": float(lease)}
+    claimed = {Key(*row[:3]): LedgerRow(*row) for row in conn.execute(_CLAIM_MANY, params).fetchall()}
+    others: dict[Key, tuple[LedgerRow, float]] = {}
+    missing = [k for k in keys if k not in claimed]
+    if missing:
+        for found in conn.execute(
+            f"SELECT {', '.join('l.' + c for c in LedgerRow._fields)},"
+            " greatest(0, extract(epoch FROM l.lease_expires_at - clock_timestamp()))::float8"
+            f" FROM {_KEYS} JOIN inbound_ledger l USING (tenant, account, identity)",
+            _key_arrays(missing),
+        ).fetchall():
+            row = LedgerRow(*found[:-1])
+            others[Key(row.tenant, row.account, row.identity)] = (row, float(found[-1] or 0.0))
+    out = []
+    for request in requests:
+        row = claimed.get(request.key)
+        if row is not None:
+            out.append(Claim("claimed", row))
+            continue
+        if request.key not in others:  # pragma: no cover - rows are never deleted here
+            raise RuntimeError(f"ledger row {request.key} vanished during its claim")
+        current, remaining = others[request.key]
+        out.append(Claim(classify(current, request.owner), current, remaining))
+    return out
+
+
+def hold_many(conn: Any, keys: Sequence[Key]) -> dict[Key, LedgerRow]:
+    """:func:`hold` for many keys in one statement, locking in key order; the rows found, by key."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        f"SELECT {', '.join('l.' + c for c in LedgerRow._fields)} FROM inbound_ledger l"
+        f" WHERE (l.tenant, l.account, l.identity) IN (SELECT * FROM {_KEYS})"
+        " ORDER BY l.tenant, l.account, l.identity FOR UPDATE OF l",
+        _key_arrays(keys),
+    ).fetchall()
+    return {Key(*row[:3]): LedgerRow(*row) for row in rows}
+
+
+class Finish(NamedTuple):
+    """One terminal write of :func:`finish_many`."""
+
+    key: Key
+    owner: str
+    status: str
+    reason: str | None = None
+    message_id: int | None = None
+
+
+def finish_many(conn: Any, items: Sequence[Finish]) -> set[Key]:
+    """:func:`finish` for many rows in one statement; the keys written (a row *owner* no longer holds is not)."""
+    if not items:
+        return set()
+    for item in items:
+        if item.status not in TERMINAL:
+            raise ValueError(f"finish_many() needs terminal statuses, not {item.status!r}")
+    rows = conn.execute(
+        "UPDATE inbound_ledger l SET status = v.status, reason = v.reason, message_id = v.message_id,"
+        " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp(), finished_at = clock_timestamp()"
+        " FROM unnest(%(tenant)s::text[], %(account)s::text[], %(identity)s::text[], %(owner)s::text[],"
+        "             %(status)s::text[], %(reason)s::text[], %(message_id)s::bigint[])"
+        "      AS v(tenant, account, identity, owner, status, reason, message_id)"
+        " WHERE l.tenant = v.tenant AND l.account = v.account AND l.identity = v.identity"
+        "   AND l.status = 'processing' AND l.lease_owner = v.owner"
+        " RETURNING l.tenant, l.account, l.identity",
+        {**_key_arrays([i.key for i in items]), "owner": [i.owner for i in items],
+         "status": [i.status for i in items], "reason": [i.reason for i in items],
+         "message_id": [i.message_id for i in items]},
+    ).fetchall()
+    return {Key(*row) for row in rows}
+
+
+class Failure(NamedTuple):
+    """One failed attempt of :func:`fail_many`."""
+
+    key: Key
+    owner: str
+    error: str
+    reason: str | None = None
+
+
+def fail_many(conn: Any, items: Sequence[Failure]) -> set[Key]:
+    """:func:`fail` for many rows in one statement; the keys written (a row *owner* no longer holds is not)."""
+    if not items:
+        return set()
+    rows = conn.execute(
+        "UPDATE inbound_ledger l SET status = 'failed', last_error = v.error, reason = v.reason,"
+        " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
+        " FROM unnest(%(tenant)s::text[], %(account)s::text[], %(identity)s::text[], %(owner)s::text[],"
+        "             %(error)s::text[], %(reason)s::text[]) AS v(tenant, account, identity, owner, error, reason)"
+        " WHERE l.tenant = v.tenant AND l.account = v.account AND l.identity = v.identity"
+        "   AND l.status = 'processing' AND l.lease_owner = v.owner"
+        " RETURNING l.tenant, l.account, l.identity",
+        {**_key_arrays([i.key for i in items]), "owner": [i.owner for i in items],
+         "error": [_error_text(i.error) for i in items], "reason": [i.reason for i in items]},
+    ).fetchall()
+    return {Key(*row) for row in rows}
 
 
 def get(conn: Any, key: Key) -> LedgerRow | None:

@@ -23,12 +23,16 @@ __all__ = [
     "attachments",
     "attachments_by_message",
     "find_by_message_id",
+    "find_by_message_ids",
     "get_message",
     "last_stored_date",
     "insert_message",
+    "insert_messages",
     "lock_message_id",
+    "lock_message_ids",
     "messages_by_id",
     "notify",
+    "notify_many",
 ]
 
 #: First key of the two-key advisory locks that serialize one (tenant, account,
@@ -96,6 +100,30 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %b)
 """
 
 
+def _message_row(job: Job, fetched: FetchedMessage, message: Message, keep_raw: bool) -> tuple[Any, ...]:
+    """The parameters of ``_INSERT_MESSAGE`` for one message."""
+    sender = message.from_
+    return (
+        job.tenant, job.account, job.provider, job.identity(), _t(fetched.provider_message_id),
+        _t(fetched.folder), [_t(label) for label in fetched.labels], job.id,
+        _t(message.message_id), _t(message.in_reply_to), [_t(r) for r in message.references],
+        _t(message.thread_key),
+        _t(sender.name) if sender else None, _t(sender.address) if sender else None,
+        _addresses(message.to), _addresses(message.cc), _addresses(message.reply_to),
+        _t(message.sender), _t(message.return_path),
+        _t(message.subject), message.date, fetched.internal_date, _t(message.text_body), _t(message.html_body),
+        Jsonb([[_t(name), _t(value)] for name, value in message.headers]), len(fetched.raw),
+        message.is_auto_reply, message.is_bounce, _t(message.auto_reason), [_t(d) for d in message.defects],
+        fetched.raw if keep_raw else None,
+    )
+
+
+def _attachment_rows(message_row_id: int, message: Message) -> list[tuple[Any, ...]]:
+    """The parameters of ``_INSERT_ATTACHMENT`` for every attachment of one message."""
+    return [(message_row_id, position, _t(a.filename), _t(a.content_type), a.size, a.sha256, _t(a.content_id),
+             a.inline, a.data) for position, a in enumerate(message.attachments)]
+
+
 def insert_message(
     conn: Any, job: Job, fetched: FetchedMessage, message: Message, *, keep_raw: bool = False
 ) -> int:
@@ -104,35 +132,32 @@ def insert_message(
     Raises ``psycopg.errors.UniqueViolation`` if the identity is already
     stored (the ledger prevents that; the constraint is the last line).
     """
-    sender = message.from_
-    row = conn.execute(
-        _INSERT_MESSAGE,
-        (
-            job.tenant, job.account, job.provider, job.identity(), _t(fetched.provider_message_id),
-            _t(fetched.folder), [_t(label) for label in fetched.labels], job.id,
-            _t(message.message_id), _t(message.in_reply_to), [_t(r) for r in message.references],
-            _t(message.thread_key),
-            _t(sender.name) if sender else None, _t(sender.address) if sender else None,
-            _addresses(message.to), _addresses(message.cc), _addresses(message.reply_to),
-            _t(message.sender), _t(message.return_path),
-            _t(message.subject), message.date, fetched.internal_date, _t(message.text_body), _t(message.html_body),
-            Jsonb([[_t(name), _t(value)] for name, value in message.headers]), len(fetched.raw),
-            message.is_auto_reply, message.is_bounce, _t(message.auto_reason), [_t(d) for d in message.defects],
-            fetched.raw if keep_raw else None,
-        ),
-    ).fetchone()
+    row = conn.execute(_INSERT_MESSAGE, _message_row(job, fetched, message, keep_raw)).fetchone()
     message_row_id: int = row[0]
     if message.attachments:
         with conn.cursor() as cur:
-            cur.executemany(
-                _INSERT_ATTACHMENT,
-                [
-                    (message_row_id, position, _t(a.filename), _t(a.content_type), a.size, a.sha256,
-                     _t(a.content_id), a.inline, a.data)
-                    for position, a in enumerate(message.attachments)
-                ],
-            )
+            cur.executemany(_INSERT_ATTACHMENT, _attachment_rows(message_row_id, message))
     return message_row_id
+
+
+def insert_messages(conn: Any, items: Sequence[tuple[Job, FetchedMessage, Message]], *,
+                    keep_raw: bool = False) -> list[int]:
+    """:func:`insert_message` for many messages, the inserts pipelined (one round trip); the ids, in order."""
+    if not items:
+        return []
+    ids: list[int] = []
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_MESSAGE, [_message_row(job, fetched, message, keep_raw)
+                                          for job, fetched, message in items], returning=True)
+        while True:
+            ids.append(cur.fetchone()[0])
+            if not cur.nextset():
+                break
+        rows = [row for message_row_id, (_, _, message) in zip(ids, items)
+                for row in _attachment_rows(message_row_id, message)]
+        if rows:
+            cur.executemany(_INSERT_ATTACHMENT, rows)
+    return ids
 
 
 def notify(conn: Any, message_row_id: int) -> None:
@@ -148,6 +173,42 @@ def last_stored_date(conn: Any, tenant: str, account: str) -> datetime | None:
         (tenant, account),
     ).fetchone()
     return row[0] if row else None
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def lock_message_ids(conn: Any, ids: Iterable[tuple[str, str, str]]) -> None:
+    """:func:`lock_message_id` for many (tenant, account, Message-ID) in one statement.
+
+    The locks are taken in ascending lock-key order, so two batches sharing
+    Message-IDs cannot deadlock on them (a single store takes one lock).
+    """
+    keys = sorted({_lock_id(tenant, account, message_id) for tenant, account, message_id in ids})
+    if keys:
+        conn.execute("SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int[]) AS k",
+                     (MESSAGE_ID_LOCK_CLASS, keys))
+
+
+def find_by_message_ids(conn: Any, ids: Sequence[tuple[str, str, str]]) -> list[int | None]:
+    """:func:`find_by_message_id` for many (tenant, account, Message-ID) in one statement, in order."""
+    if not ids:
+        return []
+    rows = conn.execute(
+        "SELECT (SELECT m.id FROM inbound_messages m WHERE m.tenant = v.tenant AND m.account = v.account"
+        "        AND md5(m.message_id) = md5(v.message_id) AND m.message_id = v.message_id ORDER BY m.id LIMIT 1)"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS v(tenant, account, message_id, n)"
+        " ORDER BY v.n",
+        ([t for t, _, _ in ids], [a for _, a, _ in ids], [_t(m) for _, _, m in ids]),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def notify_many(conn: Any, message_row_ids: Sequence[int]) -> None:
+    """:func:`notify` for many stored messages, in order, in one statement."""
+    if message_row_ids:
+        conn.execute("SELECT count(pg_notify(%s, id::text)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(id, n)",
+                     (CHANNEL, list(message_row_ids)))
 
 
 def get_message(conn: Any, message_row_id: int) -> dict[str, Any] | None:
