@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/processing — messages/s through Processor.handle: claim → fetch → parse → store.
+"""bench/processing — messages/s through the Processor: claim → fetch → parse → store.
 
 Against a private PostgreSQL (tests/services.py ``PostgresServer`` on a free
 loopback port, fsync off like the test bed), with an in-process source that
@@ -7,22 +7,26 @@ serves a generated corpus averaging ~10 KB (plain + HTML bodies, every fifth
 message with a PDF-like attachment, some of the shipped tests/corpus shapes
 mixed in). For each consumer count, ``--messages`` fresh identities are
 handled by that many concurrent trio tasks sharing one Processor, like the
-daemon's consumers. The queue ack is not part of this bench
-(``bench/queue_throughput.py`` covers Redis).
+daemon's consumers: each takes ``--batch`` jobs at a time, as a claimed
+batch, through ``Processor.handle_batch`` (``--batch 1``: one by one through
+``Processor.handle``). Parsing runs in worker processes, as in the daemon
+(``--parse-in thread`` for two threads). The queue ack is not part of this
+bench (``bench/queue_throughput.py`` covers Redis).
 
 Where the time goes: every stage is timed (wall time summed over tasks, so
 with N consumers the stages add up to ~N × elapsed): ledger claim
-transaction, fetch, parse (worker thread), store transaction.
+transaction, fetch, parse, store transaction.
 
-Cost per message, counted: client CPU (this process, every thread), server
-CPU (every PostgreSQL process of the private cluster, from /proc) and SQL
-statements (``pg_stat_statements``, BEGIN and COMMIT included), each divided
-by the messages handled. The goal (issue 15) is printed beside the rate.
+Cost per message, counted: client CPU (this process, every thread), parse
+CPU (the worker processes), server CPU (every PostgreSQL process of the
+private cluster, from /proc) and SQL statements (``pg_stat_statements``,
+BEGIN and COMMIT included), each divided by the messages handled. The goal
+(issue 15) is printed beside the rate.
 
 Usage::
 
-    .venv/bin/python bench/processing.py                        # consumers 1,4,8,16; 2000 messages each
-    .venv/bin/python bench/processing.py --consumers 8 --messages 5000
+    .venv/bin/python bench/processing.py                        # consumers 1,2,4,8; 4000 messages each
+    .venv/bin/python bench/processing.py --consumers 8 --messages 5000 --batch 1
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import inspect
+import itertools
 import os
 import random
 import shutil
@@ -118,12 +123,13 @@ class TimedDatabase(Database):
         super().__init__(*args, **kwargs)
         self.stages = stages
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return await super().run(fn, *args)
+            return await super().run(fn, *args, **kwargs)
         finally:
-            name = "store txn" if "commit_message" in getattr(fn, "__code__", None).co_names else "claim txn"
+            names = getattr(fn, "__code__", None).co_names
+            name = "store txn" if {"commit_message", "commit_batch"} & set(names) else "claim txn"
             self.stages[name].append(time.perf_counter() - started)
 
 
@@ -202,20 +208,20 @@ class TimedParser:
 
 
 async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
-                   keep_raw: bool, parse_in: str) -> dict[str, Any]:
+                   keep_raw: bool, parse_in: str, batch: int) -> dict[str, Any]:
     if ThreadParser is None or "parser" not in inspect.signature(Processor).parameters:
-        return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, None)
+        return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, None, batch)
     if parse_in == "process":
         async with ProcessParser.open() as parser:
             async with trio.open_nursery() as nursery:  # spawn and warm every worker before the clock runs
                 for raw in corpus[:parser.workers * 2]:
                     nursery.start_soon(parser.parse, raw)
-            return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, parser)
-    return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, ThreadParser(2))
+            return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, parser, batch)
+    return await _run_once(server, dsn, corpus, consumers, run_no, keep_raw, ThreadParser(2), batch)
 
 
 async def _run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
-                    keep_raw: bool, inner_parser: Any) -> dict[str, Any]:
+                    keep_raw: bool, inner_parser: Any, batch: int) -> dict[str, Any]:
     stages: dict[str, list[float]] = defaultdict(list)
     db = TimedDatabase(PostgresConfig(dsn=dsn, pool_min=min(consumers, 16), pool_max=max(2, min(consumers + 2, 32))),
                        stages=stages)
@@ -241,12 +247,18 @@ async def _run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consu
     statuses: dict[str, int] = defaultdict(int)
     latencies: list[float] = []
 
+    together = getattr(proc, "handle_batch", None) if batch > 1 else None
+
     async def consumer() -> None:
-        for job in queue:
+        while chunk := list(itertools.islice(queue, batch)):
             started = time.perf_counter()
-            outcome = await proc.handle(job)
-            latencies.append(time.perf_counter() - started)
-            statuses[outcome.status] += 1
+            if together is not None:  # as the consumer pool does with a claimed batch
+                outcomes = await together(chunk)
+            else:
+                outcomes = [await proc.handle(job) for job in chunk]
+            latencies.extend([time.perf_counter() - started] * len(chunk))
+            for outcome in outcomes:
+                statuses[getattr(outcome, "status", type(outcome).__name__)] += 1
 
     started, cpu_started, workers_started = time.perf_counter(), time.process_time(), children_cpu()
     async with trio.open_nursery() as nursery:
@@ -274,11 +286,14 @@ async def _run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--consumers", default="1,4,8,16", help="comma-separated consumer counts")
-    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--consumers", default="1,2,4,8", help="comma-separated consumer counts")
+    parser.add_argument("--messages", type=int, default=4000, help="messages per run")
     parser.add_argument("--keep-raw", action="store_true", help="also store the raw MIME ([store] keep_raw)")
     parser.add_argument("--parse-in", choices=("process", "thread"), default="process",
                         help="parse in worker processes (the daemon's way) or in two threads")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="jobs each consumer takes at once, as a claimed batch (the daemon's claim_batch: 32);"
+                             " 1 = one by one through Processor.handle")
     args = parser.parse_args()
 
     corpus = generate(args.messages)
@@ -300,11 +315,12 @@ def main() -> None:
             migrate(conn)
         enable_statement_counts(server, dsn)
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print(f"parse in: {args.parse_in}; CPU and statements per message")
+        print(f"parse in: {args.parse_in}; batches of {args.batch}; CPU and statements per message")
         print(f"{'consumers':>9} {'msg/s':>6} {'(goal)':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu%':>5} {'client µs':>9}"
               f" {'parse µs':>8} {'server µs':>9} {'stmts':>5}   stage: total s (mean ms)")
         for run_no, consumers in enumerate(int(c) for c in args.consumers.split(",")):
-            result = trio.run(run_once, server, dsn, corpus, consumers, run_no, args.keep_raw, args.parse_in)
+            result = trio.run(run_once, server, dsn, corpus, consumers, run_no, args.keep_raw, args.parse_in,
+                              args.batch)
             assert result["statuses"] == {"processed": len(corpus)}, result["statuses"]
             assert result["ledger"].get("processed") == len(corpus), result["ledger"]
             stages = "  ".join(f"{name} {total:.2f} ({mean:.2f})" for name, (total, mean) in
