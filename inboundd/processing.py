@@ -42,6 +42,15 @@ database call is bounded by half the lease (``statement_timeout``,
 ``lock_timeout`` and a wait here), so a wedged statement ends before a dead
 holder's lease does.
 
+**Batches** (:meth:`Processor.handle_batch`, what the consumer pool uses
+for a claimed batch): the same steps and the same outcome per job, with
+one claim transaction for the batch (rows in key order), one fetch per
+source (``fetch_many``: IMAP asks each folder once), the parses in
+parallel, and one store transaction (:func:`commit_batch`: the ledger rows
+locked in key order, then the Message-ID locks in lock-key order; fencing
+per row). If the store transaction fails, its messages are stored one by
+one, so a poison message fails alone.
+
 On any failure after the claim the ledger row becomes ``failed`` with
 ``last_error`` (short separate transaction, best effort) and the exception
 goes on. PostgreSQL not answering at all becomes
@@ -787,7 +796,7 @@ class Processor:
                       ledger_attempt=attempts, recorded=key in recorded, error=error)
 
     def _report(self, job: Job, attempts: int, outcome: Outcome, **fields: Any) -> Outcome:
-        metrics.ledger_outcomes.labels(job.provider, job.account, outcome.status, outcome.reason or "").inc()
+        metrics.child(metrics.ledger_outcomes, job.provider, job.account, outcome.status, outcome.reason or "").inc()
         log.event(_log, f"job.{outcome.status}", **job.log_fields(), ledger_attempt=attempts,
                   reason=outcome.reason, message_row_id=outcome.message_row_id, **fields)
         return outcome
