@@ -206,6 +206,13 @@ class TimedParser:
         finally:
             self.stages["parse"].append(time.perf_counter() - started)
 
+    async def parse_many(self, raws: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.inner.parse_many(raws)
+        finally:
+            self.stages["parse"].append(time.perf_counter() - started)
+
 
 async def run_once(server: PostgresServer, dsn: str, corpus: list[bytes], consumers: int, run_no: int,
                    keep_raw: bool, parse_in: str, batch: int) -> dict[str, Any]:

@@ -553,16 +553,9 @@ class Processor:
         for index, skip in skips.items():
             await self._skip_one(b, index, skip, cfg)
 
-        parsed: dict[int, Message] = {}
+        order = [i for i in b.work if i in fetched]
+        parsed = dict(zip(order, await self.parser.parse_many([fetched[i].raw for i in order]) if order else []))
 
-        async def parse(index: int) -> None:
-            parsed[index] = await self.parser.parse(fetched[index].raw)
-
-        async with trio.open_nursery() as nursery:
-            for index in fetched:
-                nursery.start_soon(parse, index)
-
-        order = [i for i in b.work if i in parsed]
         items = [StoreItem(b.keys[i], b.helds[i].token, b.jobs[i], fetched[i], parsed[i],
                            self.router.plan(b.jobs[i].tenant, b.jobs[i].account)) for i in order]
         stored = await self._store_batch(items, cfg)

@@ -36,8 +36,12 @@ async def test_worker_processes_and_threads_parse_like_the_library() -> None:
     async with ProcessParser.open(workers=2) as processes:
         assert processes.workers == 2
         in_processes = [await processes.parse(raw) for raw in samples]
+        in_process_runs = await processes.parse_many(samples)
     in_threads = [await ThreadParser().parse(raw) for raw in samples]
-    assert in_processes == in_threads == [parse_message(raw) for raw in samples]
+    in_thread_runs = await ThreadParser(3).parse_many(samples)
+    expected = [parse_message(raw) for raw in samples]
+    assert in_processes == in_process_runs == in_threads == in_thread_runs == expected
+    assert await ThreadParser().parse_many([]) == []
 
 
 async def test_a_cancelled_parse_returns_at_once_and_the_pool_keeps_working() -> None:
