@@ -131,13 +131,20 @@ def stalled_batch(daemon: DaemonProcess, pg_dsn: str, dovecot, user: str, passwo
     return stalled
 
 
-def test_sigkill_between_batch_claim_and_batch_commit_stores_each_message_once(
-        daemon_factory, redis_url, pg_dsn, dovecot, imap_user, tmp_path: Path) -> None:
-    user, password = imap_user
+def idle_daemon(daemon_factory, redis_url: str, pg_dsn: str, dovecot, user: str, password: str,
+                tmp_path: Path) -> DaemonProcess:
+    """One consumer, fast recovery, listening to *user*'s INBOX, started and idle."""
     daemon = daemon_factory(redis_url, pg_dsn, daemon_section="consumers = 1",
                             extra_config=imap_section(tmp_path, dovecot.port, user, password) + FAST_RECOVERY)
     daemon.start()
     wait_idle(daemon)
+    return daemon
+
+
+def test_sigkill_between_batch_claim_and_batch_commit_stores_each_message_once(
+        daemon_factory, redis_url, pg_dsn, dovecot, imap_user, tmp_path: Path) -> None:
+    user, password = imap_user
+    daemon = idle_daemon(daemon_factory, redis_url, pg_dsn, dovecot, user, password, tmp_path)
     stalled = stalled_batch(daemon, pg_dsn, dovecot, user, password, "batch before commit")
     try:
         daemon.kill()
@@ -153,10 +160,7 @@ def test_sigkill_between_batch_claim_and_batch_commit_stores_each_message_once(
 def test_sigkill_after_batch_commit_before_ack_stores_each_message_once(
         daemon_factory, redis_url, pg_dsn, dovecot, imap_user, tmp_path: Path) -> None:
     user, password = imap_user
-    daemon = daemon_factory(redis_url, pg_dsn, daemon_section="consumers = 1",
-                            extra_config=imap_section(tmp_path, dovecot.port, user, password) + FAST_RECOVERY)
-    daemon.start()
-    wait_idle(daemon)
+    daemon = idle_daemon(daemon_factory, redis_url, pg_dsn, dovecot, user, password, tmp_path)
     with redis.Redis.from_url(redis_url) as client:
         stalled = stalled_batch(daemon, pg_dsn, dovecot, user, password, "batch before ack")
         try:

@@ -134,11 +134,8 @@ def classify(row: LedgerRow, owner: str) -> Literal["claimed", "terminal", "busy
     return "busy"
 
 
-_CLAIM = f"""
-INSERT INTO inbound_ledger AS l
-    (tenant, account, identity, provider, status, attempts, lease_owner, lease_expires_at, job_id)
-VALUES (%(tenant)s, %(account)s, %(identity)s, %(provider)s, 'processing', 1, %(owner)s,
-        clock_timestamp() + make_interval(secs => %(lease)s), %(job_id)s)
+#: A claim takes over a failed row and one whose lease expired (both claims below).
+_TAKE_OVER = """
 ON CONFLICT (tenant, account, identity) DO UPDATE
     SET status = 'processing',
         attempts = l.attempts + 1,
@@ -148,7 +145,13 @@ ON CONFLICT (tenant, account, identity) DO UPDATE
         provider = EXCLUDED.provider,
         updated_at = clock_timestamp()
     WHERE l.status = 'failed'
-       OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())
+       OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())"""
+
+_CLAIM = f"""
+INSERT INTO inbound_ledger AS l
+    (tenant, account, identity, provider, status, attempts, lease_owner, lease_expires_at, job_id)
+VALUES (%(tenant)s, %(account)s, %(identity)s, %(provider)s, 'processing', 1, %(owner)s,
+        clock_timestamp() + make_interval(secs => %(lease)s), %(job_id)s){_TAKE_OVER}
        OR (l.status = 'processing' AND l.lease_owner = %(dead_holder)s)
 RETURNING {_COLUMNS}
 """
@@ -291,17 +294,7 @@ SELECT v.tenant, v.account, v.identity, v.provider, 'processing', 1, v.owner,
        clock_timestamp() + make_interval(secs => %(lease)s), v.job_id
 FROM unnest(%(tenant)s::text[], %(account)s::text[], %(identity)s::text[], %(provider)s::text[],
             %(owner)s::text[], %(job_id)s::text[]) AS v(tenant, account, identity, provider, owner, job_id)
-ORDER BY v.tenant, v.account, v.identity
-ON CONFLICT (tenant, account, identity) DO UPDATE
-    SET status = 'processing',
-        attempts = l.attempts + 1,
-        lease_owner = EXCLUDED.lease_owner,
-        lease_expires_at = EXCLUDED.lease_expires_at,
-        job_id = EXCLUDED.job_id,
-        provider = EXCLUDED.provider,
-        updated_at = clock_timestamp()
-    WHERE l.status = 'failed'
-       OR (l.status = 'processing' AND l.lease_expires_at <= clock_timestamp())
+ORDER BY v.tenant, v.account, v.identity{_TAKE_OVER}
 RETURNING {_COLUMNS}
 """
 
