@@ -69,7 +69,8 @@ batch_fallbacks = Counter(
     registry=REGISTRY,
 )
 processing_seconds = Histogram(
-    "inboundd_processing_seconds", "Time to process one job (fetch, parse, store)", ["provider"], registry=REGISTRY,
+    "inboundd_processing_seconds", "Time to process one job (fetch, parse, store; a job handled in a batch counts "
+    "the batch's time)", ["provider"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 end_to_end_seconds = Histogram(
