@@ -456,7 +456,7 @@ class Processor:
                 claims = await self.db.run(lambda conn: ledger.claim_many(conn, requests, lease=cfg.processing.lease),
                                            timeout=self._db_timeout(cfg))
             except psycopg.Error as exc:
-                failure = self._db_failure("ledger claim failed", exc)
+                failure = await self._db_failure("ledger claim failed", exc)
                 return [failure for _ in jobs]  # type: ignore[misc]
             work: list[int] = []
             attempts: dict[int, int] = {}
@@ -501,7 +501,7 @@ class Processor:
                 still_open = [i for i in b.work if b.results[i] is None]
                 await self._record_failures([b.failed(i) for i in still_open], exc, cfg)
                 if isinstance(exc, Exception):
-                    failure = self._db_failure("PostgreSQL failed while storing", exc)
+                    failure = await self._db_failure("PostgreSQL failed while storing", exc)
                     for index in still_open:
                         b.results[index] = failure
                 else:
@@ -593,8 +593,10 @@ class Processor:
                 lambda conn: commit_batch(conn, items, dedupe_message_id=dedupe, keep_raw=keep_raw),
                 timeout=self._db_timeout(cfg)))
         except Exception as exc:  # noqa: BLE001 - one message may be the cause: store them one by one
-            if is_unreachable(exc):
-                return [exc for _ in items]
+            if isinstance(exc, psycopg.Error):
+                failure = await self._db_failure("PostgreSQL failed while storing", exc)
+                if isinstance(failure, DependencyDown):  # not answering: one by one would wait as long each
+                    return [failure for _ in items]
             metrics.batch_fallbacks.inc()
             log.event(_log, "batch.store_failed", level=logging.WARNING, jobs=len(items),
                       error=f"{type(exc).__name__}: {exc}")
@@ -618,8 +620,8 @@ class Processor:
         for index, exc in failures:
             shared.setdefault(id(exc), (exc, []))[1].append(index)
         for exc, indexes in shared.values():
+            failure = await self._db_failure("PostgreSQL failed while storing", exc)
             await self._record_failures([b.failed(i) for i in indexes], exc, cfg)
-            failure = self._db_failure("PostgreSQL failed while storing", exc)
             for index in indexes:
                 b.results[index] = failure
 

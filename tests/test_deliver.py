@@ -342,3 +342,49 @@ async def test_a_python_handler_commits_with_the_message_or_rolls_everything_bac
     status = await db.run(lambda conn: conn.execute(
         "SELECT status, last_error FROM inbound_ledger WHERE identity = %s", (bad.identity(),)).fetchone())
     assert status[0] == "failed" and "application refused it" in status[1]
+
+
+async def test_a_batch_owes_each_stored_message_its_deliveries_and_a_refusing_handler_fails_alone(
+        db: Database) -> None:
+    await db.run(lambda conn: conn.execute(
+        "CREATE TABLE app_tickets (message_row_id bigint, subject text, sender text)"))
+    handler = Target(DeliverConfig(id="app", kind="python", handler="test_deliver:app_handler"), handler=app_handler)
+    hook = webhook_target("http://127.0.0.1:9/")
+    jobs = [new_job(ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t1")
+            for uid in (1, 2, 3)]
+    sources = SourceRegistry()
+    sources.register("imap", _Source({jobs[0].identity(): raw_message(30), jobs[2].identity(): raw_message(32),
+                                      jobs[1].identity(): raw_message(31, subject="please explode")}))
+    processor = Processor(db, sources, Config(processing=ProcessingConfig(dedupe_message_id=False)), "t",
+                          router=Router([handler, hook]))
+    fallbacks = metrics.batch_fallbacks._value.get()
+    first, refused, third = await processor.handle_batch(jobs)
+    assert (first.status, third.status) == ("processed", "processed")  # type: ignore[union-attr]
+    assert "handler raised ValueError: the application refused it" in str(refused)
+    assert metrics.batch_fallbacks._value.get() - fallbacks == 1  # the batch was redone one by one
+    tickets = await db.run(lambda conn: conn.execute(
+        "SELECT message_row_id, subject FROM app_tickets ORDER BY subject").fetchall())
+    assert tickets == [(first.message_row_id, "order 30"), (third.message_row_id, "order 32")]  # type: ignore
+    assert sorted(r["message_id"] for r in await rows(db)) == sorted(
+        [first.message_row_id, third.message_row_id])  # type: ignore[union-attr]
+
+
+async def test_a_batch_of_good_messages_writes_their_outbox_rows_and_runs_their_handlers_in_one_transaction(
+        db: Database) -> None:
+    await db.run(lambda conn: conn.execute(
+        "CREATE TABLE app_tickets (message_row_id bigint, subject text, sender text)"))
+    handler = Target(DeliverConfig(id="app", kind="python", handler="test_deliver:app_handler"), handler=app_handler)
+    hook = webhook_target("http://127.0.0.1:9/")
+    jobs = [new_job(ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t1")
+            for uid in range(1, 5)]
+    sources = SourceRegistry()
+    sources.register("imap", _Source({job.identity(): raw_message(40 + n) for n, job in enumerate(jobs)}))
+    processor = Processor(db, sources, Config(processing=ProcessingConfig(dedupe_message_id=False)), "t",
+                          router=Router([handler, hook]))
+    fallbacks = metrics.batch_fallbacks._value.get()
+    outcomes = await processor.handle_batch(jobs)
+    assert metrics.batch_fallbacks._value.get() == fallbacks
+    ids = [o.message_row_id for o in outcomes]  # type: ignore[union-attr]
+    assert await db.run(lambda conn: conn.execute(
+        "SELECT message_row_id FROM app_tickets ORDER BY message_row_id").fetchall()) == [(i,) for i in sorted(ids)]
+    assert sorted((r["message_id"], r["target"]) for r in await rows(db)) == sorted((i, "hook") for i in ids)
