@@ -344,19 +344,24 @@ async def test_a_python_handler_commits_with_the_message_or_rolls_everything_bac
     assert status[0] == "failed" and "application refused it" in status[1]
 
 
-async def test_a_batch_owes_each_stored_message_its_deliveries_and_a_refusing_handler_fails_alone(
-        db: Database) -> None:
+async def batch_processor(db: Database, raws: list[bytes]) -> tuple[Processor, list[Any]]:
+    """A Processor owing each stored message a webhook row and the app handler, and one job per raw message."""
     await db.run(lambda conn: conn.execute(
         "CREATE TABLE app_tickets (message_row_id bigint, subject text, sender text)"))
     handler = Target(DeliverConfig(id="app", kind="python", handler="test_deliver:app_handler"), handler=app_handler)
-    hook = webhook_target("http://127.0.0.1:9/")
     jobs = [new_job(ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t1")
-            for uid in (1, 2, 3)]
+            for uid in range(1, len(raws) + 1)]
     sources = SourceRegistry()
-    sources.register("imap", _Source({jobs[0].identity(): raw_message(30), jobs[2].identity(): raw_message(32),
-                                      jobs[1].identity(): raw_message(31, subject="please explode")}))
+    sources.register("imap", _Source({job.identity(): raw for job, raw in zip(jobs, raws)}))
     processor = Processor(db, sources, Config(processing=ProcessingConfig(dedupe_message_id=False)), "t",
-                          router=Router([handler, hook]))
+                          router=Router([handler, webhook_target("http://127.0.0.1:9/")]))
+    return processor, jobs
+
+
+async def test_a_batch_owes_each_stored_message_its_deliveries_and_a_refusing_handler_fails_alone(
+        db: Database) -> None:
+    processor, jobs = await batch_processor(
+        db, [raw_message(30), raw_message(31, subject="please explode"), raw_message(32)])
     fallbacks = metrics.batch_fallbacks._value.get()
     first, refused, third = await processor.handle_batch(jobs)
     assert (first.status, third.status) == ("processed", "processed")  # type: ignore[union-attr]
@@ -371,16 +376,7 @@ async def test_a_batch_owes_each_stored_message_its_deliveries_and_a_refusing_ha
 
 async def test_a_batch_of_good_messages_writes_their_outbox_rows_and_runs_their_handlers_in_one_transaction(
         db: Database) -> None:
-    await db.run(lambda conn: conn.execute(
-        "CREATE TABLE app_tickets (message_row_id bigint, subject text, sender text)"))
-    handler = Target(DeliverConfig(id="app", kind="python", handler="test_deliver:app_handler"), handler=app_handler)
-    hook = webhook_target("http://127.0.0.1:9/")
-    jobs = [new_job(ImapPointer(account="support", folder="INBOX", uidvalidity=1, uid=uid), tenant="t1")
-            for uid in range(1, 5)]
-    sources = SourceRegistry()
-    sources.register("imap", _Source({job.identity(): raw_message(40 + n) for n, job in enumerate(jobs)}))
-    processor = Processor(db, sources, Config(processing=ProcessingConfig(dedupe_message_id=False)), "t",
-                          router=Router([handler, hook]))
+    processor, jobs = await batch_processor(db, [raw_message(40 + n) for n in range(4)])
     fallbacks = metrics.batch_fallbacks._value.get()
     outcomes = await processor.handle_batch(jobs)
     assert metrics.batch_fallbacks._value.get() == fallbacks
