@@ -426,9 +426,10 @@ class Processor:
         (``fetch_many`` where the source has it), the parses in parallel, and
         one store transaction (:func:`commit_batch`); each job's outcome is the
         one :meth:`handle` gives it. Jobs the batch does not take as they are
-        go through :meth:`handle` after it: a second job for an identity
-        already in the batch, and an identity another claim holds (busy, or a
-        dead claim of this daemon to take over). When the store transaction
+        go through :meth:`handle` after it: a job that names no message
+        (ingress work for its source's ``ingest``), a second job for an
+        identity already in the batch, and an identity another claim holds
+        (busy, or a dead claim of this daemon to take over). When the store transaction
         fails, its messages are stored one by one, each in its own
         transaction, so a poison message fails alone.
 
@@ -443,8 +444,8 @@ class Processor:
         first: dict[ledger.Key, int] = {}
         later: list[int] = []
         for index, key in enumerate(keys):
-            if key in first:
-                later.append(index)
+            if key in first or not jobs[index].pointer.names_message:
+                later.append(index)  # handle(): a second job for one identity, or ingress work (no ledger)
             else:
                 first[key] = index
         batch = list(first.values())

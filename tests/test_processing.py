@@ -20,7 +20,7 @@ import trio
 
 from inboundd import metrics
 from inboundd.config import PostgresConfig
-from inboundd.jobs import Job
+from inboundd.jobs import GooglePointer, Job, new_job
 from inboundd.claims import TAKEN_BACK
 from inboundd.mime import parse_message
 from inboundd.outcomes import DependencyDown, Outcome, PermanentError, TransientError
@@ -1093,3 +1093,28 @@ async def test_a_source_with_fetch_many_is_asked_once_for_the_batch(db: Database
     results = await processor(db, source).handle_batch(jobs)
     assert [r.status for r in results] == ["processed"] * 3  # type: ignore[union-attr]
     assert source.batches == [[job.id for job in jobs]]
+
+
+async def test_a_job_that_names_no_message_goes_to_its_sources_ingest_not_the_ledger(db: Database) -> None:
+    class Ingesting(FakeSource):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ingested: list[str] = []
+
+        async def ingest(self, job: Job) -> Outcome:
+            self.ingested.append(job.id)
+            return Outcome("processed", "walked")
+
+    source = Ingesting()
+    registry = SourceRegistry()
+    registry.register("google", source)
+    registry.register("imap", source)
+    walk = new_job(GooglePointer(account=ACCOUNT, email="a@example.com", history_id=7), tenant=TENANT)
+    message = job_for(1)
+    source.put(message, mime(1))
+    proc = Processor(db, registry, processing_config(), "test-instance")
+    results = await proc.handle_batch([walk, message])
+    assert results[0] == Outcome("processed", "walked") and source.ingested == [walk.id]
+    assert results[1].status == "processed"  # type: ignore[union-attr]
+    assert await query(db, "SELECT identity FROM inbound_ledger") == [(message.identity(),)]
+
