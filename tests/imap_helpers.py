@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import trio
 from imapclient import IMAPClient
@@ -126,6 +127,8 @@ class BlackHoleProxy:
         self.connections: list[trio.Event] = []   # set = frozen
         #: Everything clients sent (to count commands).
         self.sent = bytearray()
+        #: Everything the server sent to clients (as the server sent it).
+        self.received = bytearray()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -148,7 +151,7 @@ class BlackHoleProxy:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, downstream, upstream, self.sent)
-            nursery.start_soon(pump, upstream, downstream, None, self.server_says)
+            nursery.start_soon(pump, upstream, downstream, self.received, self.server_says)
 
     def server_says(self, chunk: bytes) -> bytes:
         """What the client receives for *chunk* from the server (subclasses rewrite it)."""
@@ -157,3 +160,19 @@ class BlackHoleProxy:
     def freeze_existing(self) -> None:
         for frozen in self.connections:
             frozen.set()
+
+
+@asynccontextmanager
+async def proxied(target_port: int) -> AsyncIterator[BlackHoleProxy]:
+    """A :class:`BlackHoleProxy` to *target_port* for the block, to count what goes through it.
+
+    Its counts (``connections``, ``sent``, ``received``) are exact as soon as
+    the client's call returns. Dovecot's log is not: its log process writes
+    each line a little later (on a busy machine, noticeably), so a count read
+    from the log right after a login may miss it.
+    """
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(target_port)
+        await nursery.start(proxy.run)
+        yield proxy
+        nursery.cancel_scope.cancel()

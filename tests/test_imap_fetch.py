@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import trio
 
 from fakes import imap_job
-from imap_helpers import BlackHoleProxy, append, imap, make_accounts, message
+from imap_helpers import BlackHoleProxy, append, imap, make_accounts, message, proxied
 from services import DovecotServer, free_port
 from inboundd.outcomes import Outcome, TransientError
 from inboundd.source import FetchedMessage, SourceUnavailable
@@ -35,18 +32,6 @@ async def flags(port, user, password, uid, folder="INBOX"):
         c.select_folder(folder, readonly=True)
         return set(c.get_flags([uid]).get(uid, ()))
     return await imap(port, user, password, work)
-
-
-def server_log(server) -> str:
-    return Path(server.log).read_text(errors="replace")
-
-
-def logins(server, user: str) -> int:
-    return len(re.findall(rf"Login: user=<{re.escape(user)}>", server_log(server)))
-
-
-def logouts(server, user: str) -> list[str]:
-    return re.findall(rf"imap\({re.escape(user)}\).*Disconnected: Logged out.*", server_log(server))
 
 
 @pytest.fixture
@@ -84,50 +69,53 @@ async def test_fetch_returns_the_message_and_never_sets_seen(dovecot, imap_user,
     assert b"\\Seen" not in await flags(dovecot.port, user, password, 1)
 
 
-async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, imap_user, tmp_path, fetcher_factory):
+async def test_skips_uidvalidity_change_deleted_and_missing_folder(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     await append(dovecot.port, user, password, count=2)
     validity = await uidvalidity(dovecot.port, user, password)
-    fetcher = fetcher_factory([account])
-    before = logins(dovecot, user)
-    result = await fetcher.fetch(job_for(account.id, validity + 1, 1), max_size=0)
-    assert isinstance(result, SourceUnavailable) and result.reason == "uidvalidity_changed"
+    async with proxied(dovecot.port) as proxy:   # counts the fetcher's connections, and only those
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user])
+        fetcher = ImapFetcher([account])
+        try:
+            result = await fetcher.fetch(job_for(account.id, validity + 1, 1), max_size=0)
+            assert isinstance(result, SourceUnavailable) and result.reason == "uidvalidity_changed"
 
-    def expunge(c):
-        c.select_folder("INBOX")
-        c.delete_messages([2])
-        c.expunge()
+            def expunge(c):
+                c.select_folder("INBOX")
+                c.delete_messages([2])
+                c.expunge()
 
-    await imap(dovecot.port, user, password, expunge)
-    before += 1   # the test's own expunge session
-    result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
-    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
-    result = await fetcher.fetch(job_for(account.id, validity, 99), max_size=0)
-    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
-    result = await fetcher.fetch(job_for(account.id, validity, 1, folder="Gone"), max_size=0)
-    assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
-    # The connection survived the skips: UID 1 is still fetched fine on it.
-    assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
-    assert logins(dovecot, user) == before + 1   # one pooled connection served all five
+            await imap(dovecot.port, user, password, expunge)
+            result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
+            assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+            result = await fetcher.fetch(job_for(account.id, validity, 99), max_size=0)
+            assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+            result = await fetcher.fetch(job_for(account.id, validity, 1, folder="Gone"), max_size=0)
+            assert isinstance(result, SourceUnavailable) and result.reason == "source_deleted"
+            # The connection survived the skips: UID 1 is still fetched fine on it.
+            assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
+            assert len(proxy.connections) == 1   # one pooled connection served all five
+            assert proxy.sent.count(b" LOGIN ") == 1
+        finally:
+            await fetcher.aclose()
 
 
 async def test_oversize_is_skipped_without_downloading(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     big = message("big") + b"x" * 50_000 + b"\r\n"
     await imap(dovecot.port, user, password, lambda c: c.append("INBOX", big))
     validity = await uidvalidity(dovecot.port, user, password)
-    fetcher = ImapFetcher([account])
-    try:
-        result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000)
-        assert isinstance(result, SourceUnavailable) and result.reason == "oversize"
-        assert str(len(big)) in result.detail
-    finally:
-        await fetcher.aclose()
-    # Dovecot's own accounting of the fetcher's session: no message body was sent.
-    [line] = [line for line in logouts(dovecot, user) if "body_count" in line and "deleted=0" in line][-1:]
-    assert "body_count=0" in line and "body_bytes=0" in line, line
+    async with proxied(dovecot.port) as proxy:   # sees every byte the server sends the fetcher
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user])
+        fetcher = ImapFetcher([account])
+        try:
+            result = await fetcher.fetch(job_for(account.id, validity, 1), max_size=10_000)
+            assert isinstance(result, SourceUnavailable) and result.reason == "oversize"
+            assert str(len(big)) in result.detail
+        finally:
+            await fetcher.aclose()
+    # No message body was sent: the whole session is a few hundred bytes, none of the body.
+    assert len(proxy.received) < 5_000 and b"x" * 100 not in proxy.received, len(proxy.received)
 
 
 async def test_fetch_many_asks_each_folder_once_for_sizes_and_once_for_bodies(dovecot, imap_user, tmp_path,
@@ -174,31 +162,31 @@ def test_fetch_many_downloads_at_most_its_byte_budget_per_command_and_every_uid_
 
 async def test_pool_reuses_connections_across_jobs(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], fetch_connections=2)
     await append(dovecot.port, user, password, count=12)
     validity = await uidvalidity(dovecot.port, user, password)
-    before = logins(dovecot, user)
-    fetcher = ImapFetcher([account])
     results = {}
-    try:
-        for uid in (1, 2, 3):   # one after the other: one connection
-            results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
-        assert logins(dovecot, user) == before + 1
+    async with proxied(dovecot.port) as proxy:   # counts the fetcher's connections, and only those
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user], fetch_connections=2)
+        fetcher = ImapFetcher([account])
+        try:
+            for uid in (1, 2, 3):   # one after the other: one connection
+                results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
+            assert len(proxy.connections) == 1
 
-        async def one(uid):
-            results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
+            async def one(uid):
+                results[uid] = await fetcher.fetch(job_for(account.id, validity, uid), max_size=0)
 
-        async with trio.open_nursery() as nursery:   # nine at once: at most fetch_connections
-            for uid in range(4, 13):
-                nursery.start_soon(one, uid)
-        assert logins(dovecot, user) == before + 2
-        assert all(isinstance(results[uid], FetchedMessage) for uid in range(1, 13))
-        assert [results[uid].raw.split(b"Subject: ")[1].split(b"\r\n")[0] for uid in range(1, 13)] == \
-            [f"message {n}".encode() for n in range(12)]
-    finally:
-        await fetcher.aclose()
-    # aclose logs both pooled connections out.
-    assert len(logouts(dovecot, user)) >= 2
+            async with trio.open_nursery() as nursery:   # nine at once: at most fetch_connections
+                for uid in range(4, 13):
+                    nursery.start_soon(one, uid)
+            assert len(proxy.connections) == 2
+            assert all(isinstance(results[uid], FetchedMessage) for uid in range(1, 13))
+            assert [results[uid].raw.split(b"Subject: ")[1].split(b"\r\n")[0] for uid in range(1, 13)] == \
+                [f"message {n}".encode() for n in range(12)]
+        finally:
+            await fetcher.aclose()
+        # aclose logs both pooled connections out.
+        assert proxy.sent.count(b" LOGOUT\r\n") == 2
 
 
 async def test_a_dead_pooled_connection_is_replaced(tmp_path):
@@ -312,15 +300,18 @@ async def test_post_action_delete_and_uidvalidity_guard(dovecot, imap_user, tmp_
     assert await imap(dovecot.port, user, password, uids) == [1]
 
 
-async def test_post_action_none_touches_nothing(dovecot, imap_user, tmp_path, fetcher_factory):
+async def test_post_action_none_touches_nothing(dovecot, imap_user, tmp_path):
     user, password = imap_user
-    [account] = make_accounts(tmp_path, dovecot.port, [imap_user])
     await append(dovecot.port, user, password)
     validity = await uidvalidity(dovecot.port, user, password)
-    before = logins(dovecot, user)
-    fetcher = fetcher_factory([account])
-    await fetcher.after_commit(job_for(account.id, validity, 1), STORED)
-    assert logins(dovecot, user) == before
+    async with proxied(dovecot.port) as proxy:   # would see any connection the fetcher made
+        [account] = make_accounts(tmp_path, proxy.port, [imap_user])
+        fetcher = ImapFetcher([account])
+        try:
+            await fetcher.after_commit(job_for(account.id, validity, 1), STORED)
+        finally:
+            await fetcher.aclose()
+        assert proxy.connections == []
     assert await flags(dovecot.port, user, password, 1) - {b"\\Recent"} == set()
 
 
