@@ -237,6 +237,24 @@ def enqueue(redis_url: str, jobs: list[Any], prefix: str = "inboundd") -> None:
     trio.run(go)
 
 
+def queue_stats(redis_url: str, prefix: str = "inboundd") -> Any:
+    """The daemon's queue as ``inboundctl status`` sees it (:class:`inboundd.queue.QueueStats`)."""
+    import trio
+
+    from inboundd.config import QueueConfig, RedisConfig
+    from inboundd.queue import Queue
+    from inboundd.redisio import RedisIO
+
+    async def go() -> Any:
+        rio = RedisIO.from_config(RedisConfig(url=redis_url))
+        try:
+            return await Queue(rio, QueueConfig(), prefix=prefix).stats()
+        finally:
+            await rio.close()
+
+    return trio.run(go)
+
+
 def seed_queue(redis_url: str, *, ready: int = 0, dead: dict[str, int] | None = None, delayed: int = 0,
                in_flight: int = 0) -> dict[str, list[str]]:
     """Put a known state into the daemon's queue through the real Queue API; returns job ids by kind.

@@ -57,10 +57,12 @@ def _toml(value: Any) -> str:
 SENDER = "Ada Customer <ada@example.com>"
 
 
-def message(n: int | str, subject: str | None = None) -> bytes:
-    """A small plain-text message with a unique Message-ID; its subject is *subject* or ``message N``."""
+def message(n: int | str, subject: str | None = None, message_id: str | None = None) -> bytes:
+    """A small plain-text message; its subject is *subject* or ``message N``, its Message-ID *message_id*
+    (without ``<>``) or a unique one."""
+    message_id = message_id or f"m{n}-{uuid.uuid4().hex}@test"
     return (f"From: {SENDER}\r\nTo: support@example.com\r\nSubject: {subject or f'message {n}'}\r\n"
-            f"Message-ID: <m{n}-{uuid.uuid4().hex}@test>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+            f"Message-ID: <{message_id}>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
             f"\r\nbody {n}\r\n").encode()
 
 

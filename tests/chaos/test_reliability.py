@@ -1,4 +1,4 @@
-"""The Reliability table's rendering (chaos.reliability), pure."""
+"""The Reliability table's rendering and the tally of the store (pure)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def test_rows_become_a_markdown_table_with_each_recovery_time_defined_below_it()
 
 def test_an_empty_run_is_just_the_header() -> None:
     assert len(markdown([]).splitlines()) == 2
+
+
+def test_the_tally_names_lost_duplicated_and_unexpected_messages() -> None:
+    from chaos.mailflow import tally
+
+    result = tally(["a", "b", "c", "d"], ["a", "b", "b", "d", "x"])
+    assert (result.expected, result.stored) == (4, 5)
+    assert result.lost == {"c"} and result.duplicated == {"b"} and result.unexpected == {"x"}
+    assert not tally(["a"], ["a"]).lost | tally(["a"], ["a"]).duplicated
