@@ -166,11 +166,17 @@ def encode(job: Job) -> bytes:
 
 
 def decode(data: bytes | str) -> Job:
-    """Decode a job; raises :class:`JobDecodeError` naming what was wrong."""
+    """Decode a job; raises :class:`JobDecodeError` naming what was wrong, and nothing else, whatever *data* is."""
     try:
         job = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise JobDecodeError(f"invalid job payload: {exc}") from None
+    except UnicodeError as exc:
+        # msgspec reports bytes that are not UTF-8 inside a string (and a str holding a lone
+        # surrogate) as UnicodeDecodeError/UnicodeEncodeError, not as a DecodeError.
+        raise JobDecodeError(f"invalid job payload: not UTF-8 text: {exc.reason} at position {exc.start}") from None
+    except RecursionError:
+        raise JobDecodeError("invalid job payload: JSON nested too deeply") from None
     if job.v != SCHEMA_VERSION:
         raise JobDecodeError(f"unsupported job schema version {job.v} (this build reads {SCHEMA_VERSION})")
     return job
