@@ -125,6 +125,11 @@ def load_text(text: str, source: str = "<string>", base: Path | None = None, *,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"invalid TOML: {exc}"]) from None
+    except ValueError as exc:
+        # tomllib lets int() refuse an integer of thousands of digits with a bare ValueError.
+        raise ConfigError(source, [f"invalid TOML: a number tomllib cannot read ({str(exc).split(';')[0]})"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["invalid TOML: arrays or tables nested too deeply"]) from None
     problems: list[str] = []
     warnings: list[str] = []
     config = convert_section(config_type(registry), data, "", problems, reserved=registry.planned,
