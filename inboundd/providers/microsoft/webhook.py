@@ -92,7 +92,7 @@ def validation_token(query: str | bytes | Mapping[str, str] | Iterable[tuple[str
         raise BadRequest("validationToken is empty")
     if len(token) > TOKEN_LIMIT:
         raise BadRequest(f"validationToken is longer than {TOKEN_LIMIT} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in token):  # C0, DEL and C1
         raise BadRequest("validationToken contains control characters")
     return token
 
@@ -139,8 +139,9 @@ _batch_decoder = msgspec.json.Decoder(Batch)
 def parse_batch(body: bytes, limit: int = BODY_LIMIT) -> Batch:
     """Decode a notification POST body; :class:`BadRequest` naming what is wrong.
 
-    Refused: more than *limit* bytes (checked before parsing), not JSON,
-    not ``{"value": [...]}``, an item that is not an object or lacks a
+    Refused: more than *limit* bytes (checked before parsing), not JSON
+    (or not UTF-8, or nested deeper than the decoder goes), not
+    ``{"value": [...]}``, an item that is not an object or lacks a
     ``subscriptionId``/``clientState``/``tenantId`` string.
     """
     if len(body) > limit:
@@ -153,6 +154,12 @@ def parse_batch(body: bytes, limit: int = BODY_LIMIT) -> Batch:
         raise BadRequest(f"not a notification collection: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # msgspec reports a string holding bytes that are not UTF-8 this way, not as a DecodeError.
+        raise BadRequest(f"body is not UTF-8 JSON: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        # Unknown fields are skipped, but skipping recurses: "[[[[…" deeper than the stack allows.
+        raise BadRequest("body is not a notification collection: JSON nested too deeply") from None
 
 
 class SubscriptionRef(msgspec.Struct, frozen=True):
