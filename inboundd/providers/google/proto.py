@@ -85,11 +85,14 @@ def parse_history_id(value: object, what: str = "historyId") -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value.lstrip("0")) > 20:  # ≥ 10^20 > 2^64; int() refuses thousands of digits with a ValueError
+            raise GmailFormatError(f"{what}: a number of {len(value)} digits is out of range (1 to 2^64-1)")
         number = int(value)
     else:
-        raise GmailFormatError(f"{what}: expected a positive integer or a string of digits, got {value!r}")
+        raise GmailFormatError(f"{what}: expected a positive integer or a string of digits, got {value!r:.80}")
     if not 1 <= number < 2**64:
-        raise GmailFormatError(f"{what}: {number} is out of range (1 to 2^64-1)")
+        shown = number if number.bit_length() <= 128 else f"a number of {number.bit_length()} bits"
+        raise GmailFormatError(f"{what}: {shown} is out of range (1 to 2^64-1)")
     return number
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -107,6 +107,9 @@ def token_header(token: str) -> TokenHeader:
         header = google_jwt.decode_header(token)
     except (ValueError, TypeError) as exc:
         raise PushRejected(401, "malformed_token", f"not a JWT: {type(exc).__name__}") from None
+    except RecursionError:
+        # google-auth parses the header and claims with json.loads: "[[[[…" recurses past the stack.
+        raise PushRejected(401, "malformed_token", "not a JWT: JSON nested too deeply") from None
     if not isinstance(header, Mapping):
         raise PushRejected(401, "malformed_token", "JWT header is not an object")
     alg = header.get("alg")
@@ -122,7 +125,14 @@ def _number(payload: Mapping[str, Any], claim: str) -> float:
     value = payload.get(claim)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PushRejected(401, "missing_claim", f"claim {claim!r} missing or not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        # NaN compares false with everything: it would pass every time check.
+        raise PushRejected(401, "missing_claim", f"claim {claim!r} is not a finite number")
+    return number
 
 
 def check_token(
@@ -143,6 +153,8 @@ def check_token(
     try:
         payload = google_jwt.decode(token, certs={header.kid: certs[header.kid]}, verify=True, audience=None,
                                     clock_skew_in_seconds=_SIGNATURE_ONLY_SKEW)
+    except RecursionError:
+        raise PushRejected(401, "malformed_token", "not a JWT: JSON nested too deeply") from None
     except (google_exceptions.GoogleAuthError, ValueError, TypeError) as exc:
         text = str(exc)
         if "required claim" in text:
@@ -152,7 +164,7 @@ def check_token(
     issuer = payload.get("iss")
     audience = payload.get("aud")
     email = payload.get("email")
-    if issuer not in ISSUERS:
+    if not isinstance(issuer, str) or issuer not in ISSUERS:  # a list or an object is not hashable
         raise PushRejected(403, "wrong_issuer", f"iss {str(issuer)[:80]!r} is not Google's")
     if payload.get("email_verified") is not True:
         raise PushRejected(403, "email_unverified", "email_verified is not true")
@@ -222,25 +234,34 @@ def _b64decode(data: str) -> bytes:
         raise PushDataError("data_not_base64", f"message.data: {exc}") from None
 
 
+def _json(data: bytes, reason: str, detail: str) -> Any:
+    """*data* as JSON, or :class:`PushDataError` (*reason*, *detail*).
+
+    msgspec, not ``json.loads``: it refuses lone surrogates (``"\\ud800"``),
+    which would pass here and then fail to encode in the job or a log line,
+    and bytes that are not UTF-8; nesting deeper than the stack allows ends
+    in RecursionError, turned into the same refusal.
+    """
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise PushDataError(reason, detail) from None
+    except RecursionError:
+        raise PushDataError(reason, f"{detail} (nested too deeply)") from None
+
+
 def decode_push(body: bytes) -> PushNotice:
     """Decode a Pub/Sub push body; raises :class:`PushDataError` naming what was wrong."""
     if len(body) > MAX_BODY:
         raise PushDataError("too_large", f"{len(body)} bytes, a push is at most {MAX_BODY}")
-    try:
-        envelope = json.loads(body)
-    except ValueError:
-        raise PushDataError("not_json", "body is not JSON") from None
+    envelope = _json(body, "not_json", "body is not JSON")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
         raise PushDataError("no_message", "body has no \"message\" object")
     message = envelope["message"]
     data = message.get("data")
     if not isinstance(data, str) or not data.strip():
         raise PushDataError("no_data", "message.data is missing or empty")
-    decoded = _b64decode(data)
-    try:
-        notice = json.loads(decoded)
-    except ValueError:
-        raise PushDataError("data_not_json", "message.data does not decode to JSON") from None
+    notice = _json(_b64decode(data), "data_not_json", "message.data does not decode to JSON")
     if not isinstance(notice, dict):
         raise PushDataError("data_not_json", "message.data is not a JSON object")
     address = notice.get("emailAddress")
