@@ -227,6 +227,8 @@ async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(r
     corrupt = b'{"id":"j","tenant":"t","enqueued_at":0,"raw":"From: a\\r\\n"}'
     client.xadd(queue.keys.stream, {"job": corrupt})
     client.xadd(queue.keys.stream, {"something": "else"})
+    not_utf8 = b'{"id":"j\xff","tenant":"t"}'  # msgspec raised UnicodeDecodeError: the consumer died on it
+    client.xadd(queue.keys.stream, {"job": not_utf8})
     await queue.enqueue(imap_job(2))
     async with trio.open_nursery() as nursery:
         await nursery.start(ConsumerPool(queue, handler, queue.cfg, "i", count=1).run)
@@ -235,8 +237,10 @@ async def test_permanent_errors_and_invalid_payloads_are_dead_lettered_at_once(r
     assert handler.uids() == [1, 2]  # the consumer survived the corrupt entries
     letters = await queue.dead_letters()
     assert [(d.reason, d.raw, d.attempts) for d in letters] == [
-        ("source_gone", jobs.encode(handler.calls[0]), 1), ("invalid_payload", corrupt, 0), ("invalid_payload", b"", 0)]
+        ("source_gone", jobs.encode(handler.calls[0]), 1), ("invalid_payload", corrupt, 0), ("invalid_payload", b"", 0),
+        ("invalid_payload", not_utf8, 0)]
     assert "UIDVALIDITY changed" in letters[0].last_error and "raw" in letters[1].last_error
+    assert "not UTF-8" in letters[3].last_error
 
 
 # --------------------------------------------------------------------------- leases
