@@ -13,6 +13,12 @@ The outage itself is logged by the dependency's :class:`~inboundd.outage.Outage`
 (``postgres.down``, ``postgres.still_down``, ``postgres.up``), which the
 failures and the successful probe are reported to; this module only decides
 when jobs may run again.
+
+Ingress waits the same way: :class:`Dependencies` holds the daemon's gates
+(Redis, PostgreSQL) and tells an IMAP listener whether its session ended
+because one of them stopped answering rather than its own server, so the
+listener waits for that dependency and reconnects as soon as it answers —
+its reconnect backoff, which is about its own server, is left as it was.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import trio
 
 from . import metrics
 from .backoff import Backoff
-from .outage import Outage
+from .outage import Outage, one_line
+from .outcomes import DependencyDown
 
-__all__ = ["Availability"]
+__all__ = ["Availability", "Dependencies"]
 
 #: Probe delays while a dependency is down (seconds; doubling, equal jitter).
 PROBE_BASE, PROBE_CAP = 0.25, 2.0
@@ -88,3 +95,24 @@ class Availability:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+class Dependencies:
+    """The daemon's shared dependencies, one :class:`Availability` each, and the failures that show one down."""
+
+    def __init__(self) -> None:
+        self._gates: list[tuple[Availability, Callable[[BaseException], bool]]] = []
+
+    def add(self, gate: Availability, shows_down: Callable[[BaseException], bool]) -> Availability:
+        """Register *gate*; *shows_down* tells whether a failure means its dependency does not answer."""
+        self._gates.append((gate, shows_down))
+        return gate
+
+    def down(self, exc: BaseException) -> DependencyDown | None:
+        """*exc* as :class:`~inboundd.outcomes.DependencyDown` (reported to its gate) if it shows one down, else None."""
+        for gate, shows_down in self._gates:
+            if shows_down(exc):
+                gate.report_down(exc)
+                return DependencyDown(f"{gate.name} not answering: {one_line(exc)}", dependency=gate.name,
+                                      wait_up=gate.wait_up)
+        return None

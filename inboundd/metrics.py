@@ -57,11 +57,12 @@ ledger_lease_events = Counter(
     "was stopped because their lease could not be confirmed (expired)", ["event"], registry=REGISTRY,
 )
 dependency_outages = Counter(
-    "inboundd_dependency_outages_total", "Times a dependency every job needs (postgres) stopped answering",
+    "inboundd_dependency_outages_total", "Times a dependency every job needs (postgres, redis) stopped answering",
     ["dependency"], registry=REGISTRY,
 )
 dependency_waits = Counter(
-    "inboundd_dependency_waits_total", "Jobs a consumer kept and ran again once a dependency answered",
+    "inboundd_dependency_waits_total",
+    "Waits for a dependency to answer: jobs a consumer kept, IMAP sessions that ended on it and reconnect after it",
     ["dependency"], registry=REGISTRY,
 )
 batch_fallbacks = Counter(

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any, AsyncIterator
 
 import msgspec
+import redis
 import trio
 
 from . import config as config_mod, log
+from .availability import Availability, Dependencies
 from .backoff import Backoff
 from .consumer import ConsumerPool
 from .deliver.deliverer import Deliverer
@@ -30,11 +32,11 @@ from .ingress.cursors import DbCursorStore
 from .ingress.webhook import Route, WebhookReply, WebhookRequest
 from .outage import one_line
 from .parsing import Parser, ProcessParser
-from .processing import Processor
+from .processing import Processor, is_unreachable
 from .provider import Context, ReadinessCheck, Runtime
 from .providers import REGISTRY, Registry
 from .queue import Queue, ReclaimTimer
-from .redisio import RedisIO
+from .redisio import RedisIO, unreachable as redis_unreachable
 from .source import SourceRegistry
 from .store.db import Database
 from .store.migrate import SchemaTooNew, migrate
@@ -63,8 +65,13 @@ class Pipeline:
         self.db = db
         instance = cfg.daemon.instance_id
         self.queue = Queue(rio, cfg.queue, prefix=cfg.redis.key_prefix)
+        #: Redis's and PostgreSQL's availability, shared by the consumers and the providers' ingress.
+        self.dependencies = Dependencies()
+        self.dependencies.add(Availability(rio.outage, rio.ping),
+                              lambda exc: isinstance(exc, redis.RedisError) and redis_unreachable(exc))
         context = Context(cfg=cfg, queue=self.queue, rio=rio, db=db, cursors=DbCursorStore(db),
-                          instance_id=instance, key_prefix=cfg.redis.key_prefix, intake_open=intake_open)
+                          instance_id=instance, key_prefix=cfg.redis.key_prefix, intake_open=intake_open,
+                          dependencies=self.dependencies)
         #: One runtime per registered provider, by provider name (registry order).
         self.runtimes: dict[str, Runtime] = {provider.name: provider.build(context) for provider in registry}
         self.sources = SourceRegistry()
@@ -74,6 +81,7 @@ class Pipeline:
         targets = resolve_targets(cfg) if targets is None else targets
         self.router = Router(targets)
         self.processor = Processor(db, self.sources, cfg, instance, parser=parser, router=self.router)
+        self.dependencies.add(self.processor.postgres, is_unreachable)   # one probe loop for jobs and ingress
         self.deliverer = Deliverer(db, targets, instance)
         self.consumers = ConsumerPool(self.queue, self.processor, cfg.queue, instance, count=cfg.daemon.consumers)
         self.reclaim = ReclaimTimer(self.queue, cfg.queue, consumer=f"{instance}-reclaim")

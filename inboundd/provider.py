@@ -28,6 +28,7 @@ from .ingress.webhook import Route, WebhookReply, WebhookRequest
 from .source import Source
 
 if TYPE_CHECKING:
+    from .availability import Dependencies
     from .ingress.cursors import CursorStore
     from .queue import Queue
     from .redisio import RedisIO
@@ -64,6 +65,9 @@ class Context:
     #: Whether the daemon serves its webhook routes now (not while starting or draining): a provider
     #: whose subscription needs a callback answered at once (Graph's validation handshake) waits for it.
     intake_open: Callable[[], bool] = lambda: True
+    #: Redis's and PostgreSQL's availability: an ingress session that ended because one stopped answering
+    #: waits for it (``dependencies.down(exc)``) instead of backing off as if its own server had failed.
+    dependencies: "Dependencies | None" = None
 
 
 class Runtime:

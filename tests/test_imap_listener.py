@@ -340,6 +340,45 @@ async def test_dovecot_restart_during_idle_reconnects_and_misses_nothing(own_dov
         nursery.cancel_scope.cancel()
 
 
+async def test_a_session_ended_by_redis_waits_for_redis_and_reconnects_at_once_without_imap_backoff(
+        dovecot, imap_user, tmp_path):
+    """Redis (the queue) stops answering: the IMAP server did nothing wrong, so its 30 s reconnect backoff
+    is not what the listener waits out — it waits for Redis and is back within a probe interval."""
+    from inboundd import log
+    from inboundd.availability import PROBE_CAP, Availability, Dependencies
+    from inboundd.outage import Outage
+
+    user, password = imap_user
+    [account] = make_accounts(tmp_path, dovecot.port, [imap_user], reconnect_base=30, reconnect_cap=300)
+    queue, cursors = RecordingQueue(), MemoryCursorStore()
+    probes: list[float] = []
+
+    async def probe() -> None:   # "Redis" answers again when the queue stops failing
+        probes.append(trio.current_time())
+        if queue.fail is not None:
+            raise ConnectionError("still down")
+
+    dependencies = Dependencies()
+    dependencies.add(Availability(Outage("redis", log.get_logger("test"), now=trio.current_time), probe),
+                     lambda exc: isinstance(exc, ConnectionError))
+    listener = listener_for(account, queue, cursors, dependencies=dependencies)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        queue.fail = ConnectionError("redis down")
+        uids = await append(dovecot.port, user, password, count=3)
+        await eventually(lambda: len(probes) >= 4, 10, "Redis probed a few times while down")
+        status = listener.status()
+        assert status.state == "backoff" and status.retry_at is None and "redis not answering" in status.last_error
+        assert queue.attempts == 1                 # no IMAP reconnect while Redis is down
+        back = trio.current_time()
+        queue.fail = None
+        await eventually(lambda: queue.uids() == uids, PROBE_CAP + 3, "the pointers once Redis answers")
+        print(f"\nRedis back → pointers enqueued {trio.current_time() - back:.2f}s")
+        await eventually(lambda: listener.state == "idle", 5, "idle again")
+        assert listener.status().failures == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_polling_when_the_server_has_no_idle(tmp_path):
     class NoIdleDovecot(DovecotServer):
         def _config_text(self) -> str:

@@ -21,7 +21,13 @@ A listener's life::
   as a failure and a reconnect, a replaced folder as a new UIDVALIDITY.
 * **Failures** of any kind (network, TLS, login, folder, Redis, PostgreSQL,
   even a bug) end the session and are retried with backoff — per listener,
-  so one failing account or folder never affects the others.
+  so one failing account or folder never affects the others. A session
+  that ended because Redis or PostgreSQL stopped answering is not the IMAP
+  server's failure: the listener waits for that dependency (one probe loop
+  shared by the daemon, ``availability.Dependencies``) and reconnects as
+  soon as it answers, its reconnect backoff untouched — so neither a long
+  outage nor one shortly before an IMAP server restart leaves it sitting
+  out minutes of backoff afterwards.
 * **Ownership**: with a lease configured, a listener first takes the
   mailbox's Redis lease and stops listening the moment it cannot prove it
   still holds it (``ingress.ownership``).
@@ -39,6 +45,7 @@ import msgspec
 import trio
 
 from ... import clock, log, metrics
+from ...availability import Dependencies
 from ...backoff import Backoff
 from ...ingress.auth import AuthPolicy
 from ...ingress.cursors import CursorStore, StoredCursor
@@ -46,6 +53,7 @@ from ...ingress.lease import Lease, lease_keys
 from ...ingress.ownership import Ownership
 from ...ingress.supervisor import Supervisor, run_reporting_started
 from ...jobs import ImapPointer, Job, new_job
+from ...outcomes import DependencyDown
 from . import proto
 from .conn import (
     AuthError,
@@ -127,8 +135,10 @@ class ImapListener:
         cursors: CursorStore,
         limiter: trio.CapacityLimiter,
         lease: Lease | None = None,
+        dependencies: Dependencies | None = None,
     ) -> None:
         self.account = account
+        self.dependencies = dependencies
         self.folder = folder
         self.queue = queue
         self.cursors = cursors
@@ -242,6 +252,10 @@ class ImapListener:
                 retry = self._policy.auth_failed(str(exc), trio.current_time())
                 metrics.imap_auth_failures.labels(self.account.id).inc()
             except Exception as exc:  # noqa: BLE001 — isolation: nothing here may kill the group
+                down = self.dependencies.down(exc) if self.dependencies is not None else None
+                if down is not None:
+                    await self._wait_for_dependency(down)
+                    continue
                 retry = self._policy.failed(describe(exc), trio.current_time())
                 if not isinstance(exc, (OSError, ConnectionLost)) and not _is_imap_error(exc):
                     log.event(_log, "imap.listener.error", level=logging.WARNING, exc_info=True,
@@ -255,6 +269,26 @@ class ImapListener:
                       folder=self.folder, state=retry.state, delay=round(retry.delay, 3), error=retry.error)
             self._report_started()
             await self._wait(retry.delay)
+
+    async def _wait_for_dependency(self, down: DependencyDown) -> None:
+        """The session ended because *down*'s dependency stopped answering: wait until it answers again.
+
+        The IMAP server did not fail, so its reconnect backoff is left alone
+        and the next session starts as soon as the dependency answers.
+        Cancellation is honoured at once.
+        """
+        self._last_error = str(down)
+        self._failures += 1
+        self._mode = None
+        self._retry_at = None
+        self._set_state("backoff")
+        metrics.dependency_waits.labels(down.dependency).inc()
+        log.event(_log, "imap.listener.dependency_wait", level=logging.WARNING, account=self.account.id,
+                  folder=self.folder, dependency=down.dependency, error=str(down))
+        self._report_started()
+        await down.wait_up()
+        log.event(_log, "imap.listener.dependency_back", account=self.account.id, folder=self.folder,
+                  dependency=down.dependency)
 
     async def _wait(self, delay: float) -> None:
         """Sleep *delay* seconds, or until :meth:`kick`."""
@@ -451,8 +485,10 @@ class ImapListenerGroup:
         key_prefix: str = "inboundd",
         instance_id: str = "inboundd",
         limiter: trio.CapacityLimiter | None = None,
+        dependencies: Dependencies | None = None,
     ) -> None:
         self.queue = queue
+        self.dependencies = dependencies
         self.cursors = cursors
         self.rio = rio
         self.key_prefix = key_prefix
@@ -528,7 +564,7 @@ class ImapListenerGroup:
             lease = Lease(self.rio, lease_keys(self.key_prefix, "imap", account.id, folder),
                           instance=self.instance_id, ttl=account.config.lease)
         return ImapListener(account, folder, queue=self.queue, cursors=self.cursors,
-                            limiter=self.limiter, lease=lease)
+                            limiter=self.limiter, lease=lease, dependencies=self.dependencies)
 
 
 def _wanted(accounts: Iterable[ImapAccount]) -> dict[tuple[str, str], ImapAccount]:

@@ -26,7 +26,7 @@ class ImapRuntime(Runtime):
         self.source = self.fetcher
         self.listeners = ImapListenerGroup(
             accounts, queue=ctx.queue, cursors=ctx.cursors, rio=ctx.rio, key_prefix=ctx.key_prefix,
-            instance_id=ctx.instance_id,
+            instance_id=ctx.instance_id, dependencies=ctx.dependencies,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
