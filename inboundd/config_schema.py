@@ -127,7 +127,8 @@ class QueueConfig(Section):
         "How long one XREADGROUP blocks (at most 1s, so shutdown never strands a job; and at most half of "
         "redis.socket_timeout, which would cut it off).")] = 1.0
     reclaim_interval: Annotated[Duration, doc(
-        "Period of the reclaim timer (expired leases, due retries, gauges).")] = 10.0
+        "Period of the reclaim timer (expired leases, gauges). Due retries are promoted as they fall due; this is "
+        "the longest a retry scheduled by another daemon can wait past its due time.")] = 10.0
     dlq_maxlen: Annotated[int, doc(
         "Cap of the dead-letter stream; 0 = unbounded. Each eviction is logged.", ge=0)] = 0
     oldest_ready_alert: Annotated[Duration, doc(

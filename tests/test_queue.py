@@ -342,3 +342,27 @@ async def test_stats_are_exact_for_a_known_state(rio: RedisIO, client: redis.Red
     assert stats.oldest_ready_age is not None and 0 <= stats.oldest_ready_age < 5
     assert metrics.queue_ready._value.get() == 4 and metrics.queue_dead._value.get() == 1
     assert not math.isnan(stats.oldest_ready_age)
+
+
+async def test_a_retry_is_promoted_when_it_is_due_not_on_the_next_reclaim_tick(rio: RedisIO, client: redis.Redis) -> None:
+    """reclaim_interval is 30 s: a retry due in 0.3 s (scheduled while the promoter sleeps) and one due in 1 s
+    are each back in the stream within a moment of their due time."""
+    queue = make_queue(rio, QueueConfig(lease=30, block=0.1, reclaim_interval=30))
+    await queue.ensure_group()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="reclaimer").run)
+        await queue.enqueue_many([imap_job(1), imap_job(2)])
+        first, second = await queue.claim("worker", 10)
+        assert await queue.retry("worker", second, second.job, 1.0, kind="error")
+        assert await queue.retry("worker", first, first.job, 0.3, kind="error")   # sooner than the planned wake
+        scheduled = trio.current_time()
+        back: dict[str, float] = {}
+
+        async def claim_back() -> bool:
+            for item in await queue.claim("worker", 10, block=0):
+                back[item.job.id] = trio.current_time() - scheduled
+            return len(back) == 2
+
+        await eventually(claim_back, 5, "both retries back in the stream")
+        nursery.cancel_scope.cancel()
+    assert 0.3 <= back[first.job.id] < 0.3 + 0.5 and 1.0 <= back[second.job.id] < 1.0 + 0.5, back

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 import redis
+import trio
 
 from .. import jobs as jobs_mod, log
 from ..config_schema import QueueConfig
@@ -78,6 +80,9 @@ class QueueBase:
         self.keys = Keys.for_prefix(prefix)
         self.scripts = Scripts(rio.client)
         self._group_ready = False
+        #: Set when this process schedules a retry due before the promoter's planned wake-up (``_promote_at``).
+        self._promote_wake = trio.Event()
+        self._promote_at = math.inf
 
     def _ensure_group_sync(self, client: redis.Redis) -> None:
         try:

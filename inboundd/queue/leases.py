@@ -129,6 +129,8 @@ class Leases(QueueBase):
         if not ok:
             self._stale("retry", consumer, claimed.entry_id, job)
             return False
+        if due_ms / 1000 < self._promote_at:
+            self._promote_wake.set()   # due before the promoter wakes: it wakes sooner (ReclaimTimer)
         metrics.jobs_retried.labels(job.provider, job.account, kind).inc()
         log.event(_log, "job.retry", kind=kind, delay=round(delay, 3), transient=job.transient,
                   consumer=consumer, **job.log_fields())

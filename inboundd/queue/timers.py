@@ -4,10 +4,19 @@ A job whose worker was lost counts one attempt: the reclaim timer puts it back
 at the tail with its attempt counted, or dead-letters it with ``worker_lost``
 once it reached ``max_attempts``, so a poison pill that kills its worker ends
 in the DLQ instead of looping.
+
+Due retries are promoted when the earliest of them is due, not on the next
+``reclaim_interval`` tick: a retry's delay is what it waits (a retry 2 s out
+once waited up to 12 s). The promoter sleeps until the earliest due time in
+the delayed set (at most ``reclaim_interval``, which also bounds how late a
+retry scheduled by another daemon can be noticed), and a retry this process
+schedules sooner wakes it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import TYPE_CHECKING
 
 import redis
@@ -72,6 +81,23 @@ class Timers(Leases):
             log.event(_log, "job.promote", jobs=total)
         return total
 
+    async def next_due(self) -> float | None:
+        """Wall time (seconds) the earliest delayed job is due, or None when none waits."""
+        first = await self.rio.run(lambda client: client.zrange(self.keys.delayed, 0, 0, withscores=True))
+        return first[0][1] / 1000 if first else None
+
+    def expect_retries(self) -> None:
+        """From now until :meth:`sleep_until_due`, any retry this process schedules ends that sleep at once."""
+        self._promote_wake = trio.Event()
+        self._promote_at = -math.inf
+
+    async def sleep_until_due(self, seconds: float) -> None:
+        """Sleep *seconds*, or until this process schedules a retry due sooner (or did since :meth:`expect_retries`)."""
+        self._promote_at = clock.wall() + seconds
+        with trio.move_on_after(seconds):
+            await self._promote_wake.wait()
+        self._promote_at = math.inf
+
     async def forget_idle_consumers(self, idle: float = FORGET_CONSUMER_AFTER) -> int:
         """Remove group members idle longer than *idle* seconds that hold nothing."""
 
@@ -93,8 +119,15 @@ class Timers(Leases):
         return removed
 
 
+#: The promoter never wakes more often than this (seconds): due times are in milliseconds, clocks coarse.
+PROMOTE_RESOLUTION = 0.01
+#: After a failed promotion (Redis down) the promoter tries again this soon (seconds; at most reclaim_interval).
+PROMOTE_RETRY = 1.0
+
+
 class ReclaimTimer:
-    """Every ``reclaim_interval``: reclaim expired leases, promote due retries, refresh gauges."""
+    """Every ``reclaim_interval``: reclaim expired leases, promote due retries, refresh gauges; and due retries
+    promoted as they fall due (see the module docstring)."""
 
     def __init__(self, queue: Queue, cfg: QueueConfig, *, consumer: str) -> None:
         self.queue = queue
@@ -111,9 +144,30 @@ class ReclaimTimer:
         await self.queue.refresh_gauges()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run ticks forever; a failing tick (Redis down) is logged and retried next interval."""
+        """Run ticks forever, and the promoter beside them; a failing tick (Redis down) is logged and retried
+        next interval. Cancellation is honoured at every wait."""
         await self.queue.try_ensure_group()
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._promote_when_due)
+            await self._tick_forever()
+
+    async def _promote_when_due(self) -> None:
+        while True:
+            wait = self.cfg.reclaim_interval
+            self.queue.expect_retries()
+            try:
+                await self.queue.promote_due()
+                due = await self.queue.next_due()
+            except (redis.RedisError, OSError) as exc:   # Redis down: the tick logs it; try again soon
+                log.event(_log, "promote.failed", level=logging.DEBUG, error=str(exc))
+                wait = min(wait, PROMOTE_RETRY)
+            else:
+                if due is not None:
+                    wait = min(wait, max(due - clock.wall(), PROMOTE_RESOLUTION))
+            await self.queue.sleep_until_due(wait)
+
+    async def _tick_forever(self) -> None:
         ticks = 0
         while True:
             try:
