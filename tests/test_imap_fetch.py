@@ -189,19 +189,24 @@ async def test_pool_reuses_connections_across_jobs(dovecot, imap_user, tmp_path)
         assert proxy.sent.count(b" LOGOUT\r\n") == 2
 
 
-async def test_a_dead_pooled_connection_is_replaced(tmp_path):
+async def test_dead_pooled_connections_are_replaced_by_a_new_one(tmp_path):
+    """Both pooled connections die with the server: the job is tried again on a new connection, not on the
+    other dead one (which made every job in flight across an IMAP restart a retry)."""
     server = DovecotServer(users=1).start()
     try:
         user = server.take()
-        [account] = make_accounts(tmp_path, server.port, [user])
-        await append(server.port, *user, count=2)
+        [account] = make_accounts(tmp_path, server.port, [user], fetch_connections=2)
+        await append(server.port, *user, count=3)
         validity = await uidvalidity(server.port, *user)
         fetcher = ImapFetcher([account])
         try:
-            assert isinstance(await fetcher.fetch(job_for(account.id, validity, 1), max_size=0), FetchedMessage)
-            await trio.to_thread.run_sync(server.stop)      # the pooled connection dies with the server
+            async with trio.open_nursery() as nursery:   # two at once: two pooled connections
+                for uid in (1, 2):
+                    nursery.start_soon(fetcher.fetch, job_for(account.id, validity, uid), 0)
+            assert len(fetcher._pool(account.id).idle) == 2
+            await trio.to_thread.run_sync(server.stop)      # the pooled connections die with the server
             await trio.to_thread.run_sync(server.start)
-            result = await fetcher.fetch(job_for(account.id, validity, 2), max_size=0)
+            result = await fetcher.fetch(job_for(account.id, validity, 3), max_size=0)
             assert isinstance(result, FetchedMessage)
         finally:
             await fetcher.aclose()

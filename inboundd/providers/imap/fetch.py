@@ -76,8 +76,8 @@ class _Pool:
         self.closed = False
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[tuple[Connection, bool]]:
-        """A connection for one job, and whether it is freshly opened.
+    async def connection(self, *, reuse: bool = True) -> AsyncIterator[tuple[Connection, bool]]:
+        """A connection for one job (a pooled one unless not *reuse*), and whether it is freshly opened.
 
         Returned to the pool only when the job's use ended without error;
         otherwise closed (LOGOUT if possible, shielded and bounded).
@@ -85,7 +85,7 @@ class _Pool:
         async with self.slots:
             conn: Connection | None = None
             now = trio.current_time()
-            while self.idle and conn is None:
+            while reuse and self.idle and conn is None:
                 candidate, last_used = self.idle.pop()
                 if now - last_used < POOL_IDLE_MAX and candidate.usable:
                     conn = candidate
@@ -237,7 +237,8 @@ class ImapFetcher:
     async def _on_connection(self, account: str, work: Callable[[Connection], Awaitable[T]]) -> T:
         """``await work(conn)`` on a pooled connection of *account*, with fetch's failure mapping.
 
-        A dead reused connection is replaced once; the server unreachable,
+        A dead reused connection is replaced once, by a newly opened one (the
+        other pooled connections died with it when the server restarted); the server unreachable,
         the login refused or commands failing raise
         :class:`~inboundd.outcomes.TransientError`; a :class:`FolderError`
         (e.g. no permission) is raised as it is: a job error.
@@ -246,7 +247,7 @@ class ImapFetcher:
         for attempt in (1, 2):
             fresh = True  # a failure to open a connection is never retried here
             try:
-                async with pool.connection() as (conn, fresh):
+                async with pool.connection(reuse=attempt == 1) as (conn, fresh):
                     return await work(conn)
             except _STALE as exc:
                 if fresh or attempt == 2:
