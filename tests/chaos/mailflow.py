@@ -92,6 +92,10 @@ class MailFlow:
         with self._lock:
             return list(self._appended)
 
+    def mailbox_of(self, message_id: str) -> int:
+        """The index (in *mailboxes*) of the mailbox *message_id* was appended to."""
+        return int(message_id.split("-")[2])
+
     def start(self, per_mailbox: int | None = None) -> "MailFlow":
         for index, (user, password) in enumerate(self.mailboxes):
             thread = threading.Thread(target=self._run, args=(index, user, password, per_mailbox), daemon=True,
