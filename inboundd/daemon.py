@@ -25,6 +25,7 @@ cancels everything at once. SIGHUP reloads the configuration.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -536,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     log_warnings(cfg)
     daemon = Daemon(cfg, path)
+    # Everything imported and loaded so far lives as long as the process: take it out of the
+    # collector's reach, so a full collection under webhook load scans what requests allocate,
+    # not the ~100k objects of the modules (each full collection otherwise took ~50 ms).
+    gc.collect()
+    gc.freeze()
     try:
         trio.run(daemon.run)
     except Exception:

@@ -177,13 +177,14 @@ class ProviderRoutes:
             if body is None:
                 reply = WebhookReply.json(400, {"error": f"body larger than {MAX_BODY} bytes"})
             else:
+                query_string = scope.get("query_string")
                 request = WebhookRequest(
                     method=scope["method"],
                     path=scope["path"],
-                    query=tuple(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"),
-                                          keep_blank_values=True)),
-                    headers=tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
-                                  for name, value in scope.get("headers", ())),
+                    query=tuple(parse_qsl(query_string.decode("utf-8", "replace"), keep_blank_values=True))
+                    if query_string else (),
+                    headers=tuple([(name.decode("latin-1").lower(), value.decode("latin-1"))
+                                   for name, value in scope.get("headers", ())]),
                     body=body,
                     received_at=received_at,
                 )

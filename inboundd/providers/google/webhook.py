@@ -107,7 +107,8 @@ class PushIngress:
                       history_id=notice.history_id, error=f"{type(exc).__name__}: {exc}")
             return WebhookReply.json(503, {"error": "could not queue the push; retry"},
                                      headers=(("retry-after", RETRY_AFTER),))
-        metrics.google_pushes.labels("enqueued", "").inc()
-        log.event(_log, "google.push.enqueued", level=logging.DEBUG, account=account.id, job_id=job.id,
-                  history_id=notice.history_id, pubsub_message_id=notice.message_id)
+        metrics.child(metrics.google_pushes, "enqueued", "").inc()
+        if _log.isEnabledFor(logging.DEBUG):
+            log.event(_log, "google.push.enqueued", level=logging.DEBUG, account=account.id, job_id=job.id,
+                      history_id=notice.history_id, pubsub_message_id=notice.message_id)
         return WebhookReply(status=204)

@@ -108,7 +108,7 @@ class WebhookHandler:
                       subscription_id=event.subscription.subscription_id)
             self._wake(event.subscription.account)
         for item in check.accepted:
-            metrics.microsoft_notifications.labels(item.subscription.account, "accepted").inc()
+            metrics.child(metrics.microsoft_notifications, item.subscription.account, "accepted").inc()
         if jobs and _log.isEnabledFor(logging.DEBUG):
             log.event(_log, "microsoft.notifications.accepted", level=logging.DEBUG, jobs=len(jobs),
                       refused=len(check.refused))
