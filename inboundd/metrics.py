@@ -117,6 +117,11 @@ imap_post_actions = Counter(
     ["account", "action", "outcome"], registry=REGISTRY,
 )
 
+webhook_errors = Counter(
+    "inboundd_webhook_errors_total", "Webhook requests whose provider handler raised (answered 500), by provider and "
+    "route", ["provider", "route"], registry=REGISTRY,
+)
+
 # Microsoft Graph (providers/microsoft): webhook items, subscriptions, delta, fetches, post-actions.
 microsoft_notifications = Counter(
     "inboundd_microsoft_notifications_total",

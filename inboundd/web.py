@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -149,7 +150,10 @@ class ProviderRoutes:
     (query decoded as form data, header names lower-case), and the provider's
     :class:`~inboundd.ingress.webhook.WebhookReply` is sent as is. While intake
     is closed the answer is 503 with ``Retry-After``; a body over
-    :data:`MAX_BODY` is a 400 naming the limit, before the provider sees it.
+    :data:`MAX_BODY` is a 400 naming the limit, before the provider sees it. A
+    handler that raises (a bug: handlers answer their documented failures
+    themselves) gets a JSON 500, one ``webhook.handler_failed`` event with its
+    traceback, and a count in ``inboundd_webhook_errors_total``.
     """
 
     def __init__(self, inner: Any, runtime: Runtime, providers: Iterable[Provider]) -> None:
@@ -188,11 +192,24 @@ class ProviderRoutes:
                     body=body,
                     received_at=received_at,
                 )
-                reply = await runtime.handle_webhook(provider, route, request)
+                try:
+                    reply = await runtime.handle_webhook(provider, route, request)
+                except Exception:  # a bug in the provider: answer JSON, not hypercorn's bare 500, and say so once
+                    reply = _handler_failed(provider, route)
         headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers]
         headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
+
+
+def _handler_failed(provider: str, route: Route) -> WebhookReply:
+    """The 500 for a provider handler that raised (call it in the ``except``: it logs the traceback)."""
+    error = sys.exc_info()[1]
+    name = f"{route.method} {route.path}"
+    metrics.child(metrics.webhook_errors, provider, name).inc()
+    log.event(_log, "webhook.handler_failed", level=logging.ERROR, exc_info=True, provider=provider, route=name,
+              error=f"{type(error).__name__}: {error}")
+    return WebhookReply.json(500, {"error": f"internal error in the {provider} webhook; see the daemon's log"})
 
 
 async def _read_body(receive: Any, limit: int) -> bytes | None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from functools import partial
 
+import httpx
+import trio
+
+from inboundd import metrics
 from inboundd.ingress.webhook import Route, WebhookReply, WebhookRequest
 from inboundd.provider import Provider, Runtime
-from inboundd.web import RETRY_AFTER, create_app
+from inboundd.web import RETRY_AFTER, create_app, serve_app
 
 ECHO = Route("POST", "/webhooks/echo")
 
@@ -39,6 +45,8 @@ class Daemon:
 
     async def handle_webhook(self, provider: str, route: Route, request: WebhookRequest) -> WebhookReply:
         self.seen.append((provider, route, request))
+        if request.body == b"crash":
+            raise KeyError("a bug in the handler")
         return WebhookReply(status=202, headers=(("x-echo", "yes"), ("content-type", "text/plain")),
                             body=b"got " + request.body)
 
@@ -88,3 +96,27 @@ def test_reply_helpers_set_the_content_type() -> None:
     assert WebhookReply.json(400, {"error": "bad"}) == WebhookReply(
         status=400, headers=(("content-type", "application/json"),), body=b'{"error":"bad"}')
     assert WebhookReply.text(200, "tok<en>").headers == (("content-type", "text/plain; charset=utf-8"),)
+
+
+async def test_a_handler_that_raises_is_answered_500_with_json_logged_once_and_counted(caplog) -> None:
+    daemon = Daemon()
+    labels = {"provider": "echo", "route": "POST /webhooks/echo"}
+    before = metrics.REGISTRY.get_sample_value("inboundd_webhook_errors_total", labels) or 0.0
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        [address] = await nursery.start(partial(serve_app, create_app(daemon, PROVIDERS), ["127.0.0.1:0"],
+                                                shutdown_trigger=stop.wait, graceful_timeout=1.0, name="test"))
+        url = address if address.startswith("http") else f"http://{address}"
+        with caplog.at_level(logging.INFO):
+            async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
+                crashed = await client.post("/webhooks/echo", content=b"crash")
+                # The same keep-alive connection still answers, and a handled request is unchanged.
+                fine = await client.post("/webhooks/echo", content=b"ok")
+        stop.set()
+    assert crashed.status_code == 500 and crashed.headers["content-type"] == "application/json"
+    assert crashed.json() == {"error": "internal error in the echo webhook; see the daemon's log"}
+    assert fine.status_code == 202 and fine.content == b"got ok"
+    [record] = [r for r in caplog.records if r.getMessage() == "webhook.handler_failed"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.event_fields == {**labels, "error": "KeyError: 'a bug in the handler'"}
+    assert metrics.REGISTRY.get_sample_value("inboundd_webhook_errors_total", labels) == before + 1
