@@ -75,8 +75,11 @@ def test_sigkill_mid_store_then_restart_listens_at_once_and_stores_within_second
     assert listening - ready <= LISTENING_AFTER_READY
     assert stored - restarted <= STORED_AFTER_RESTART
     assert ledger_of(pg_dsn) == [("processed", 2)]    # a retry stored it: never a "duplicate"
+    # Taken back once, at once: by the start-up take-back, or — when the consumer's retry of its own pending
+    # entry claims first (the take-back runs in the background, claims.py) — by that claim, as a dead holder's.
     [takeover] = daemon.events("ledger.take_over")
-    assert takeover["reason"] == "taken_back_at_start" and takeover["identity"].startswith("imap:INBOX:")
+    assert takeover["reason"] in ("taken_back_at_start", "holder_gone"), takeover
+    assert takeover["identity"].startswith("imap:INBOX:")
     assert daemon.events("imap.lease.taken_over")     # the mailbox lease of the dead life, taken back
     assert not daemon.events("job.busy")              # nothing waited out a lease
 

@@ -149,5 +149,6 @@ class MailFlow:
                 if time.monotonic() >= deadline:
                     raise
                 missing = list(missing)   # a new list: "look up first" on the next attempt
-                self.retried_batches += 1
+                with self._lock:
+                    self.retried_batches += 1
                 time.sleep(0.2)   # Dovecot is restarting: try again shortly
