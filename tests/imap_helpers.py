@@ -117,10 +117,21 @@ if __import__("os").environ.get("INBOUNDD_TEST_LOG"):
 
 
 class BlackHoleProxy:
-    """TCP proxy to the server whose existing connections can be made to swallow everything.
+    """TCP proxy (trio, loopback) to a server, whose connections can be made to swallow everything.
 
-    Models a NAT entry or firewall state that vanished: no FIN, no RST, the
-    peer just stops answering. New connections still go through.
+    Two faults, both without FIN or RST — the peer just stops answering:
+
+    * :meth:`freeze_existing`: the connections open now swallow everything
+      for good, new ones still go through (a NAT entry or firewall state
+      that vanished);
+    * :meth:`freeze` … :meth:`resume`: the whole path stops (a partition, a
+      server wedged in the kernel): connections open or opened meanwhile
+      are accepted and kept open, nothing is forwarded in either direction
+      until :meth:`resume`, when what was held flows on.
+
+    It runs in the test's trio loop (``nursery.start(proxy.run)``): a test
+    serving a daemon subprocess through it waits with ``eventually`` and
+    runs blocking calls in threads.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -131,6 +142,21 @@ class BlackHoleProxy:
         self.sent = bytearray()
         #: Everything the server sent to clients (as the server sent it).
         self.received = bytearray()
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._flowing.is_set()
+
+    def freeze(self) -> None:
+        """From now on forward nothing, either way, on any connection (new ones are still accepted)."""
+        if not self.frozen:
+            self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        """Forward again (what was held first)."""
+        self._flowing.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -139,21 +165,31 @@ class BlackHoleProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except OSError:   # the server is down: so is this connection
+            await downstream.aclose()
+            return
         frozen = trio.Event()
         self.connections.append(frozen)
 
         async def pump(src, dst, record=None, rewrite=None):
-            async for chunk in src:
-                if frozen.is_set():
-                    await trio.sleep_forever()
-                if record is not None:
-                    record += chunk
-                await dst.send_all(rewrite(chunk) if rewrite else chunk)
+            try:
+                async for chunk in src:
+                    await self._flowing.wait()
+                    if frozen.is_set():
+                        await trio.sleep_forever()
+                    if record is not None:
+                        record += chunk
+                    await dst.send_all(rewrite(chunk) if rewrite else chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass   # the peer reset it: a client giving up on a frozen connection does
+            nursery.cancel_scope.cancel()   # one side is gone: close the other too
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, downstream, upstream, self.sent)
-            nursery.start_soon(pump, upstream, downstream, self.received, self.server_says)
+        async with downstream, upstream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, downstream, upstream, self.sent)
+                nursery.start_soon(pump, upstream, downstream, self.received, self.server_says)
 
     def server_says(self, chunk: bytes) -> bytes:
         """What the client receives for *chunk* from the server (subclasses rewrite it)."""
