@@ -394,7 +394,10 @@ class Daemon:
         _, db = self._pools()
         with trio.move_on_after(POSTGRES_CHECK_TIMEOUT):
             try:
-                await db.ping()
+                # Not waiting for a server-side cancel: through a connection that stopped answering that
+                # wait (2 s) came on top of POSTGRES_CHECK_TIMEOUT, and /readyz overran its budget. A
+                # SELECT 1 left behind ends when the server answers, and is rolled back.
+                await db.ping(cancel_wait=0)
                 return
             except Exception:
                 if not db.outage.down:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
 import psycopg
 import pytest
 import trio
@@ -63,24 +66,44 @@ async def test_a_timeout_bounds_lock_waits_on_the_server(table: str) -> None:
         await db.close()
 
 
-async def test_a_server_that_stops_answering_is_given_up_on_in_time(pg_server, table: str) -> None:
+@asynccontextmanager
+async def through_a_proxy(pg_server, table: str) -> AsyncIterator[tuple[BlackHoleProxy, Database]]:
+    """A pool (one connection kept, ready) reaching PostgreSQL through a proxy the test can freeze."""
     async with trio.open_nursery() as nursery:
         proxy = BlackHoleProxy(pg_server.port)
         await nursery.start(proxy.run)
-        dsn = table.replace(f":{pg_server.port}/", f":{proxy.port}/")
-        db = Database(PostgresConfig(dsn=dsn, pool_min=1, pool_max=2, connect_timeout=2))
+        db = Database(PostgresConfig(dsn=table.replace(f":{pg_server.port}/", f":{proxy.port}/"),
+                                     pool_min=1, pool_max=2, connect_timeout=2))
         await db.open()
         try:
             await db.ping(timeout=2)
-            proxy.freeze_existing()   # the pooled connection now swallows everything
-            started = trio.current_time()
-            with pytest.raises(DatabaseTimeout, match="did not answer"):
-                await db.run(lambda conn: conn.execute("SELECT 1"), timeout=0.5)
-            assert trio.current_time() - started < 0.5 + TIMEOUT_MARGIN + 2.5   # + the bounded cancel
+            yield proxy, db
         finally:
+            proxy.resume()
             with trio.move_on_after(10):
                 await db.close()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_stops_answering_is_given_up_on_in_time(pg_server, table: str) -> None:
+    async with through_a_proxy(pg_server, table) as (proxy, db):
+        proxy.freeze_existing()   # the pooled connection now swallows everything
+        started = trio.current_time()
+        with pytest.raises(DatabaseTimeout, match="did not answer"):
+            await db.run(lambda conn: conn.execute("SELECT 1"), timeout=0.5)
+        assert trio.current_time() - started < 0.5 + TIMEOUT_MARGIN + 2.5   # + the bounded cancel
+
+
+async def test_a_ping_that_waits_for_no_cancel_returns_at_its_callers_deadline(pg_server, table: str) -> None:
+    async with through_a_proxy(pg_server, table) as (proxy, db):
+        proxy.freeze()   # the server stops answering: a cancel request would not get through either
+        started = trio.current_time()
+        with trio.move_on_after(0.5):
+            await db.ping(cancel_wait=0)
+        assert trio.current_time() - started < 0.5 + 0.3   # not + CANCEL_TIMEOUT
+        proxy.resume()   # the abandoned SELECT 1 ends, rolled back, and its connection is usable again
+        for _ in range(3):
+            await db.ping(timeout=2)
 
 
 async def test_check_replaces_connections_the_server_dropped(table: str) -> None:

@@ -146,7 +146,8 @@ class Database:
         finally:
             logging.getLogger(POOL_LOGGER).removeFilter(self._pool_log)
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None,
+                  cancel_wait: float = CANCEL_TIMEOUT) -> T:
         """Run ``fn(conn, *args)`` in a transaction on a pooled connection; return its result.
 
         *timeout* (seconds) bounds every statement and lock wait of the
@@ -154,15 +155,22 @@ class Database:
         plus a margin the call is cancelled and :class:`DatabaseTimeout` raised.
         Waiting for a pooled connection is bounded by ``postgres.connect_timeout``
         (``psycopg_pool.PoolTimeout``).
+
+        Cancelled while a statement runs, the call asks the server to cancel
+        it and waits up to *cancel_wait* seconds for that (shielded: the
+        cancellation waits too); with 0 it returns at once. Either way the
+        transaction is rolled back, never committed, and its connection goes
+        back to the pool once the server answers.
         """
         if timeout is None:
-            return await self._run(fn, args, None)
+            return await self._run(fn, args, None, cancel_wait)
         with trio.move_on_after(timeout + TIMEOUT_MARGIN) as scope:
-            return await self._run(fn, args, timeout)
+            return await self._run(fn, args, timeout, cancel_wait)
         assert scope.cancelled_caught
         raise DatabaseTimeout(f"PostgreSQL did not answer within {timeout + TIMEOUT_MARGIN:g}s")
 
-    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float | None) -> T:
+    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float | None,
+                   cancel_wait: float) -> T:
         call = _Call()
 
         def work() -> T:
@@ -189,12 +197,12 @@ class Database:
             with call.lock:
                 call.abandoned = True
                 conn = call.conn
-            if conn is not None:
-                with trio.move_on_after(CANCEL_TIMEOUT) as scope:
+            if conn is not None and cancel_wait > 0:
+                with trio.move_on_after(cancel_wait) as scope:
                     scope.shield = True
                     try:
                         await trio.to_thread.run_sync(
-                            lambda: conn.cancel_safe(timeout=CANCEL_TIMEOUT), abandon_on_cancel=True)
+                            lambda: conn.cancel_safe(timeout=cancel_wait), abandon_on_cancel=True)
                     except Exception as exc:  # the statement then ends by itself
                         log.event(_log, "postgres.cancel_failed", level=logging.WARNING, error=str(exc))
             raise
@@ -203,9 +211,12 @@ class Database:
         """A new connection outside the pool, for a ``LISTEN`` (blocking: call it in a thread); the caller closes it."""
         return psycopg.connect(self.cfg.dsn, **self._connect_kwargs, **options)
 
-    async def ping(self, timeout: float | None = None) -> None:
-        """Raise unless PostgreSQL answers ``SELECT 1`` (within *timeout* seconds, if given)."""
-        await self.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=timeout)
+    async def ping(self, timeout: float | None = None, *, cancel_wait: float = CANCEL_TIMEOUT) -> None:
+        """Raise unless PostgreSQL answers ``SELECT 1`` (within *timeout* seconds, if given).
+
+        *cancel_wait*: as for :meth:`run` (0: a cancelled ping returns at once).
+        """
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone(), timeout=timeout, cancel_wait=cancel_wait)
 
     async def check(self, timeout: float) -> None:
         """Discard pooled connections that no longer work (the server restarted), then :meth:`ping`.
