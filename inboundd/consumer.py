@@ -4,9 +4,12 @@ Each of the pool's ``count`` consumer tasks has its own Redis consumer name
 (``{instance}-c{n}``). On start a consumer first takes back the entries still
 pending under its name (a previous process with the same instance id died
 holding them: they count one attempt, see :meth:`Queue.recover`), then loops
-on ``XREADGROUP … BLOCK ≤ 1 s``. While it holds entries, a heartbeat extends
-their leases every ``lease / 3`` (``XCLAIM … JUSTID``), so only a dead
-worker's jobs are reclaimed.
+on ``XREADGROUP … BLOCK ≤ 1 s``. After a Redis call failed, it also looks,
+before claiming (every second for one ``lease``), for entries delivered to
+it that it never received — a timed-out claim that Redis carried out all
+the same — and requeues them, no attempt counted. While it holds entries,
+a heartbeat extends their leases every ``lease / 3`` (``XCLAIM … JUSTID``),
+so only a dead worker's jobs are reclaimed.
 
 A handler that raises :class:`~inboundd.outcomes.DependencyDown`
 (PostgreSQL does not answer) is not retried through the queue: the
@@ -56,6 +59,9 @@ _log = log.get_logger("consumer")
 ACK_FLUSH_AFTER = 0.05
 #: Backoff after a failed Redis call in the claim loop (seconds, doubling up to the cap, no jitter).
 REDIS_RETRY_BASE, REDIS_RETRY_CAP = 0.1, 5.0
+#: After a failed Redis call, how often (seconds) a consumer looks for entries delivered to it that it never
+#: received (see :meth:`ConsumerPool._take_back_stranded`), for one ``queue.lease``.
+STRANDED_CHECK_EVERY = 1.0
 
 
 def _redis_backoff() -> backoff.Backoff:
@@ -133,6 +139,9 @@ class _Consumer:
         self.claiming = False
         self.stopping = False
         self.cancel_scope = trio.CancelScope()
+        #: Until then (trio time), after a failed Redis call, look for stranded entries before claiming.
+        self.check_stranded_until = 0.0
+        self.next_stranded_check = 0.0
 
 
 class ConsumerPool:
@@ -287,6 +296,7 @@ class ConsumerPool:
                 delay = retry.failed()
                 log.event(_log, "consumer.redis_error", level=failure_level(exc), consumer=me.name, error=str(exc),
                           retry_in=delay)
+                me.check_stranded_until = trio.current_time() + self.cfg.lease
                 me.claiming = False
                 self._notify()
                 await trio.sleep(delay)
@@ -309,6 +319,10 @@ class ConsumerPool:
         timer, as with :meth:`_flush_acks`.
         """
         try:
+            now = trio.current_time()
+            if now < me.check_stranded_until and now >= me.next_stranded_check:
+                me.next_stranded_check = now + STRANDED_CHECK_EVERY
+                await self._take_back_stranded(me)
             flags, batch = await self.queue.ack_and_claim(me.name, acks, self.cfg.claim_batch)
         except (redis.RedisError, OSError) as exc:
             if acks:
@@ -321,6 +335,24 @@ class ConsumerPool:
         if batch:
             return batch
         return await self.queue.claim(me.name, self.cfg.claim_batch)
+
+    async def _take_back_stranded(self, me: _Consumer) -> None:
+        """Requeue entries pending under this consumer's name that it does not hold (no attempt counted).
+
+        A claim whose Redis call failed (a timeout: Redis or the path to it
+        stopped answering) may still be carried out by Redis later, when the
+        command held up on the way arrives: the entries it delivers sit in
+        this consumer's pending list, but no task received them. Without
+        this, they would wait a whole ``queue.lease`` for the reclaim timer.
+        Called before claiming, so every entry this consumer did receive is
+        in ``held``.
+        """
+        own = await self.queue.own_pending(me.name)
+        stranded = [claimed for claimed in own if claimed.entry_id not in me.held]
+        if stranded:
+            log.event(_log, "consumer.take_back", level=logging.WARNING, consumer=me.name, jobs=len(stranded),
+                      why="delivered while a claim failed")
+            await self.queue.recover(me.name, stranded, why="delivered while a claim failed", count_attempt=False)
 
     async def _process_batch(self, me: _Consumer, batch: list[Claimed]) -> list[Claimed]:
         """Handle *batch* in order; returns the handled entries still to be acked (the oldest < ``ACK_FLUSH_AFTER``).

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import trio
@@ -25,6 +26,7 @@ from inboundd.outcomes import DependencyDown, Outcome, PermanentError, Transient
 from inboundd.queue import Queue, ReclaimTimer
 from inboundd.redisio import RedisIO
 
+from imap_helpers import BlackHoleProxy
 from fakes import QUEUE_PREFIX, RecordingHandler, imap_job, make_queue, metric_value
 from waiting import eventually
 
@@ -464,6 +466,35 @@ async def test_resize_changes_the_number_of_consumers(rio: RedisIO) -> None:
         await queue.enqueue(imap_job(7))
         await eventually(lambda: handler.uids() == [7], 5, "the remaining consumer to work")  # type: ignore[attr-defined]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_entry_a_timed_out_claim_took_all_the_same_is_taken_back_at_once(redis_server: Any, redis_url: str,
+                                                                                 client: redis.Redis) -> None:
+    """Redis stops answering (a frozen path) while a consumer claims. Its call times out, but the claim it
+    sent was only held up on the way: Redis carries it out later and delivers an entry into the consumer's
+    pending list, and the answer goes nowhere. (The chaos suite's frozen Redis showed it: 16 messages then
+    waited 35 s for the reclaim timer.) The consumer takes such entries back at once, no attempt counted."""
+    cfg = msgspec.structs.replace(CFG, lease=30.0)   # no reclaim timer runs either: only the consumer can help
+    handler = RecordingHandler()
+    async with trio.open_nursery() as nursery:
+        proxy = BlackHoleProxy(redis_server.port)
+        await nursery.start(proxy.run)
+        io = RedisIO.from_config(RedisConfig(url=redis_url.replace(f":{redis_server.port}/", f":{proxy.port}/"),
+                                             socket_timeout=0.3))
+        queue = make_queue(io, cfg)
+        await queue.ensure_group()
+        await nursery.start(ConsumerPool(queue, handler, cfg, "i", count=1).run)
+        proxy.freeze()
+        await eventually(lambda: io.outage.down, 10, "the consumer's claim to time out")
+        client.xadd(queue.keys.stream, {"job": jobs.encode(imap_job(1))})
+        # What Redis does when the held-up claim finally arrives: the entry is delivered to the consumer.
+        assert client.xreadgroup("inboundd", "i-c0", {queue.keys.stream: ">"}, count=5)
+        proxy.resume()
+        await eventually(lambda: handler.uids() == [1], 5, "the stranded entry to be handled")
+        await eventually(lambda: settled(queue), 5, "the queue to settle")
+        nursery.cancel_scope.cancel()
+    await io.close()
+    assert [job.attempt for job in handler.calls] == [0]   # never received: no attempt counted
 
 
 async def test_consumers_start_without_redis_and_work_once_it_is_back(make_redis: Any) -> None:

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from inboundd.config import QueueConfig
-from inboundd.consumer import REDIS_RETRY_CAP, ConsumerPool
+from inboundd.consumer import REDIS_RETRY_CAP, STRANDED_CHECK_EVERY, ConsumerPool
 from inboundd.outcomes import Outcome
 from inboundd.outage import Outage
 from inboundd.pipeline import STARTUP_RETRY_CAP, Pipeline
@@ -75,7 +75,12 @@ async def test_a_consumer_retries_redis_with_doubling_delays_reset_by_a_success(
         await trio.sleep(30)
         nursery.cancel_scope.cancel()
     assert started_at == 0.0                    # started at the first failure: the daemon comes up degraded
-    assert queue.calls["own_pending"] == pytest.approx([0.0, 0.1, 0.3, 0.7])
+    start_up, checks = queue.calls["own_pending"][:4], queue.calls["own_pending"][4:]
+    assert start_up == pytest.approx([0.0, 0.1, 0.3, 0.7])
+    # After a failed claim, the claims of the next lease first look for entries delivered all the same,
+    # at most once a second.
+    assert checks and all(any(abs(c - t) < 1e-6 for t in queue.calls["claim"]) for c in checks)
+    assert all(b - a >= STRANDED_CHECK_EVERY - 1e-6 for a, b in zip(checks, checks[1:]))
     claims = [t - 0.7 for t in queue.calls["claim"]]
     assert claims[:7] == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5])  # two good claims block 1 s each
     gaps = [b - a for a, b in zip(claims[6:], claims[7:])]

@@ -174,13 +174,15 @@ class Leases(QueueBase):
             keys=[self.keys.stream], args=[GROUP, consumer, *ids], client=client))
         return [i for i, flag in zip(ids, flags) if not flag]
 
-    async def recover(self, consumer: str, entries: Iterable[Claimed], *, why: str) -> int:
+    async def recover(self, consumer: str, entries: Iterable[Claimed], *, why: str, count_attempt: bool = True) -> int:
         """Deal with entries whose worker was lost (reclaimed, or left pending by a dead process).
 
         Each counts one attempt: requeued at the tail with ``attempt + 1``, or
         dead-lettered with ``worker_lost`` once that reaches ``max_attempts``.
-        Undecodable entries are dead-lettered as ``invalid_payload``. Entries
-        must be pending for *consumer*. Returns how many were requeued.
+        With *count_attempt* false (entries no worker ever received) they are
+        requeued as they are. Undecodable entries are dead-lettered as
+        ``invalid_payload``. Entries must be pending for *consumer*. Returns
+        how many were requeued.
         """
         requeued = 0
         for claimed in entries:
@@ -192,8 +194,8 @@ class Leases(QueueBase):
                 await self.dead_letter(consumer, claimed, reason="invalid_payload", error=claimed.error or "",
                                        attempts=0)
                 continue
-            job = msgspec.structs.replace(claimed.job, attempt=claimed.job.attempt + 1)
-            if job.attempt >= self.cfg.max_attempts:
+            job = msgspec.structs.replace(claimed.job, attempt=claimed.job.attempt + 1) if count_attempt else claimed.job
+            if count_attempt and job.attempt >= self.cfg.max_attempts:
                 await self.dead_letter(consumer, claimed, reason="worker_lost",
                                        error=f"worker lost while holding the job ({why})", attempts=job.attempt)
                 continue
