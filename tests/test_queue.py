@@ -353,9 +353,9 @@ async def test_a_retry_is_promoted_when_it_is_due_not_on_the_next_reclaim_tick(r
         await nursery.start(ReclaimTimer(queue, queue.cfg, consumer="reclaimer").run)
         await queue.enqueue_many([imap_job(1), imap_job(2)])
         first, second = await queue.claim("worker", 10)
+        scheduled = trio.current_time()   # before the retries: each is due no sooner than this plus its delay
         assert await queue.retry("worker", second, second.job, 1.0, kind="error")
         assert await queue.retry("worker", first, first.job, 0.3, kind="error")   # sooner than the planned wake
-        scheduled = trio.current_time()
         back: dict[str, float] = {}
 
         async def claim_back() -> bool:
@@ -365,4 +365,6 @@ async def test_a_retry_is_promoted_when_it_is_due_not_on_the_next_reclaim_tick(r
 
         await eventually(claim_back, 5, "both retries back in the stream")
         nursery.cancel_scope.cancel()
-    assert 0.3 <= back[first.job.id] < 0.3 + 0.5 and 1.0 <= back[second.job.id] < 1.0 + 0.5, back
+    # The slack allows a loaded machine; the behaviour this replaced waited for the 30 s reclaim tick.
+    slack = 3.0
+    assert 0.3 <= back[first.job.id] < 0.3 + slack and 1.0 <= back[second.job.id] < 1.0 + slack, back
