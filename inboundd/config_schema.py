@@ -15,6 +15,8 @@ import typing
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .config_convert import INTERNAL, Duration, Secret, SecretKey, Section, Size, doc
 
@@ -93,7 +95,10 @@ class RedisConfig(Section):
 class PostgresConfig(Section):
     about = "Where the ledger and the messages are stored. The daemon applies its migrations at start."
 
-    dsn: Annotated[str, doc("libpq connection string or URL.")] = "postgresql:///inboundd"
+    dsn: Annotated[str, doc(
+        "libpq connection string or URL. Unless it sets its own, every connection asks for TCP keepalives "
+        "(keepalives_idle=10, keepalives_interval=5, keepalives_count=3) and tcp_user_timeout=30000, so a "
+        "server that vanished is noticed within about 30s.")] = "postgresql:///inboundd"
     password_file: Annotated[str, SecretKey.file(), doc(
         "File holding the PostgreSQL password, when it is not in the DSN.")] = ""
     password_credential: Annotated[str, SecretKey.credential(), doc(
@@ -104,6 +109,12 @@ class PostgresConfig(Section):
         "How long to wait for a connection (from the server, or from the pool when all are busy).")] = 5.0
 
     def check(self, path: str, problems: list[str]) -> None:
+        try:
+            conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError:
+            # Not libpq's message: it quotes the string, which may carry a password.
+            problems.append(f"{path}.dsn: expected a libpq connection string (key=value ...) or a "
+                            "postgresql:// URL")
         if self.pool_min > self.pool_max:
             problems.append(f"{path}.pool_min: must not exceed pool_max ({self.pool_max})")
 

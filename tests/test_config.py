@@ -169,6 +169,15 @@ idle_refresh = "0s"
     assert "got scheme 'http'" in next(p for p in problems if p.startswith("redis.url"))
 
 
+def test_a_dsn_libpq_cannot_parse_is_refused_without_showing_it() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_text('[postgres]\ndsn = "postgresql://inboundd:hunter 2@db/inboundd"\n')
+    [problem] = caught.value.problems
+    assert problem.startswith("postgres.dsn: expected a libpq connection string")
+    assert "hunter" not in problem
+    assert config.load_text('[postgres]\ndsn = "host=db dbname=inboundd keepalives_idle=60"\n')
+
+
 def test_a_move_into_a_watched_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
     text = """

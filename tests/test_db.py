@@ -7,10 +7,11 @@ from typing import AsyncIterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 import trio
 
 from inboundd.config import PostgresConfig
-from inboundd.store.db import TIMEOUT_MARGIN, Database, DatabaseTimeout
+from inboundd.store.db import TCP_DEFAULTS, TIMEOUT_MARGIN, Database, DatabaseTimeout
 
 from daemon_harness import TableLock
 from imap_helpers import BlackHoleProxy
@@ -119,3 +120,31 @@ async def test_check_replaces_connections_the_server_dropped(table: str) -> None
             await db.ping(timeout=2)
     finally:
         await db.close()
+
+
+async def test_connections_ask_for_keepalives_and_a_tcp_user_timeout_unless_the_dsn_sets_its_own(
+        pg_dsn: str) -> None:
+    """A vanished server is noticed by TCP in ~30 s, not the kernel's ~15 min; the operator's DSN wins."""
+    db = Database(PostgresConfig(dsn=pg_dsn, pool_min=1, pool_max=1))
+    await db.open()
+    try:
+        pooled = await db.run(lambda conn: conn.info.get_parameters())
+        listening = await trio.to_thread.run_sync(lambda: _parameters_of(db.connect()))
+    finally:
+        await db.close()
+    for parameters in (pooled, listening):
+        assert {key: parameters.get(key) for key in TCP_DEFAULTS} == TCP_DEFAULTS
+
+    own = Database(PostgresConfig(dsn=make_conninfo(pg_dsn, keepalives_idle=60), pool_min=1, pool_max=1))
+    await own.open()
+    try:
+        parameters = await own.run(lambda conn: conn.info.get_parameters())
+    finally:
+        await own.close()
+    assert parameters["keepalives_idle"] == "60"
+    assert parameters["tcp_user_timeout"] == TCP_DEFAULTS["tcp_user_timeout"]
+
+
+def _parameters_of(conn: psycopg.Connection) -> dict[str, str]:
+    with conn:
+        return conn.info.get_parameters()

@@ -26,7 +26,12 @@ server can cancel) rolls back instead of committing when it ends.
 Bounds: ``run(..., timeout=T)`` sets ``statement_timeout`` to *T* and
 ``lock_timeout`` to 0.8 *T* for its transaction (``SET LOCAL``), and stops
 waiting after *T* plus a margin even when the server does not answer at all
-(a frozen network path), raising :class:`DatabaseTimeout`.
+(a frozen network path), raising :class:`DatabaseTimeout`. The thread of such
+a call, and an idle ``LISTEN`` connection, are freed by TCP itself: every
+connection asks for keepalives and a ``tcp_user_timeout``
+(:data:`TCP_DEFAULTS`, unless the DSN sets its own), so a server that
+vanished (a host gone, a failover to another address) is noticed within
+about half a minute, not after the kernel's ~15 minutes of retransmissions.
 """
 
 from __future__ import annotations
@@ -76,6 +81,28 @@ _GAVE_UP = "reconnection attempt in pool %r failed after %s sec"
 
 _pool_numbers = itertools.count(1)
 
+#: libpq's TCP settings for every connection, where the DSN does not set its own: a peer that stops
+#: acknowledging is dropped after ~25 s of silence (keepalive probes at 10 s, then 3 every 5 s) or
+#: 30 s of unacknowledged writes, so a dead path frees its pool slot and wakes a ``LISTEN``.
+#: A healthy server's kernel answers the probes while a long statement runs: they never cut one short.
+TCP_DEFAULTS: dict[str, str] = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def connection_options(dsn: str, connect_timeout: float, password: str | None) -> dict[str, Any]:
+    """The libpq options the daemon adds to *dsn*: the DSN's own values win over :data:`TCP_DEFAULTS`."""
+    given = psycopg.conninfo.conninfo_to_dict(dsn)
+    options: dict[str, Any] = {key: value for key, value in TCP_DEFAULTS.items() if key not in given}
+    options.update(connect_timeout=max(1, int(connect_timeout)), application_name="inboundd")
+    if password:
+        options["password"] = password
+    return options
+
 
 class _PoolLog(logging.Filter):
     """Takes one pool's connection-attempt lines out of psycopg-pool's log and reports them to an outage."""
@@ -117,9 +144,7 @@ class Database:
 
     def __init__(self, cfg: PostgresConfig, password: str | None = None) -> None:
         self.cfg = cfg
-        kwargs: dict[str, Any] = {"connect_timeout": max(1, int(cfg.connect_timeout)), "application_name": "inboundd"}
-        if password:
-            kwargs["password"] = password
+        kwargs = connection_options(cfg.dsn, cfg.connect_timeout, password)
         #: Whether PostgreSQL can be connected to, as the pool found it (logs the outage's changes of state).
         self.outage = Outage("postgres", _log)
         self._connect_kwargs = kwargs
