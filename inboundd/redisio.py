@@ -1,13 +1,15 @@
 """The one Redis pool, used from trio.
 
-``redis.asyncio`` does not run under trio, so every Redis call is redis-py's
-sync client run in a worker thread (``trio.to_thread.run_sync``) bounded by a
+``redis.asyncio`` does not run under trio, so every Redis call but one is
+redis-py's sync client run in a worker thread (``trio.to_thread.run_sync``) bounded by a
 ``CapacityLimiter`` that is smaller than the connection pool: a thread never
 waits for a connection while holding a limiter slot.
 
 Usage: ``await rio.run(fn, *args)`` runs ``fn(client, *args)`` in a thread and
 returns its result. Batch work inside ``fn`` (pipelines, scripts): a thread
-hop costs ~0.15 ms.
+hop costs ~0.15 ms. The exception is the enqueue batcher's script call, the
+webhooks' hot path: ``await rio.call_direct(*command)`` sends it on
+:class:`DirectConnection`, one connection spoken from the trio thread.
 
 Every call reports to ``rio.outage`` whether Redis answered, so an outage is
 logged once by its changes of state (``redis.down``, ``redis.still_down``
@@ -26,7 +28,7 @@ single-owner lease (``config_schema.CoreConfig.check``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import redis
 import trio
@@ -35,7 +37,7 @@ from . import log
 from .config_schema import RedisConfig
 from .outage import Outage
 
-__all__ = ["RedisIO", "failure_level", "tagged_key", "unreachable"]
+__all__ = ["DirectConnection", "RedisIO", "failure_level", "tagged_key", "unreachable"]
 
 _log = log.get_logger("redis")
 
@@ -61,6 +63,8 @@ class RedisIO:
         self.outage = Outage("redis", _log, now=trio.current_time)
         #: How long one call may wait for Redis (None: unbounded); a blocking read must stay well below it.
         self.socket_timeout = socket_timeout
+        #: The connection the enqueue batcher writes on without a thread (None: TLS, use :meth:`run`).
+        self.direct = DirectConnection.for_pool(client.connection_pool, socket_timeout)
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, password: str | None = None) -> "RedisIO":
@@ -96,12 +100,29 @@ class RedisIO:
         self.outage.succeeded()
         return result
 
+    async def call_direct(self, *args: bytes | str) -> Any:
+        """Send one command on :attr:`direct` from the trio thread; reports to ``outage`` as :meth:`run` does.
+
+        Cancellation: as :meth:`DirectConnection.call` (a sent command is always read to its reply).
+        """
+        assert self.direct is not None, "no direct connection for this Redis (TLS): use run()"
+        try:
+            result = await self.direct.call(*args)
+        except Exception as exc:
+            if unreachable(exc):
+                self.outage.failed(exc)
+            raise
+        self.outage.succeeded()
+        return result
+
     async def ping(self) -> None:
         """Raise unless Redis answers PING. A cancelled ping returns at once (``/readyz`` keeps its budget)."""
         await self.run(lambda client: client.ping(), abandon_on_cancel=True)
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection, and the direct one."""
+        if self.direct is not None:
+            await self.direct.aclose()
         await trio.to_thread.run_sync(self.client.connection_pool.disconnect)
 
 
@@ -113,3 +134,146 @@ def unreachable(exc: BaseException) -> bool:
 def failure_level(exc: BaseException) -> int:
     """The level a task logs a failed Redis call at: debug when it is the outage ``RedisIO`` already logs."""
     return logging.DEBUG if unreachable(exc) else logging.WARNING
+
+
+class DirectConnection:
+    """One Redis connection spoken from the trio thread itself, for the enqueue batcher's script call.
+
+    A ``RedisIO.run`` costs a thread hop — a thread-cache hand-over, a GIL
+    hand-over and a wake-up of the event loop — which under webhook load
+    cost more CPU than the Redis command it carried. This connection sends
+    RESP2 (arrays of bulk strings) and reads the replies it needs (simple
+    strings, errors, integers, bulk strings, arrays) on a trio stream.
+
+    Plain TCP and unix sockets only: :meth:`for_pool` returns None for TLS
+    (``rediss://``) or a credential provider, and the caller keeps the thread
+    path. Errors are redis-py's (``ConnectionError``, ``TimeoutError``,
+    ``ResponseError``), so callers and :func:`unreachable` treat both paths
+    alike; after any error the connection is closed and the next call
+    reconnects (with AUTH and SELECT as configured).
+    """
+
+    def __init__(self, *, host: str | None, port: int, path: str | None, db: int, username: str | None,
+                 password: str | None, timeout: float | None) -> None:
+        self._address = (host, port, path)
+        self._hello = ([b"AUTH", *([username.encode()] if username else []), password.encode()] if password else None,
+                       [b"SELECT", str(db).encode()] if db else None)
+        self.timeout = timeout if timeout is not None else float("inf")
+        self._stream: trio.abc.Stream | None = None
+        self._buffer = bytearray()
+        self.lock = trio.StrictFIFOLock()
+
+    @classmethod
+    def for_pool(cls, pool: redis.ConnectionPool, timeout: float | None) -> "DirectConnection | None":
+        """A connection to where *pool* connects, or None when this class cannot speak to it."""
+        kwargs = pool.connection_kwargs
+        if kwargs.get("credential_provider") is not None:
+            return None
+        if pool.connection_class is redis.UnixDomainSocketConnection:
+            host, port, path = None, 0, kwargs["path"]
+        elif pool.connection_class is redis.Connection:
+            host, port, path = kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)), None
+        else:  # TLS and anything else stay on redis-py's own connections
+            return None
+        return cls(host=host, port=port, path=path, db=int(kwargs.get("db") or 0), username=kwargs.get("username"),
+                   password=kwargs.get("password"), timeout=timeout)
+
+    async def call(self, *args: bytes | str) -> Any:
+        """Send one command and return its reply; raises redis-py's errors (a ``-ERR`` reply: ``ResponseError``).
+
+        Cancellation before the command is sent raises ``Cancelled`` with
+        nothing sent; once it is sent, the reply is awaited (at most the
+        timeout) under a shield, so a sent command is never left unread.
+        """
+        async with self.lock:
+            stream = await self._connected()
+            try:
+                with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
+                    await stream.send_all(_command(args))
+                    reply = await self._reply()
+            except BaseException as exc:
+                await self.aclose()
+                _raise_translated(exc)
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        self._buffer.clear()
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _connected(self) -> trio.abc.Stream:
+        if self._stream is not None:
+            return self._stream
+        host, port, path = self._address
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await (trio.open_unix_socket(path) if path else trio.open_tcp_stream(host, port))
+                self._stream = stream
+                for hello in self._hello:
+                    if hello is not None:
+                        await stream.send_all(_command(hello))
+                        if isinstance(reply := await self._reply(), redis.ResponseError):
+                            raise redis.AuthenticationError(str(reply)) if hello[0] == b"AUTH" else reply
+        except BaseException as exc:
+            await self.aclose()
+            _raise_translated(exc)
+        return stream
+
+    async def _reply(self) -> Any:
+        line = await self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return redis.ResponseError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else (await self._exactly(size + 2))[:-2]
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [await self._reply() for _ in range(count)]
+        raise redis.ConnectionError(f"unexpected reply from Redis: {bytes(line[:40])!r}")
+
+    async def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            await self._fill()
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 2]
+        return line
+
+    async def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            await self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def _fill(self) -> None:
+        assert self._stream is not None
+        chunk = await self._stream.receive_some(65536)
+        if not chunk:
+            raise redis.ConnectionError("Redis closed the connection")
+        self._buffer += chunk
+
+
+def _command(args: Any) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _raise_translated(exc: BaseException) -> NoReturn:
+    """Raise *exc* as the redis-py error it means (a timeout, a broken or refused connection), else as is."""
+    if isinstance(exc, trio.TooSlowError):
+        raise redis.TimeoutError("Redis did not answer within the socket timeout") from exc
+    if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+        raise redis.ConnectionError(f"Redis connection: {type(exc).__name__}: {exc}") from exc
+    raise exc

@@ -117,7 +117,9 @@ async def test_enqueue_against_a_stopped_redis_raises_for_every_caller(make_redi
 
 
 async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO, client: redis.Redis) -> None:
-    """Shutdown while the batcher waits for a Redis thread: the caller hears "not accepted", never hangs."""
+    """Shutdown while the batcher waits for a Redis thread (TLS Redis: no direct connection): the caller hears
+    "not accepted", never hangs."""
+    rio.direct = None
     queue = make_queue(rio, CFG)
     outcome: list[BaseException] = []
 
@@ -144,6 +146,87 @@ async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO
         rio.limiter.release_on_behalf_of(borrower)
     assert isinstance(outcome[0], QueueStopped)
     assert client.xlen(queue.keys.stream) == 0
+
+
+async def test_a_batch_cancelled_while_the_direct_connection_is_busy_fails_its_callers(
+        rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio, CFG)
+    assert rio.direct is not None
+    outcome: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await queue.enqueue(imap_job(1))
+        except QueueStopped as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as callers:
+        async with trio.open_nursery() as batcher:
+            await batcher.start(queue.run)
+            await rio.direct.lock.acquire()  # another command in flight on the connection
+            callers.start_soon(caller)
+            await eventually(lambda: not queue._requests and rio.direct.lock.statistics().tasks_waiting, 5,
+                             "the batcher to take the request and wait for the connection")
+            batcher.cancel_scope.cancel()
+        await eventually(lambda: outcome, 5, "the caller to hear that its job was not accepted")
+        rio.direct.lock.release()
+    assert isinstance(outcome[0], QueueStopped)
+    assert client.xlen(queue.keys.stream) == 0
+
+
+async def test_the_batcher_writes_from_the_trio_thread_even_after_a_script_flush(
+        rio: RedisIO, client: redis.Redis) -> None:
+    queue = make_queue(rio, CFG)
+    borrowers = [object() for _ in range(int(rio.limiter.total_tokens))]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        for borrower in borrowers:  # no Redis thread to be had: the batcher must not need one
+            await rio.limiter.acquire_on_behalf_of(borrower)
+        sent = [imap_job(1), imap_job(2)]
+        first = await queue.enqueue(sent[0])
+        client.script_flush()  # a restarted or failed-over Redis has no scripts: EVALSHA → NOSCRIPT → EVAL
+        second = await queue.enqueue(sent[1])
+        nursery.cancel_scope.cancel()
+    for borrower in borrowers:
+        rio.limiter.release_on_behalf_of(borrower)
+    assert [i.decode() for i, _ in client.xrange(queue.keys.stream)] == [first, second]
+    assert stream_jobs(client, queue.keys.stream) == sent
+
+
+async def test_the_direct_connection_authenticates_selects_its_db_and_reconnects_after_a_restart(
+        make_redis: Any) -> None:
+    server = make_redis()
+    with redis.Redis(port=server.port) as plain:
+        plain.config_set("requirepass", "s3cret")
+    wrong = RedisIO.from_config(RedisConfig(url=f"redis://:nope@127.0.0.1:{server.port}/3", socket_timeout=1.0))
+    with pytest.raises(redis.AuthenticationError):
+        await wrong.call_direct("PING")
+    io = RedisIO.from_config(RedisConfig(url=f"redis://:s3cret@127.0.0.1:{server.port}/3", socket_timeout=1.0))
+    queue = make_queue(io, CFG)
+    await queue.ensure_group()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        await queue.enqueue(imap_job(1))
+        server.stop()
+        with pytest.raises(redis.ConnectionError):
+            await queue.enqueue(imap_job(2))
+        assert io.outage.down
+        server.start()
+        with redis.Redis(port=server.port) as plain:
+            plain.config_set("requirepass", "s3cret")
+        last = imap_job(3)
+        await queue.enqueue(last)  # a new connection, authenticated and on db 3 again
+        assert not io.outage.down
+        nursery.cancel_scope.cancel()
+    with redis.Redis(port=server.port, password="s3cret", db=3) as plain:
+        assert stream_jobs(plain, queue.keys.stream) == [last]  # the server kept no data over its restart
+    await io.close()
+    await wrong.close()
+
+
+def test_tls_redis_keeps_the_thread_path() -> None:
+    assert RedisIO.from_config(RedisConfig(url="rediss://127.0.0.1:6380/0")).direct is None
+    assert RedisIO.from_config(RedisConfig(url="unix:///run/redis.sock?db=2")).direct is not None
 
 
 # --------------------------------------------------------------------------- fenced operations

@@ -88,10 +88,24 @@ class Enqueuing(QueueBase):
         self.enqueue_round_trips += 1
         return self.scripts.enqueue(keys=[self.keys.stream], args=payloads, client=client)
 
+    async def _xadd_many_direct(self, payloads: Sequence[bytes]) -> list[Any]:
+        # The same script call as _xadd_many, sent from the trio thread: no thread hop per batch.
+        self.enqueue_round_trips += 1
+        script = self.scripts.enqueue
+        try:
+            return await self.rio.call_direct("EVALSHA", script.sha, "1", self.keys.stream, *payloads)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.rio.call_direct("EVAL", script.script, "1", self.keys.stream, *payloads)
+
     async def _write(self, batch: list[_Request]) -> None:
         payloads = [p for request in batch for p in request.payloads] if len(batch) > 1 else batch[0].payloads
         try:
-            ids = await self.rio.run(self._xadd_many, payloads)
+            if self.rio.direct is not None:
+                ids = await self._xadd_many_direct(payloads)
+            else:
+                ids = await self.rio.run(self._xadd_many, payloads)
         except BaseException as exc:
             # Cancelled before the write (waiting for a thread): its callers learn that
             # nothing was accepted instead of waiting forever.
