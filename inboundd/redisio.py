@@ -37,7 +37,7 @@ from . import log
 from .config_schema import RedisConfig
 from .outage import Outage
 
-__all__ = ["DirectConnection", "RedisIO", "failure_level", "tagged_key", "unreachable"]
+__all__ = ["DirectConnection", "RedisIO", "failure_level", "parse_reply", "tagged_key", "unreachable"]
 
 _log = log.get_logger("redis")
 
@@ -224,35 +224,13 @@ class DirectConnection:
         return stream
 
     async def _reply(self) -> Any:
-        line = await self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return redis.ResponseError(rest.decode("utf-8", "replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else (await self._exactly(size + 2))[:-2]
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [await self._reply() for _ in range(count)]
-        raise redis.ConnectionError(f"unexpected reply from Redis: {bytes(line[:40])!r}")
-
-    async def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\r\n")) < 0:
+        while True:
+            parsed = parse_reply(self._buffer)
+            if parsed is not None:
+                reply, used = parsed
+                del self._buffer[:used]
+                return reply
             await self._fill()
-        line = bytes(self._buffer[:end])
-        del self._buffer[:end + 2]
-        return line
-
-    async def _exactly(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            await self._fill()
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
 
     async def _fill(self) -> None:
         assert self._stream is not None
@@ -260,6 +238,47 @@ class DirectConnection:
         if not chunk:
             raise redis.ConnectionError("Redis closed the connection")
         self._buffer += chunk
+
+
+def parse_reply(data: bytes | bytearray, pos: int = 0) -> tuple[Any, int] | None:
+    """The RESP2 reply starting at *pos* of *data* and the offset just past it, or None if *data* ends first.
+
+    Simple strings and bulk strings are bytes, a nil is None, an error
+    reply is a ``redis.ResponseError`` value (returned, not raised: it may
+    sit inside an array). A type byte RESP2 does not have raises
+    ``redis.ConnectionError``: the stream is out of step. Pure.
+    """
+    start, end = pos, data.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, rest = data[pos:pos + 1], data[pos + 1:end]
+    pos = end + 2
+    if kind == b"+":
+        return bytes(rest), pos
+    if kind == b"-":
+        return redis.ResponseError(bytes(rest).decode("utf-8", "replace")), pos
+    if kind == b":":
+        return int(rest), pos
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None, pos
+        if len(data) < pos + size + 2:
+            return None
+        return bytes(data[pos:pos + size]), pos + size + 2
+    if kind == b"*":
+        count = int(rest)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count):
+            parsed = parse_reply(data, pos)
+            if parsed is None:
+                return None
+            item, pos = parsed
+            items.append(item)
+        return items, pos
+    raise redis.ConnectionError(f"unexpected reply from Redis: {bytes(data[start:start + 40])!r}")
 
 
 def _command(args: Any) -> bytes:

@@ -15,7 +15,7 @@ from inboundd import clock, jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig
 from inboundd.jobs import Job, MicrosoftPointer
 from inboundd.queue import GROUP, Keys, Queue, QueueStopped, ReclaimTimer
-from inboundd.redisio import RedisIO
+from inboundd.redisio import RedisIO, parse_reply
 
 from fakes import imap_job, make_queue, metric_value
 from waiting import eventually
@@ -222,6 +222,30 @@ async def test_the_direct_connection_authenticates_selects_its_db_and_reconnects
         assert stream_jobs(plain, queue.keys.stream) == [last]  # the server kept no data over its restart
     await io.close()
     await wrong.close()
+
+
+REPLIES = [  # RESP2 bytes → (value, bytes used); None: more bytes needed
+    (b"+OK\r\n", (b"OK", 5)),
+    (b":42\r\n:1\r\n", (42, 5)),
+    (b"$5\r\n1-0\r\n\r\n", (b"1-0\r\n", 11)),  # a bulk string may hold CRLF
+    (b"$-1\r\n", (None, 5)),
+    (b"*2\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n", ([b"1-0", b"2-0"], 22)),
+    (b"*2\r\n*1\r\n:1\r\n*0\r\n", ([[1], []], 16)),
+    (b"*-1\r\n", (None, 5)),
+    (b"+OK", None),
+    (b"$5\r\n1-0\r", None),
+    (b"*2\r\n$3\r\n1-0\r\n", None),
+    (b"", None),
+]
+
+
+def test_resp_replies_parse_table() -> None:
+    for data, expected in REPLIES:
+        assert parse_reply(bytearray(data)) == expected, data
+    error, used = parse_reply(b"-NOSCRIPT No matching script\r\n")  # type: ignore[misc]
+    assert isinstance(error, redis.ResponseError) and str(error) == "NOSCRIPT No matching script" and used == 30
+    with pytest.raises(redis.ConnectionError, match="unexpected reply"):
+        parse_reply(b"HTTP/1.1 400\r\n")
 
 
 def test_tls_redis_keeps_the_thread_path() -> None:
