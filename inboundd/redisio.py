@@ -32,6 +32,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import redis
 import trio
+from redis._parsers.base import BaseParser  # redis-py's error-reply classes; the lock pins redis
 
 from . import log
 from .config_schema import RedisConfig
@@ -194,7 +195,7 @@ class DirectConnection:
             except BaseException as exc:
                 await self.aclose()
                 _raise_translated(exc)
-        if isinstance(reply, redis.ResponseError):
+        if isinstance(reply, redis.RedisError):
             raise reply
         return reply
 
@@ -216,7 +217,7 @@ class DirectConnection:
                 for hello in self._hello:
                     if hello is not None:
                         await stream.send_all(_command(hello))
-                        if isinstance(reply := await self._reply(), redis.ResponseError):
+                        if isinstance(reply := await self._reply(), redis.RedisError):
                             raise redis.AuthenticationError(str(reply)) if hello[0] == b"AUTH" else reply
         except BaseException as exc:
             await self.aclose()
@@ -244,8 +245,8 @@ def parse_reply(data: bytes | bytearray, pos: int = 0) -> tuple[Any, int] | None
     """The RESP2 reply starting at *pos* of *data* and the offset just past it, or None if *data* ends first.
 
     Simple strings and bulk strings are bytes, a nil is None, an error
-    reply is a ``redis.ResponseError`` value (returned, not raised: it may
-    sit inside an array). A type byte RESP2 does not have raises
+    reply is the exception redis-py would raise for it, as a value
+    (returned, not raised: it may sit inside an array). A type byte RESP2 does not have raises
     ``redis.ConnectionError``: the stream is out of step. Pure.
     """
     start, end = pos, data.find(b"\r\n", pos)
@@ -256,7 +257,9 @@ def parse_reply(data: bytes | bytearray, pos: int = 0) -> tuple[Any, int] | None
     if kind == b"+":
         return bytes(rest), pos
     if kind == b"-":
-        return redis.ResponseError(bytes(rest).decode("utf-8", "replace")), pos
+        # redis-py's own classification of error replies (LOADING → BusyLoadingError, a ConnectionError,
+        # so a loading Redis counts as an outage on this path too; NOSCRIPT → NoScriptError; …).
+        return BaseParser.parse_error(bytes(rest).decode("utf-8", "replace")), pos
     if kind == b":":
         return int(rest), pos
     if kind == b"$":

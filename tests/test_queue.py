@@ -15,7 +15,7 @@ from inboundd import clock, jobs, metrics
 from inboundd.config import QueueConfig, RedisConfig
 from inboundd.jobs import Job, MicrosoftPointer
 from inboundd.queue import GROUP, Keys, Queue, QueueStopped, ReclaimTimer
-from inboundd.redisio import RedisIO, parse_reply
+from inboundd.redisio import RedisIO, parse_reply, unreachable
 
 from fakes import imap_job, make_queue, metric_value
 from waiting import eventually
@@ -136,8 +136,9 @@ async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO
             for borrower in borrowers:  # every Redis thread busy (blocked readers)
                 await rio.limiter.acquire_on_behalf_of(borrower)
             callers.start_soon(caller)
-            while queue._requests or rio.limiter.statistics().tasks_waiting == 0:
-                await trio.sleep(0.005)  # the batcher took the request and waits for a thread
+            with trio.fail_after(5):
+                while queue._requests or rio.limiter.statistics().tasks_waiting == 0:
+                    await trio.sleep(0.005)  # the batcher took the request and waits for a thread
             batcher.cancel_scope.cancel()
         with trio.fail_after(5):
             while not outcome:
@@ -243,7 +244,12 @@ def test_resp_replies_parse_table() -> None:
     for data, expected in REPLIES:
         assert parse_reply(bytearray(data)) == expected, data
     error, used = parse_reply(b"-NOSCRIPT No matching script\r\n")  # type: ignore[misc]
-    assert isinstance(error, redis.ResponseError) and str(error) == "NOSCRIPT No matching script" and used == 30
+    assert isinstance(error, redis.exceptions.NoScriptError) and str(error) == "No matching script" and used == 30
+    error, _ = parse_reply(b"-ERR unknown command\r\n")  # type: ignore[misc]
+    assert type(error) is redis.ResponseError and str(error) == "unknown command"
+    # A Redis still loading its append-only file is unreachable for now, as on redis-py's own connections.
+    error, _ = parse_reply(b"-LOADING Redis is loading the dataset in memory\r\n")  # type: ignore[misc]
+    assert isinstance(error, redis.BusyLoadingError) and unreachable(error)
     with pytest.raises(redis.ConnectionError, match="unexpected reply"):
         parse_reply(b"HTTP/1.1 400\r\n")
 

@@ -94,9 +94,7 @@ class Enqueuing(QueueBase):
         script = self.scripts.enqueue
         try:
             return await self.rio.call_direct("EVALSHA", script.sha, "1", self.keys.stream, *payloads)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+        except redis.exceptions.NoScriptError:
             return await self.rio.call_direct("EVAL", script.script, "1", self.keys.stream, *payloads)
 
     async def _write(self, batch: list[_Request]) -> None:
