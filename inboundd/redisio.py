@@ -28,7 +28,7 @@ single-owner lease (``config_schema.CoreConfig.check``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 
 import redis
 import trio
@@ -91,15 +91,8 @@ class RedisIO:
         thread ends on its own within ``socket_timeout``, its result dropped.
         Use that only for calls whose late completion does no harm.
         """
-        try:
-            result = await trio.to_thread.run_sync(fn, self.client, *args, limiter=self.limiter,
-                                                   abandon_on_cancel=abandon_on_cancel)
-        except Exception as exc:
-            if unreachable(exc):
-                self.outage.failed(exc)
-            raise
-        self.outage.succeeded()
-        return result
+        return await self._reported(trio.to_thread.run_sync(fn, self.client, *args, limiter=self.limiter,
+                                                            abandon_on_cancel=abandon_on_cancel))
 
     async def call_direct(self, *args: bytes | str) -> Any:
         """Send one command on :attr:`direct` from the trio thread; reports to ``outage`` as :meth:`run` does.
@@ -107,8 +100,12 @@ class RedisIO:
         Cancellation: as :meth:`DirectConnection.call` (a sent command is always read to its reply).
         """
         assert self.direct is not None, "no direct connection for this Redis (TLS): use run()"
+        return await self._reported(self.direct.call(*args))
+
+    async def _reported(self, call: Awaitable[T]) -> T:
+        """Await *call*, telling ``outage`` whether Redis answered."""
         try:
-            result = await self.direct.call(*args)
+            result = await call
         except Exception as exc:
             if unreachable(exc):
                 self.outage.failed(exc)

@@ -122,31 +122,29 @@ async def test_a_batch_cancelled_before_its_write_fails_its_callers(rio: RedisIO
     rio.direct = None
     queue = make_queue(rio, CFG)
     outcome: list[BaseException] = []
-
-    async def caller() -> None:
-        try:
-            await queue.enqueue(imap_job(1))
-        except QueueStopped as exc:
-            outcome.append(exc)
-
     async with trio.open_nursery() as callers:
         async with trio.open_nursery() as batcher:
             await batcher.start(queue.run)
             borrowers = [object() for _ in range(int(rio.limiter.total_tokens))]
             for borrower in borrowers:  # every Redis thread busy (blocked readers)
                 await rio.limiter.acquire_on_behalf_of(borrower)
-            callers.start_soon(caller)
-            with trio.fail_after(5):
-                while queue._requests or rio.limiter.statistics().tasks_waiting == 0:
-                    await trio.sleep(0.005)  # the batcher took the request and waits for a thread
+            callers.start_soon(_enqueue_noting_a_stop, queue, outcome)
+            await eventually(lambda: not queue._requests and rio.limiter.statistics().tasks_waiting, 5,
+                             "the batcher to take the request and wait for a thread")
             batcher.cancel_scope.cancel()
-        with trio.fail_after(5):
-            while not outcome:
-                await trio.sleep(0.005)
+        await eventually(lambda: outcome, 5, "the caller to hear that its job was not accepted")
     for borrower in borrowers:
         rio.limiter.release_on_behalf_of(borrower)
     assert isinstance(outcome[0], QueueStopped)
     assert client.xlen(queue.keys.stream) == 0
+
+
+async def _enqueue_noting_a_stop(queue: Queue, outcome: list[BaseException]) -> None:
+    """Enqueue one job; a ``QueueStopped`` (nothing accepted) is noted in *outcome*."""
+    try:
+        await queue.enqueue(imap_job(1))
+    except QueueStopped as exc:
+        outcome.append(exc)
 
 
 async def test_a_batch_cancelled_while_the_direct_connection_is_busy_fails_its_callers(
@@ -154,18 +152,11 @@ async def test_a_batch_cancelled_while_the_direct_connection_is_busy_fails_its_c
     queue = make_queue(rio, CFG)
     assert rio.direct is not None
     outcome: list[BaseException] = []
-
-    async def caller() -> None:
-        try:
-            await queue.enqueue(imap_job(1))
-        except QueueStopped as exc:
-            outcome.append(exc)
-
     async with trio.open_nursery() as callers:
         async with trio.open_nursery() as batcher:
             await batcher.start(queue.run)
             await rio.direct.lock.acquire()  # another command in flight on the connection
-            callers.start_soon(caller)
+            callers.start_soon(_enqueue_noting_a_stop, queue, outcome)
             await eventually(lambda: not queue._requests and rio.direct.lock.statistics().tasks_waiting, 5,
                              "the batcher to take the request and wait for the connection")
             batcher.cancel_scope.cancel()
